@@ -1,0 +1,114 @@
+//! Loading a kernel, its initrd and command line into guest memory, and
+//! telling the boot vCPU where to start. The format is read from the
+//! file's contents, never its name: an ELF image boots through its PVH
+//! entry note, anything else must be a bzImage.
+
+mod bzimage;
+mod pvh;
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+
+use linux_loader::cmdline::Cmdline;
+use vm_memory::{Bytes, GuestAddress};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::memory::{self, GuestMemory, CMDLINE_MAX, CMDLINE_START, HIMEM_START};
+use crate::x86::regs::Entry;
+
+/// Where the initrd landed.
+#[derive(Debug, Clone, Copy)]
+pub struct Initrd {
+    pub addr: u64,
+    pub size: u64,
+}
+
+pub fn load(mem: &GuestMemory, cfg: &Config, rsdp: u64) -> Result<Entry> {
+    let mut kernel = open(&cfg.kernel)?;
+    let len = file_len(&mut kernel, &cfg.kernel)?;
+    if len > cfg.mem_size.saturating_sub(HIMEM_START) {
+        return Err(Error::Usage(format!(
+            "{}: kernel of {} KiB does not fit in {} MiB of guest memory",
+            cfg.kernel.display(),
+            len >> 10,
+            cfg.mem_size >> 20
+        )));
+    }
+    let mut magic = [0u8; 4];
+    let is_elf = kernel.read_exact(&mut magic).is_ok() && magic == *b"\x7fELF";
+    kernel
+        .seek(SeekFrom::Start(0))
+        .map_err(|e| Error::Open(cfg.kernel.clone(), e))?;
+    if is_elf {
+        pvh::load(mem, cfg, &mut kernel, rsdp)
+    } else {
+        bzimage::load(mem, cfg, &mut kernel, rsdp)
+    }
+}
+
+fn open(path: &Path) -> Result<File> {
+    let f = File::open(path).map_err(|e| Error::Open(path.into(), e))?;
+    let meta = f.metadata().map_err(|e| Error::Open(path.into(), e))?;
+    if meta.is_dir() {
+        return Err(Error::Open(
+            path.into(),
+            std::io::Error::from_raw_os_error(libc::EISDIR),
+        ));
+    }
+    Ok(f)
+}
+
+fn file_len(f: &mut File, path: &Path) -> Result<u64> {
+    f.metadata()
+        .map(|m| m.len())
+        .map_err(|e| Error::Open(path.into(), e))
+}
+
+/// Writes the command line (at most `max` bytes) for the kernel to find.
+fn load_cmdline(mem: &GuestMemory, cmdline: &str, max: usize) -> Result<u64> {
+    let max = max.min(CMDLINE_MAX);
+    let bad = |why: String| Error::Usage(format!("-a: {why}"));
+    let mut cl = Cmdline::new(max).map_err(|e| bad(e.to_string()))?;
+    cl.insert_str(cmdline).map_err(|e| match e {
+        linux_loader::cmdline::Error::TooLarge => {
+            bad(format!("longer than the kernel's {} bytes", max - 1))
+        }
+        e => bad(e.to_string()),
+    })?;
+    linux_loader::loader::load_cmdline(mem, GuestAddress(CMDLINE_START), &cl)
+        .map_err(|e| Error::Setup(format!("command line: {e}")))?;
+    Ok(cl.as_cstring().map(|c| c.as_bytes().len()).unwrap_or(0) as u64)
+}
+
+/// Loads the initrd page-aligned as high as it may go, below `max_end`
+/// and above the kernel.
+fn load_initrd(
+    mem: &GuestMemory,
+    cfg: &Config,
+    kernel_end: u64,
+    max_end: u64,
+) -> Result<Option<Initrd>> {
+    let Some(path) = &cfg.initrd else {
+        return Ok(None);
+    };
+    let mut f = open(path)?;
+    let size = file_len(&mut f, path)?;
+    let top = memory::low_ram_end(cfg.mem_size).min(max_end);
+    let addr = top.checked_sub(size).map(|a| a & !0xfff);
+    let Some(addr) = addr.filter(|a| *a >= kernel_end) else {
+        return Err(Error::Usage(format!(
+            "{}: initrd of {} KiB does not fit in {} MiB of guest memory with the kernel",
+            path.display(),
+            size >> 10,
+            cfg.mem_size >> 20
+        )));
+    };
+    mem.read_exact_volatile_from(GuestAddress(addr), &mut f, size as usize)
+        .map_err(|e| match e {
+            vm_memory::GuestMemoryError::IOError(io) => Error::Open(path.clone(), io),
+            e => Error::Setup(format!("{}: {e}", path.display())),
+        })?;
+    Ok(Some(Initrd { addr, size }))
+}

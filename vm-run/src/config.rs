@@ -1,0 +1,190 @@
+//! The command line, parsed once into one validated struct.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use crate::error::{Error, Result};
+
+pub const USAGE: &str =
+    "usage: vm-run [-pv] [-a cmdline] [-c ncpus] [-i initrd] [-m size] -b kernel";
+
+/// vmd's default guest memory.
+const DEFAULT_MEM: u64 = 512 << 20;
+/// Below this not even a tiny Linux decompresses itself.
+const MIN_MEM: u64 = 2 << 20;
+const DEFAULT_CMDLINE: &str = "console=ttyS0";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Console {
+    /// COM1 on our stdin and stdout.
+    Stdio,
+    /// COM1 on a new pseudo-terminal whose name is printed on stdout.
+    Pty,
+}
+
+#[derive(Debug)]
+pub struct Config {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+    pub vcpus: u8,
+    pub mem_size: u64,
+    pub console: Console,
+    pub verbose: bool,
+}
+
+pub enum Parsed {
+    Run(Config),
+    Help,
+}
+
+pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed> {
+    use lexopt::prelude::*;
+
+    let mut p = lexopt::Parser::from_iter(args);
+    let mut kernel = None;
+    let mut initrd = None;
+    let mut cmdline = None;
+    let mut vcpus = 1u8;
+    let mut mem_size = DEFAULT_MEM;
+    let mut console = Console::Stdio;
+    let mut verbose = false;
+
+    while let Some(arg) = p.next().map_err(usage)? {
+        match arg {
+            Short('b') => kernel = Some(PathBuf::from(p.value().map_err(usage)?)),
+            Short('i') => initrd = Some(PathBuf::from(p.value().map_err(usage)?)),
+            Short('a') => cmdline = Some(string(p.value().map_err(usage)?, "-a")?),
+            Short('c') => vcpus = parse_vcpus(&string(p.value().map_err(usage)?, "-c")?)?,
+            Short('m') => mem_size = parse_size(&string(p.value().map_err(usage)?, "-m")?)?,
+            Short('p') => console = Console::Pty,
+            Short('v') => verbose = true,
+            Short('h') | Long("help") => return Ok(Parsed::Help),
+            _ => return Err(usage(arg.unexpected())),
+        }
+    }
+    let kernel = kernel.ok_or_else(|| Error::Usage("no kernel given (-b kernel)".into()))?;
+    if mem_size < MIN_MEM {
+        return Err(Error::Usage(format!(
+            "-m {}K: a guest needs at least {}M",
+            mem_size >> 10,
+            MIN_MEM >> 20
+        )));
+    }
+    Ok(Parsed::Run(Config {
+        kernel,
+        initrd,
+        cmdline: cmdline.unwrap_or_else(|| DEFAULT_CMDLINE.into()),
+        vcpus,
+        mem_size,
+        console,
+        verbose,
+    }))
+}
+
+fn usage(e: lexopt::Error) -> Error {
+    Error::Usage(e.to_string())
+}
+
+fn string(v: OsString, opt: &str) -> Result<String> {
+    v.into_string()
+        .map_err(|_| Error::Usage(format!("{opt}: argument is not valid UTF-8")))
+}
+
+fn parse_vcpus(s: &str) -> Result<u8> {
+    match s.parse::<u8>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(Error::Usage(format!(
+            "-c {s}: not a vCPU count from 1 to 255"
+        ))),
+    }
+}
+
+/// A size in bytes with an optional K, M, G or T suffix (powers of 1024);
+/// a bare number means megabytes, as vmctl's -m does.
+pub fn parse_size(s: &str) -> Result<u64> {
+    let bad = || Error::Usage(format!("-m {s}: not a size (e.g. 512M, 2G)"));
+    let (digits, shift) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(bad()),
+            };
+            (&s[..i], shift)
+        }
+        _ => (s, 20),
+    };
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    n.checked_mul(1 << shift).ok_or_else(bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<OsString> {
+        std::iter::once("vm-run")
+            .chain(s.split_whitespace())
+            .map(OsString::from)
+            .collect()
+    }
+
+    fn config(s: &str) -> Config {
+        match parse(args(s)) {
+            Ok(Parsed::Run(c)) => c,
+            Ok(Parsed::Help) => panic!("help"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512M").unwrap(), 512 << 20);
+        assert_eq!(parse_size("2g").unwrap(), 2 << 30);
+        assert_eq!(parse_size("64").unwrap(), 64 << 20);
+        assert_eq!(parse_size("4096K").unwrap(), 4 << 20);
+        assert!(parse_size("12X").is_err());
+        assert!(parse_size("M").is_err());
+        assert!(parse_size("-1G").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn defaults_follow_vmd() {
+        let c = config("-b k");
+        assert_eq!(c.mem_size, 512 << 20);
+        assert_eq!(c.vcpus, 1);
+        assert_eq!(c.cmdline, "console=ttyS0");
+        assert_eq!(c.console, Console::Stdio);
+    }
+
+    #[test]
+    fn options() {
+        let c = config("-v -p -c 4 -m 1G -b k -i rd -a quiet");
+        assert_eq!((c.vcpus, c.mem_size, c.verbose), (4, 1 << 30, true));
+        assert_eq!(c.initrd, Some(PathBuf::from("rd")));
+        assert_eq!(c.console, Console::Pty);
+        assert_eq!(c.cmdline, "quiet");
+    }
+
+    #[test]
+    fn bad_input_is_a_usage_error() {
+        for bad in [
+            "",
+            "-b k -c 0",
+            "-b k -c x",
+            "-b k -m 1K",
+            "-b k -z",
+            "-b k extra",
+            "-b",
+        ] {
+            match parse(args(bad)) {
+                Err(e @ Error::Usage(_)) => assert_eq!(e.exit_status(), 64),
+                _ => panic!("{bad:?} accepted"),
+            }
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! What can go wrong before or while the guest runs, each with the context a
+//! user needs to act on it, and the exit status it maps to.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+use crate::exit;
+
+#[derive(Debug)]
+pub enum Error {
+    /// A bad option or value on the command line.
+    Usage(String),
+    /// A file named on the command line cannot be opened or read.
+    Open(PathBuf, io::Error),
+    /// A file was read but is not what it should be (not a kernel, ...).
+    Format(PathBuf, String),
+    /// /dev/kvm is missing or refuses us.
+    Kvm(String, kvm_ioctls::Error),
+    /// The host cannot give what was asked (memory, vCPUs, ...).
+    Unavailable(String),
+    /// Setting up the guest failed in a way that is our bug or the host's.
+    Setup(String),
+    /// A system call unrelated to KVM failed.
+    Os(String, io::Error),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub fn exit_status(&self) -> i32 {
+        match self {
+            Error::Usage(_) => exit::USAGE,
+            Error::Open(_, e) if e.kind() == io::ErrorKind::PermissionDenied => exit::NOPERM,
+            Error::Open(..) => exit::NOINPUT,
+            Error::Format(..) => exit::DATAERR,
+            Error::Kvm(_, e) if matches!(e.errno(), libc::EACCES | libc::EPERM) => exit::NOPERM,
+            Error::Kvm(_, e) if e.errno() == libc::ENOENT || e.errno() == libc::ENXIO => {
+                exit::UNAVAILABLE
+            }
+            Error::Kvm(..) => exit::OSERR,
+            Error::Unavailable(_) => exit::UNAVAILABLE,
+            Error::Setup(_) => exit::SOFTWARE,
+            Error::Os(..) => exit::OSERR,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            Error::Usage(s) | Error::Unavailable(s) | Error::Setup(s) => f.write_str(s),
+            Error::Open(p, e) => write!(f, "{}: {}", p.display(), strip_os(e)),
+            Error::Format(p, s) => write!(f, "{}: {}", p.display(), s),
+            Error::Kvm(what, e) => {
+                write!(
+                    f,
+                    "{what}: {}",
+                    strip_os(&io::Error::from_raw_os_error(e.errno()))
+                )
+            }
+            Error::Os(what, e) => write!(f, "{what}: {}", strip_os(e)),
+        }
+    }
+}
+
+/// io::Error's Display appends " (os error N)", which is noise to a user.
+fn strip_os(e: &io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}

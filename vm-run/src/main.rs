@@ -1,0 +1,47 @@
+//! vm-run: runs exactly one guest over KVM, in the foreground. Its exit
+//! status tells how the guest ended (see vm-run(1)).
+
+mod boot;
+mod bus;
+mod config;
+mod console;
+mod devices;
+mod error;
+mod exit;
+mod memory;
+mod outcome;
+mod signals;
+mod vcpu;
+mod vm;
+mod x86;
+
+use std::process;
+
+use config::Parsed;
+use outcome::Outcome;
+
+fn main() {
+    let code = match config::parse(std::env::args_os()) {
+        Ok(Parsed::Help) => {
+            println!("{}", config::USAGE);
+            exit::OK
+        }
+        Ok(Parsed::Run(cfg)) => match vm::run(&cfg) {
+            Ok(Outcome::Failed(why)) => {
+                eprintln!("vm-run: {why}");
+                exit::SOFTWARE
+            }
+            Ok(o) => o.exit_status(),
+            Err(e) => {
+                eprintln!("vm-run: {e}");
+                e.exit_status()
+            }
+        },
+        Err(e) => {
+            eprintln!("vm-run: {e}");
+            eprintln!("{}", config::USAGE);
+            e.exit_status()
+        }
+    };
+    process::exit(code);
+}

@@ -1,0 +1,131 @@
+//! The guest's physical address space: where RAM is, where the holes are,
+//! and where the boot structures live. Everything that places something in
+//! guest memory takes its address from here.
+
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+use crate::error::{Error, Result};
+
+pub type GuestMemory = GuestMemoryMmap<()>;
+
+/// Real-mode boot structures, all below the EBDA.
+pub const GDT_START: u64 = 0x500;
+pub const IDT_START: u64 = 0x520;
+/// PVH start_info, its module list (the initrd) and its memory map.
+pub const PVH_INFO_START: u64 = 0x6000;
+pub const PVH_MODLIST_START: u64 = 0x6040;
+pub const PVH_MEMMAP_START: u64 = 0x6080;
+/// The zero page (struct boot_params) of the Linux boot protocol.
+pub const ZERO_PAGE_START: u64 = 0x7000;
+pub const BOOT_STACK_TOP: u64 = 0x8ff0;
+/// Identity-mapped page tables for the 64-bit entry: PML4, PDPT, 4 PDs.
+pub const PML4_START: u64 = 0x9000;
+pub const PDPT_START: u64 = 0xa000;
+pub const PD_START: u64 = 0xb000;
+pub const CMDLINE_START: u64 = 0x20000;
+pub const CMDLINE_MAX: usize = 0x10000;
+/// The EBDA and the BIOS area: reserved in e820, as on a PC.
+pub const EBDA_START: u64 = 0x9fc00;
+/// ACPI tables live where Linux scans for the RSDP on a PC.
+pub const ACPI_START: u64 = 0xe0000;
+pub const BIOS_END: u64 = 0x10_0000;
+/// Where the kernel is loaded, and where RAM the kernel may use begins.
+pub const HIMEM_START: u64 = 0x10_0000;
+/// RAM stops here and resumes at 4 GiB: the hole is for the IOAPIC, the
+/// LAPIC, the TSS that Intel's KVM needs, and later PCI BARs.
+pub const MMIO_HOLE_START: u64 = 0xc000_0000;
+pub const MMIO_HOLE_END: u64 = 0x1_0000_0000;
+pub const IOAPIC_ADDR: u32 = 0xfec0_0000;
+pub const LAPIC_ADDR: u32 = 0xfee0_0000;
+/// Intel's KVM needs three pages for a TSS and one for an identity map.
+pub const KVM_TSS_ADDR: usize = 0xfffb_d000;
+pub const KVM_IDENTITY_MAP_ADDR: u64 = 0xfffb_c000;
+
+/// e820 entry types.
+pub const E820_RAM: u32 = 1;
+pub const E820_RESERVED: u32 = 2;
+
+/// The RAM regions for a guest of `size` bytes.
+pub fn ram_regions(size: u64) -> Vec<(GuestAddress, usize)> {
+    let low = size.min(MMIO_HOLE_START);
+    let mut regions = vec![(GuestAddress(0), low as usize)];
+    if size > low {
+        regions.push((GuestAddress(MMIO_HOLE_END), (size - low) as usize));
+    }
+    regions
+}
+
+/// The top of RAM below 4 GiB.
+pub fn low_ram_end(size: u64) -> u64 {
+    size.min(MMIO_HOLE_START)
+}
+
+pub fn create(size: u64) -> Result<GuestMemory> {
+    let host = host_memory();
+    if host.is_some_and(|h| size > h) {
+        return Err(Error::Unavailable(format!(
+            "-m {}M: more memory than this host has ({}M)",
+            size >> 20,
+            host.unwrap_or(0) >> 20
+        )));
+    }
+    // MAP_NORESERVE comes with vm-memory's anonymous mappings: pages are
+    // only taken from the host as the guest touches them.
+    GuestMemoryMmap::from_ranges(&ram_regions(size)).map_err(|e| {
+        Error::Unavailable(format!("-m {}M: cannot map guest memory: {e}", size >> 20))
+    })
+}
+
+/// MemTotal + SwapTotal: what the host could ever give a guest.
+fn host_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = meminfo.lines().find(|l| l.starts_with(name))?;
+        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb << 10)
+    };
+    Some(field("MemTotal:")? + field("SwapTotal:").unwrap_or(0))
+}
+
+/// The e820 map the guest is told about, as (start, size, type).
+pub fn e820_map(size: u64) -> Vec<(u64, u64, u32)> {
+    let mut map = vec![
+        (0, EBDA_START, E820_RAM),
+        (EBDA_START, 0xa0000 - EBDA_START, E820_RESERVED),
+        (ACPI_START, BIOS_END - ACPI_START, E820_RESERVED),
+        (HIMEM_START, low_ram_end(size) - HIMEM_START, E820_RAM),
+    ];
+    if size > MMIO_HOLE_START {
+        map.push((MMIO_HOLE_END, size - MMIO_HOLE_START, E820_RAM));
+    }
+    map
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_guest_is_one_region() {
+        assert_eq!(ram_regions(512 << 20), vec![(GuestAddress(0), 512 << 20)]);
+        let e = e820_map(512 << 20);
+        assert_eq!(
+            e.last(),
+            Some(&(HIMEM_START, (512 << 20) - HIMEM_START, E820_RAM))
+        );
+    }
+
+    #[test]
+    fn large_guest_skips_the_hole() {
+        let r = ram_regions(4 << 30);
+        assert_eq!(r[0], (GuestAddress(0), MMIO_HOLE_START as usize));
+        assert_eq!(r[1], (GuestAddress(MMIO_HOLE_END), (1 << 30) as usize));
+        let ram: u64 = e820_map(4 << 30)
+            .iter()
+            .filter(|e| e.2 == E820_RAM)
+            .map(|e| e.1)
+            .sum();
+        // All of it but the EBDA and BIOS area below 1 MiB.
+        assert_eq!(ram, (4 << 30) - (HIMEM_START - EBDA_START));
+    }
+}

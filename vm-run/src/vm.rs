@@ -1,0 +1,143 @@
+//! Assembles one guest (memory, interrupt controllers, devices, vCPUs),
+//! starts it, and waits for the first report of its end.
+
+use std::sync::{Arc, Mutex};
+
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::{Kvm, VmFd};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::bus::Bus;
+use crate::config::Config;
+use crate::console::Console;
+use crate::devices::{acpi_pm, i8042, serial};
+use crate::error::{Error, Result};
+use crate::memory::{self, GuestMemory};
+use crate::outcome::{self, Outcome};
+use crate::vcpu::Vcpu;
+use crate::x86::{acpi, cpuid, irqchip, msrs, regs};
+use crate::{boot, signals};
+
+/// xAPIC IDs are 8 bits and 0xff is the broadcast ID.
+const MAX_VCPUS: usize = 254;
+
+/// Runs the guest to its end. Errors are what kept it from starting.
+pub fn run(cfg: &Config) -> Result<Outcome> {
+    signals::block()?;
+    let kvm = Kvm::new().map_err(|e| Error::Kvm("/dev/kvm".into(), e))?;
+    let max = kvm.get_max_vcpus().min(MAX_VCPUS);
+    if usize::from(cfg.vcpus) > max {
+        return Err(Error::Unavailable(format!(
+            "-c {}: KVM on this host allows at most {max} vCPUs",
+            cfg.vcpus
+        )));
+    }
+    let vm = kvm
+        .create_vm()
+        .map_err(|e| Error::Kvm("KVM_CREATE_VM".into(), e))?;
+    irqchip::create(&vm)?;
+    let mem = memory::create(cfg.mem_size)?;
+    register_memory(&vm, &mem)?;
+
+    let rsdp = acpi::write_tables(&mem, cfg.vcpus)?;
+    let entry = boot::load(&mem, cfg, rsdp)?;
+    regs::write_boot_structures(&mem, entry)?;
+    if cfg.verbose {
+        eprintln!(
+            "vm-run: {} MiB, {} vCPUs, entry {entry:x?}",
+            cfg.mem_size >> 20,
+            cfg.vcpus
+        );
+    }
+
+    let (reporter, ends) = outcome::channel_pair();
+    let mut console = Console::open(cfg.console)?;
+    let eventfd = || EventFd::new(libc::EFD_NONBLOCK).map_err(|e| Error::Os("eventfd".into(), e));
+    let (com1_irq, room) = (eventfd()?, eventfd()?);
+    vm.register_irqfd(&com1_irq, serial::COM1_IRQ)
+        .map_err(|e| Error::Kvm("KVM_IRQFD".into(), e))?;
+    let output = console
+        .take_output()
+        .ok_or_else(|| Error::Setup("console output taken twice".into()))?;
+    let room_reader = room
+        .try_clone()
+        .map_err(|e| Error::Os("eventfd".into(), e))?;
+    let com1 = Arc::new(Mutex::new(serial::Serial::new(com1_irq, room, output)));
+
+    let mut pio = Bus::default();
+    pio.insert(
+        serial::COM1_BASE.into(),
+        serial::PORT_LEN.into(),
+        com1.clone(),
+    );
+    pio.insert(
+        i8042::PORT_BASE.into(),
+        i8042::PORT_LEN.into(),
+        Arc::new(Mutex::new(i8042::I8042::new(reporter.clone()))),
+    );
+    pio.insert(
+        acpi_pm::PORT_BASE.into(),
+        acpi_pm::PORT_LEN.into(),
+        Arc::new(Mutex::new(acpi_pm::AcpiPm::new(reporter.clone()))),
+    );
+    let (pio, mmio) = (Arc::new(pio), Arc::new(Bus::default()));
+
+    let base_cpuid = cpuid::supported(&kvm)?;
+    let mut vcpus = Vec::with_capacity(cfg.vcpus.into());
+    for id in 0..cfg.vcpus {
+        let fd = vm
+            .create_vcpu(id.into())
+            .map_err(|e| Error::Kvm("KVM_CREATE_VCPU".into(), e))?;
+        fd.set_cpuid2(&cpuid::for_vcpu(&base_cpuid, id, cfg.vcpus))
+            .map_err(|e| Error::Kvm("KVM_SET_CPUID2".into(), e))?;
+        msrs::setup(&fd)?;
+        regs::setup_fpu(&fd)?;
+        irqchip::setup_lapic(&fd)?;
+        if id == 0 {
+            regs::setup_boot_vcpu(&fd, entry)?;
+        }
+        vcpus.push(Vcpu {
+            id,
+            fd,
+            pio: pio.clone(),
+            mmio: mmio.clone(),
+            reporter: reporter.clone(),
+            verbose: cfg.verbose,
+        });
+    }
+
+    signals::spawn_waiter(reporter.clone())?;
+    console.spawn_input(com1, room_reader)?;
+    for v in vcpus {
+        v.spawn()?;
+    }
+    // Every thread holds a reporter, so this waits until one reports.
+    let outcome = ends
+        .recv()
+        .unwrap_or_else(|_| Outcome::Failed("every vCPU thread is gone".into()));
+    console.restore();
+    // vCPU threads are still in KVM_RUN: the process exit ends them.
+    drop(vm);
+    Ok(outcome)
+}
+
+fn register_memory(vm: &VmFd, mem: &GuestMemory) -> Result<()> {
+    for (slot, region) in mem.iter().enumerate() {
+        let host = region
+            .get_host_address(vm_memory::MemoryRegionAddress(0))
+            .map_err(|e| Error::Setup(format!("guest memory: {e}")))?;
+        let r = kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+        };
+        // SAFETY: the mapping behind `host` lives in `mem`, which outlives
+        // every vCPU run: the process exits before `mem` is dropped.
+        unsafe { vm.set_user_memory_region(r) }
+            .map_err(|e| Error::Kvm("KVM_SET_USER_MEMORY_REGION".into(), e))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,172 @@
+//! ACPI tables: enough for Linux to find every vCPU (MADT), to power off
+//! through the PM1 control register (FADT + \_S5 in the DSDT), and later
+//! to learn of devices. Built with rust-vmm's acpi_tables, written where a
+//! PC's firmware leaves them so a kernel that scans for the RSDP finds it.
+
+use acpi_tables::aml::{Name, Package, Path};
+use acpi_tables::fadt::{FADTBuilder, Flags};
+use acpi_tables::rsdp::Rsdp;
+use acpi_tables::sdt::Sdt;
+use acpi_tables::xsdt::XSDT;
+use acpi_tables::Aml;
+use vm_memory::{Bytes, GuestAddress};
+
+use crate::devices::acpi_pm::{PM1_CNT_BLK, PM1_CNT_LEN, PM1_EVT_BLK, PM1_EVT_LEN, SLP_TYP_S5};
+use crate::error::{Error, Result};
+use crate::memory::{GuestMemory, ACPI_START, BIOS_END, IOAPIC_ADDR, LAPIC_ADDR};
+
+const OEM_ID: [u8; 6] = *b"VMRUN ";
+const OEM_TABLE_ID: [u8; 8] = *b"VMRUNTBL";
+const OEM_REVISION: u32 = 1;
+/// The SCI is ISA IRQ 9 on PCs; nothing raises it yet.
+const SCI_IRQ: u16 = 9;
+/// FADT IA-PC boot architecture flags: no VGA, no CMOS RTC; the 8042 bit
+/// stays clear so Linux does not spend time probing a keyboard.
+const IAPC_VGA_NOT_PRESENT: u16 = 1 << 2;
+const IAPC_CMOS_RTC_NOT_PRESENT: u16 = 1 << 5;
+
+const MADT_LAPIC: u8 = 0;
+const MADT_IOAPIC: u8 = 1;
+const MADT_PCAT_COMPAT: u32 = 1;
+
+/// Builds the tables and writes them at ACPI_START; returns the RSDP's
+/// address.
+pub fn write_tables(mem: &GuestMemory, vcpus: u8) -> Result<u64> {
+    let rsdp_addr = ACPI_START;
+    let mut next = align(rsdp_addr + Rsdp::len() as u64);
+    let mut place = |bytes: &[u8]| -> Result<u64> {
+        let at = next;
+        if at + bytes.len() as u64 > BIOS_END {
+            return Err(Error::Setup("ACPI tables do not fit below 1 MiB".into()));
+        }
+        mem.write_slice(bytes, GuestAddress(at))
+            .map_err(|e| Error::Setup(format!("ACPI tables: {e}")))?;
+        next = align(at + bytes.len() as u64);
+        Ok(at)
+    };
+
+    let dsdt_addr = place(dsdt().as_slice())?;
+    let fadt_addr = place(&bytes(&fadt(dsdt_addr)))?;
+    let madt_addr = place(madt(vcpus).as_slice())?;
+    let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    xsdt.add_entry(fadt_addr);
+    xsdt.add_entry(madt_addr);
+    let xsdt_addr = place(&bytes(&xsdt))?;
+    mem.write_slice(
+        &bytes(&Rsdp::new(OEM_ID, xsdt_addr)),
+        GuestAddress(rsdp_addr),
+    )
+    .map_err(|e| Error::Setup(format!("ACPI RSDP: {e}")))?;
+    Ok(rsdp_addr)
+}
+
+fn align(addr: u64) -> u64 {
+    (addr + 15) & !15
+}
+
+fn bytes(t: &dyn Aml) -> Vec<u8> {
+    let mut v = Vec::new();
+    t.to_aml_bytes(&mut v);
+    v
+}
+
+fn dsdt() -> Sdt {
+    let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    // \_S5: the sleep type value the kernel writes to PM1_CNT to power off.
+    let s5 = Name::new(
+        Path::new("_S5_"),
+        &Package::new(vec![&SLP_TYP_S5, &0u8, &0u8, &0u8]),
+    );
+    dsdt.append_slice(&bytes(&s5));
+    dsdt
+}
+
+fn fadt(dsdt_addr: u64) -> acpi_tables::fadt::FADT {
+    let mut b = FADTBuilder::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION)
+        .dsdt_64(dsdt_addr)
+        .flag(Flags::Wbinvd)
+        .flag(Flags::PwrButton)
+        .flag(Flags::SlpButton)
+        .flag(Flags::Headless);
+    // No SMI command port: the platform is in ACPI mode from the start.
+    b.sci_int = SCI_IRQ.into();
+    b.pm1a_evt_blk = u32::from(PM1_EVT_BLK).into();
+    b.pm1a_cnt_blk = u32::from(PM1_CNT_BLK).into();
+    b.pm1_evt_len = PM1_EVT_LEN;
+    b.pm1_cnt_len = PM1_CNT_LEN;
+    b.iapc_boot_arch = (IAPC_VGA_NOT_PRESENT | IAPC_CMOS_RTC_NOT_PRESENT).into();
+    b.finalize()
+}
+
+fn madt(vcpus: u8) -> Sdt {
+    let mut madt = Sdt::new(*b"APIC", 44, 4, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    madt.write_u32(36, LAPIC_ADDR);
+    madt.write_u32(40, MADT_PCAT_COMPAT);
+    for id in 0..vcpus {
+        // type, length, ACPI processor UID, APIC ID, flags (enabled)
+        madt.append_slice(&[MADT_LAPIC, 8, id, id, 1, 0, 0, 0]);
+    }
+    let mut ioapic = vec![MADT_IOAPIC, 12, 0, 0];
+    ioapic.extend_from_slice(&IOAPIC_ADDR.to_le_bytes());
+    ioapic.extend_from_slice(&0u32.to_le_bytes());
+    madt.append_slice(&ioapic);
+    madt
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::GuestMemoryMmap;
+
+    fn checksum_ok(t: &[u8]) -> bool {
+        t.iter().fold(0u8, |a, b| a.wrapping_add(*b)) == 0
+    }
+
+    fn read(mem: &GuestMemory, addr: u64, len: usize) -> Vec<u8> {
+        let mut v = vec![0; len];
+        mem.read_slice(&mut v, GuestAddress(addr)).unwrap();
+        v
+    }
+
+    fn u32_at(b: &[u8], o: usize) -> u32 {
+        u32::from_le_bytes(b[o..o + 4].try_into().unwrap())
+    }
+
+    #[test]
+    fn tables_are_found_from_the_rsdp() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap();
+        let rsdp = write_tables(&mem, 3).unwrap();
+        let r = read(&mem, rsdp, 36);
+        assert_eq!(&r[..8], b"RSD PTR ");
+        assert!(checksum_ok(&r[..20]) && checksum_ok(&r));
+        let xsdt_addr = u64::from_le_bytes(r[24..32].try_into().unwrap());
+        let x = read(
+            &mem,
+            xsdt_addr,
+            u32_at(&read(&mem, xsdt_addr, 8), 4) as usize,
+        );
+        assert_eq!(&x[..4], b"XSDT");
+        assert!(checksum_ok(&x));
+        let mut sigs = Vec::new();
+        for e in x[36..].chunks(8) {
+            let addr = u64::from_le_bytes(e.try_into().unwrap());
+            let len = u32_at(&read(&mem, addr, 8), 4) as usize;
+            let t = read(&mem, addr, len);
+            assert!(checksum_ok(&t), "{:?}", &t[..4]);
+            sigs.push(String::from_utf8_lossy(&t[..4]).to_string());
+            if &t[..4] == b"APIC" {
+                let lapics = t[44..].chunks(8).filter(|s| s[0] == 0).count();
+                assert_eq!(lapics, 3);
+            }
+        }
+        assert_eq!(sigs, ["FACP", "APIC"]);
+    }
+
+    #[test]
+    fn dsdt_names_s5() {
+        let d = dsdt();
+        let s = d.as_slice();
+        assert!(s.windows(4).any(|w| w == b"_S5_"));
+        assert!(checksum_ok(s));
+    }
+}
