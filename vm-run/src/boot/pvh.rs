@@ -24,7 +24,7 @@ const START_INFO_VERSION: u32 = 1;
 pub fn load(mem: &GuestMemory, cfg: &Config, kernel: &mut File, rsdp: u64) -> Result<Entry> {
     let not_kernel = |why: String| Error::Format(cfg.kernel.clone(), why);
     let loaded = Elf::load(mem, None, kernel, Some(GuestAddress(HIMEM_START)))
-        .map_err(|e| not_kernel(format!("not a bootable ELF kernel ({e})")))?;
+        .map_err(|_| not_kernel("ELF file that is not a bootable kernel".into()))?;
     let PvhBootCapability::PvhEntryPresent(entry) = loaded.pvh_boot_cap else {
         return Err(not_kernel(
             "ELF kernel without a PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY)".into(),

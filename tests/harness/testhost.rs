@@ -1,0 +1,126 @@
+//! Batches of scenarios run in one boot of the emulated test host: QEMU
+//! TCG emulating an AMD CPU with SVM, Debian's cloud kernel with kvm-amd,
+//! our static binaries under /bin/vm, and the guest fixture (Debian's
+//! cloud kernel and a busybox initramfs) under /guest. A boot takes
+//! seconds, so every test of a file shares one, and each test then looks
+//! at its own scenario's output and exit status.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::{bin_dir, root, target_dir, wait_output};
+
+/// One scenario: a name and a shell snippet run by the test host's sh.
+pub struct Scenario {
+    pub name: &'static str,
+    pub script: String,
+}
+
+/// What one scenario printed (its console, with the guest's console
+/// inside) and the exit status of its last command.
+#[derive(Debug, Clone)]
+pub struct Case {
+    pub output: String,
+    pub status: i32,
+}
+
+pub struct Report {
+    pub console: String,
+    cases: HashMap<String, Case>,
+}
+
+impl Report {
+    /// The named scenario's result; a missing one fails the test with the
+    /// whole console, which says what went wrong.
+    pub fn case(&self, name: &str) -> &Case {
+        self.cases.get(name).unwrap_or_else(|| {
+            panic!(
+                "scenario {name} did not finish; test host console:\n{}",
+                self.console
+            )
+        })
+    }
+}
+
+const BEGIN: &str = "@@@ BEGIN ";
+const END: &str = "@@@ END ";
+
+/// Boots the test host once for all `scenarios` and parses their results.
+pub fn run(batch: &str, scenarios: &[Scenario], with_qemu: bool) -> Report {
+    let dir = target_dir().join("testhost").join(batch);
+    fs::create_dir_all(&dir).expect("create test host dir");
+    let mut script = String::from("exec 2>&1\n");
+    for s in scenarios {
+        // Each scenario in a subshell, so `exit` in one ends only that one.
+        let _ = writeln!(
+            script,
+            "echo '{BEGIN}{n}'\n( {body}\n)\necho \"{END}{n} $?\"",
+            n = s.name,
+            body = s.script
+        );
+    }
+    let path = dir.join("scenario.sh");
+    fs::write(&path, script).expect("write scenario");
+
+    let mut cmd = Command::new(root().join("tests/harness/run-host.sh"));
+    if with_qemu {
+        cmd.arg("-q");
+    }
+    let child = cmd
+        .arg("-b")
+        .arg(bin_dir())
+        .arg(&path)
+        .current_dir(root())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run tests/harness/run-host.sh");
+    let out = wait_output(child, Duration::from_secs(1500));
+    let console = format!("{}{}", out.stdout, out.stderr);
+    fs::write(dir.join("console.log"), &console).ok();
+    Report {
+        cases: parse(&console),
+        console,
+    }
+}
+
+fn parse(console: &str) -> HashMap<String, Case> {
+    let mut cases = HashMap::new();
+    let mut current: Option<(String, String)> = None;
+    for line in console.lines() {
+        let line = line.trim_end_matches('\r');
+        if let Some(name) = line.strip_prefix(BEGIN) {
+            current = Some((name.to_string(), String::new()));
+        } else if let Some(rest) = line.strip_prefix(END) {
+            if let Some((name, output)) = current.take() {
+                let status = rest
+                    .rsplit(' ')
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(-1);
+                cases.insert(name, Case { output, status });
+            }
+        } else if let Some((_, output)) = current.as_mut() {
+            output.push_str(line);
+            output.push('\n');
+        }
+    }
+    cases
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_cases_between_markers() {
+        let c = parse("noise\n@@@ BEGIN a\nhello\r\n@@@ END a 75\n@@@ BEGIN b\nlost\n");
+        assert_eq!(c["a"].output, "hello\n");
+        assert_eq!(c["a"].status, 75);
+        assert!(!c.contains_key("b"));
+    }
+}

@@ -1,0 +1,344 @@
+//! vm-run on this machine's own /dev/kvm with the tiny PVH guest (no
+//! Linux): console output and input, the command line, how the guest's
+//! end maps to the exit status, signals, the pty console, and each kind of
+//! bad input. This is the fast path, tested without the emulated host.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::sys::termios::{self, LocalFlags};
+use nix::unistd::Pid;
+use vm_tests::{bin, target_dir, tiny_guest, vm_run, wait_output};
+
+fn tiny(args: &[&str]) -> vm_tests::Output {
+    let mut all = vec!["-m", "16M", "-b", tiny_guest().to_str().unwrap()];
+    all.extend_from_slice(args);
+    vm_run(&all)
+}
+
+#[test]
+fn console_shows_the_guest_and_its_command_line() {
+    let out = tiny(&["-a", "hello from the host"]);
+    assert_eq!(out.stdout, "tiny: hello from the host\n");
+    assert_eq!(out.stderr, "", "quiet on success");
+}
+
+#[test]
+fn i8042_reset_exits_75() {
+    let out = tiny(&["-a", "reset"]);
+    assert_eq!(out.status, 75, "{out:?}");
+}
+
+#[test]
+fn acpi_poweroff_exits_0() {
+    let out = tiny(&["-a", "poweroff"]);
+    assert_eq!(out.status, 0, "{out:?}");
+    assert_eq!(out.stdout, "tiny: poweroff\n");
+}
+
+#[test]
+fn several_vcpus_start() {
+    for n in ["1", "2", "4", "16"] {
+        let out = tiny(&["-c", n, "-a", "poweroff"]);
+        assert_eq!(out.status, 0, "-c {n}: {out:?}");
+    }
+}
+
+#[test]
+fn memory_sizes() {
+    for m in ["2M", "512M", "4G"] {
+        let out = vm_run(&[
+            "-m",
+            m,
+            "-b",
+            tiny_guest().to_str().unwrap(),
+            "-a",
+            "poweroff",
+        ]);
+        assert_eq!(out.status, 0, "-m {m}: {out:?}");
+    }
+}
+
+#[test]
+fn stdin_reaches_the_guest() {
+    let mut child = Command::new(bin("vm-run"))
+        .args([
+            "-m",
+            "16M",
+            "-b",
+            tiny_guest().to_str().unwrap(),
+            "-a",
+            "echo",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // More than the UART's 64-byte FIFO, so the input must wait for room.
+    let typed = "x".repeat(300) + "\nend.";
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(typed.as_bytes())
+        .unwrap();
+    let out = wait_output(child, Duration::from_secs(30));
+    assert_eq!(out.stdout, format!("tiny: echo\n{typed}"));
+    assert_eq!(out.status, 75);
+}
+
+fn waiting_guest() -> std::process::Child {
+    // "echo" without input: the guest polls its UART until told otherwise.
+    Command::new(bin("vm-run"))
+        .args([
+            "-m",
+            "16M",
+            "-b",
+            tiny_guest().to_str().unwrap(),
+            "-a",
+            "echo",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_for_banner(child: &mut std::process::Child) -> std::process::ChildStdout {
+    let mut stdout = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut b = [0u8; 64];
+    while !String::from_utf8_lossy(&seen).contains('\n') {
+        let n = stdout.read(&mut b).unwrap();
+        assert!(n > 0, "guest ended before its banner");
+        seen.extend_from_slice(&b[..n]);
+    }
+    stdout
+}
+
+#[test]
+fn sigterm_stops_the_guest_with_0_and_sigint_with_130() {
+    for (sig, status) in [(Signal::SIGTERM, 0), (Signal::SIGINT, 130)] {
+        let mut child = waiting_guest();
+        let _stdout = wait_for_banner(&mut child);
+        kill(Pid::from_raw(child.id() as i32), sig).unwrap();
+        let out = wait_output(child, Duration::from_secs(10));
+        assert_eq!(out.status, status, "{sig:?}: {out:?}");
+    }
+}
+
+#[test]
+fn terminal_is_restored_after_a_signal() {
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let before = termios::tcgetattr(&pty.slave).unwrap();
+    assert!(before
+        .local_flags
+        .contains(LocalFlags::ICANON | LocalFlags::ECHO));
+    let slave = std::fs::File::from(pty.slave);
+    let mut child = Command::new(bin("vm-run"))
+        .args([
+            "-m",
+            "16M",
+            "-b",
+            tiny_guest().to_str().unwrap(),
+            "-a",
+            "echo",
+        ])
+        .stdin(slave.try_clone().unwrap())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _stdout = wait_for_banner(&mut child);
+    let during = termios::tcgetattr(slave.as_fd()).unwrap();
+    assert!(
+        !during.local_flags.contains(LocalFlags::ICANON),
+        "raw while running"
+    );
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let out = wait_output(child, Duration::from_secs(10));
+    assert_eq!(out.status, 0);
+    let after = termios::tcgetattr(slave.as_fd()).unwrap();
+    assert_eq!(after.local_flags, before.local_flags);
+    assert_eq!(after.input_flags, before.input_flags);
+    assert_eq!(after.output_flags, before.output_flags);
+}
+
+#[test]
+fn pty_console() {
+    let mut child = Command::new(bin("vm-run"))
+        .args([
+            "-p",
+            "-m",
+            "16M",
+            "-b",
+            tiny_guest().to_str().unwrap(),
+            "-a",
+            "echo",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut name = Vec::new();
+    let mut b = [0u8];
+    while b[0] != b'\n' {
+        assert_eq!(stdout.read(&mut b).unwrap(), 1, "no pty name printed");
+        name.push(b[0]);
+    }
+    let name = String::from_utf8(name).unwrap();
+    assert!(name.starts_with("/dev/pts/"), "{name}");
+    let mut tty = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(name.trim())
+        .unwrap();
+    tty.write_all(b"via pty.").unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 64];
+    while !String::from_utf8_lossy(&seen).contains("via pty.") {
+        let n = tty.read(&mut buf).unwrap();
+        assert!(n > 0);
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&seen).starts_with("tiny: echo\n"));
+    drop(stdout);
+    let out = wait_output(child, Duration::from_secs(10));
+    assert_eq!(out.status, 75);
+}
+
+fn assert_fails(out: &vm_tests::Output, status: i32, message: &str) {
+    assert_eq!(out.status, status, "{out:?}");
+    let first = out.stderr.lines().next().unwrap_or("");
+    assert!(
+        first.starts_with("vm-run: ") && first.contains(message),
+        "stderr {:?} should name {message:?}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+}
+
+#[test]
+fn bad_options_exit_64() {
+    let k = tiny_guest().to_str().unwrap();
+    assert_fails(&vm_run(&[]), 64, "no kernel given");
+    assert_fails(&vm_run(&["-b", k, "-c", "0"]), 64, "-c 0");
+    assert_fails(&vm_run(&["-b", k, "-m", "lots"]), 64, "-m lots");
+    assert_fails(&vm_run(&["-b", k, "-x"]), 64, "-x");
+    let long = "a".repeat(70000);
+    assert_fails(&vm_run(&["-b", k, "-a", &long]), 64, "-a");
+    assert_fails(&vm_run(&["-b", k, "-a", "bad\u{1}byte"]), 64, "-a");
+}
+
+#[test]
+fn help_prints_usage_and_exits_0() {
+    let out = vm_run(&["-h"]);
+    assert_eq!(out.status, 0);
+    assert!(out.stdout.starts_with("usage: vm-run"));
+}
+
+#[test]
+fn missing_files_exit_66() {
+    let k = tiny_guest().to_str().unwrap();
+    assert_fails(
+        &vm_run(&["-b", "/nonexistent/bzImage"]),
+        66,
+        "/nonexistent/bzImage: No such file",
+    );
+    assert_fails(
+        &vm_run(&["-b", k, "-i", "/nonexistent/initrd"]),
+        66,
+        "/nonexistent/initrd: No such file",
+    );
+    assert_fails(&vm_run(&["-b", "/"]), 66, "/: Is a directory");
+}
+
+#[test]
+fn not_a_kernel_exits_65() {
+    let dir = target_dir().join("tiny-guest");
+    let junk = dir.join("junk.bin");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(&junk, vec![0x5a; 8192]).unwrap();
+    assert_fails(
+        &vm_run(&["-b", junk.to_str().unwrap()]),
+        65,
+        "not a bzImage or ELF kernel",
+    );
+    // An ELF file that is not a PVH kernel: a program of the host.
+    assert_fails(
+        &vm_run(&["-b", bin("vm-run").to_str().unwrap()]),
+        65,
+        "not a bootable kernel",
+    );
+}
+
+#[test]
+fn what_the_host_cannot_give_exits_69() {
+    let k = tiny_guest().to_str().unwrap();
+    assert_fails(
+        &vm_run(&["-b", k, "-m", "64T"]),
+        69,
+        "more memory than this host has",
+    );
+    assert_fails(&vm_run(&["-b", k, "-c", "255"]), 69, "-c 255");
+}
+
+#[test]
+fn guest_too_small_for_its_files_exits_64() {
+    let k = tiny_guest().to_str().unwrap();
+    let big = target_dir().join("tiny-guest/big-initrd");
+    fs::write(&big, vec![0; 8 << 20]).unwrap();
+    assert_fails(
+        &vm_run(&["-m", "4M", "-b", k, "-i", big.to_str().unwrap()]),
+        64,
+        "does not fit",
+    );
+}
+
+/// Runs vm-run in a new mount namespace where /dev/kvm is replaced by
+/// `setup` (a shell snippet), as user `nobody` when `unprivileged`.
+fn with_dev_kvm(setup: &str, unprivileged: bool) -> vm_tests::Output {
+    let run_as = if unprivileged {
+        "setpriv --reuid=65534 --regid=65534 --clear-groups"
+    } else {
+        ""
+    };
+    let script = format!(
+        "set -e; {setup}; exec {run_as} {} -m 16M -b {} -a poweroff",
+        bin("vm-run").display(),
+        tiny_guest().display()
+    );
+    let child = Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_output(child, Duration::from_secs(30))
+}
+
+#[test]
+fn no_dev_kvm_exits_69() {
+    let out = with_dev_kvm("mount -t tmpfs none /dev", false);
+    assert_fails(&out, 69, "/dev/kvm: No such file or directory");
+}
+
+#[test]
+fn no_permission_on_dev_kvm_exits_77() {
+    // The tiny guest's file must be readable by nobody, /dev/kvm not.
+    let out = with_dev_kvm(
+        "d=$(mktemp -d); mount -t tmpfs none $d; mknod -m 600 $d/kvm c 10 232; \
+         mount --bind $d/kvm /dev/kvm",
+        true,
+    );
+    assert_fails(&out, 77, "/dev/kvm: Permission denied");
+}
