@@ -3,9 +3,11 @@
  * Booted through PVH (32-bit protected mode, EBX -> hvm_start_info), it
  * writes "tiny: " and its command line to COM1, then ends itself:
  * a command line starting with "poweroff" writes S5 to the ACPI PM1
- * control register (port 0x604, as vm-run's FADT says); anything else
- * resets through the i8042 (0xfe to port 0x64), and should that be
- * ignored, triple-faults.
+ * control register (port 0x604, as vm-run's FADT says); one starting
+ * with "echo" first echoes what COM1 receives, up to a '.'; anything
+ * else resets at once through the i8042 (0xfe to port 0x64), and should
+ * that be ignored, triple-faults. Port 0xf4 ends QEMU when it is given
+ * -device isa-debug-exit; QEMU's microvm has no i8042.
  */
 	.section .note.pvh, "a"
 	.balign 4
@@ -32,7 +34,20 @@ _start:
 1:	mov	$'\n', %al
 	out	%al, %dx
 
-	cmpl	$0x65776f70, (%esi)	/* "powe" */
+	cmpl	$0x6f686365, (%esi)	/* "echo" */
+	jne	2f
+echo:	add	$5, %dx			/* line status register */
+3:	in	%dx, %al
+	test	$1, %al			/* data ready */
+	jz	3b
+	sub	$5, %dx
+	in	%dx, %al
+	out	%al, %dx
+	cmp	$'.', %al
+	jne	echo
+	jmp	reset
+
+2:	cmpl	$0x65776f70, (%esi)	/* "powe" */
 	jne	reset
 	mov	$0x604, %dx
 	mov	$0x3401, %ax		/* SLP_TYP=5 << 10 | SLP_EN | SCI_EN */
@@ -40,6 +55,7 @@ _start:
 
 reset:
 	mov	$0xfe, %al
+	out	%al, $0xf4		/* QEMU's isa-debug-exit, for benchmarks */
 	out	%al, $0x64
 	lidt	null_idt
 	int3

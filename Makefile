@@ -1,0 +1,52 @@
+# vm-tools: static Unix-style tools around KVM. See README.md.
+#   make            static, stripped release binaries in target/$(MUSL)/release
+#   make test       every test (unit, tiny guest on /dev/kvm, Linux guests in
+#                   the emulated test host); installs what it needs
+#   make demo       boots a Linux guest with its console on this terminal
+#   make bench      benchmarks, written to docs/BENCHMARKS.md
+#   make install    binaries and man pages under $(PREFIX)
+
+PREFIX  ?= /usr/local
+MUSL    := x86_64-unknown-linux-musl
+BIN     := target/$(MUSL)/release
+TOOLS   := vm-run vm-ctl vm-img vm-net vm-send vm-receive
+CARGO   ?= cargo
+
+all: setup-rust
+	$(CARGO) build --release --bins --target $(MUSL)
+
+# What the build needs: the musl target for static binaries.
+setup-rust:
+	@rustup target list --installed 2>/dev/null | grep -qx $(MUSL) || rustup target add $(MUSL)
+
+# What the tests, demo and benchmarks need from Debian.
+setup: setup-rust
+	@tests/harness/setup.sh
+
+fixture: setup
+	tests/guest/build.sh target/guest
+
+test: setup all
+	mandoc -Tlint -Wwarning man/*
+	$(CARGO) test --workspace
+
+demo: setup all fixture
+	@tests/harness/demo.sh
+
+bench: setup all fixture
+	tests/bench/run.sh docs/BENCHMARKS.md
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/man/man8
+	for t in $(TOOLS); do install -m 755 $(BIN)/$$t $(DESTDIR)$(PREFIX)/bin/; done
+	install -m 644 man/*.1 $(DESTDIR)$(PREFIX)/share/man/man1/
+	install -m 644 man/*.8 $(DESTDIR)$(PREFIX)/share/man/man8/
+
+clean:
+	$(CARGO) clean
+
+.PHONY: all setup-rust setup fixture test demo bench lint install clean

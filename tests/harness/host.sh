@@ -1,0 +1,79 @@
+#!/bin/sh
+# Usage: tests/harness/host.sh [OUTDIR [FIXTURE]]
+#   (defaults target/testhost and target/guest; WITH_QEMU=1 also builds qemu.cpio.gz)
+# Builds the emulated test host (see /work/shared/notes/kvm-on-this-machine.md):
+#   OUTDIR/vmlinuz       Debian's cloud kernel, the fixture's bzImage
+#   OUTDIR/host.cpio.gz  busybox, kvm-amd & co, /guest/{bzImage,initrd.gz}, /init
+#   OUTDIR/qemu.cpio.gz  qemu-system-x86_64, its libraries and firmware, to append
+# Both archives are cached, keyed on this script and what goes into them.
+set -eu
+root=$(cd "$(dirname "$0")/../.." && pwd)
+out=${1:-$root/target/testhost}; fix=${2:-$root/target/guest}
+"$root/tests/guest/build.sh" "$fix"
+mkdir -p "$out"
+tmp=$(mktemp -d "$out/tmp.XXXXXX"); trap 'rm -rf "$tmp"' EXIT; trap 'exit 1' INT TERM HUP
+me=$root/tests/harness/host.sh
+
+sum=$(cat "$me" "$fix/bzImage" "$fix/initrd.gz" "$fix"/hostmods/* | sha256sum)
+if [ ! -f "$out/host.cpio.gz" ] || [ "$(cat "$out/host.stamp" 2>/dev/null)" != "$sum" ]; then
+    r=$tmp/host
+    mkdir -p "$r/bin/vm" "$r/dev" "$r/proc" "$r/sys" "$r/tmp" "$r/root" "$r/etc" "$r/guest" "$r/lib"
+    dpkg-deb -x "$(ls -t "$fix"/debs/busybox-static_*.deb | head -n1)" "$tmp/bb"
+    cp "$tmp/bb/bin/busybox" "$r/bin/"
+    for a in $("$r/bin/busybox" --list-full); do
+        mkdir -p "$r/${a%/*}"; [ -e "$r/$a" ] || ln -s /bin/busybox "$r/$a"
+    done
+    cp -r "$fix/hostmods" "$r/lib/modules"
+    cp "$fix/bzImage" "$fix/initrd.gz" "$r/guest/"
+    cat > "$r/init" <<'EOF'
+#!/bin/sh
+# Test host /init. No set -e: PID 1 must reach TESTHOST-DONE and poweroff.
+export PATH=/bin/vm:/bin:/sbin:/usr/bin:/usr/sbin HOME=/root
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts /dev/shm
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /dev/shm
+mount -t tmpfs tmpfs /tmp
+for m in $(cat /lib/modules/order); do insmod "/lib/modules/$m.ko" 2>/dev/null; done
+ip link set lo up
+[ -c /dev/kvm ] || { echo TESTHOST-NO-KVM; poweroff -f; }
+echo TESTHOST-READY
+rc=0
+if [ -f /scenario.sh ]; then
+    # Own session with the console as controlling tty, so ^C and the
+    # interactive demo behave; the subshell keeps setsid from forking away.
+    (cd /tmp && exec setsid cttyhack sh /scenario.sh)
+    rc=$?
+fi
+echo "TESTHOST-DONE rc=$rc"
+poweroff -f
+EOF
+    chmod 755 "$r/init"
+    (cd "$r" && find . -mindepth 1 | cpio -o -H newc -R 0:0 --quiet) | gzip > "$out/host.cpio.gz"
+    cp "$fix/bzImage" "$out/vmlinuz"
+    echo "$sum" > "$out/host.stamp"
+fi
+
+[ "${WITH_QEMU:-}" = 1 ] || exit 0
+command -v qemu-system-x86_64 >/dev/null || {
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-x86 >/dev/null
+}
+q=$(command -v qemu-system-x86_64)
+sum=$(cat "$me" "$q" | sha256sum)
+[ -f "$out/qemu.cpio.gz" ] && [ "$(cat "$out/qemu.stamp" 2>/dev/null)" = "$sum" ] && exit 0
+r=$tmp/qemu
+# QEMU finds firmware relative to its binary (/usr/bin/../share/qemu, ../share/seabios,
+# ../lib/ipxe/qemu). This set is what -M microvm, pc and q35 open with -nodefaults
+# and -kernel, plus pvh.bin (ELF vmlinux) and the virtio-net option ROM.
+for f in "$q" $(ldd "$q" | grep -o '/[^ ]*') \
+    /usr/share/qemu/bios-microvm.bin /usr/share/qemu/linuxboot_dma.bin \
+    /usr/share/qemu/kvmvapic.bin /usr/share/qemu/pvh.bin \
+    /usr/share/seabios/bios-256k.bin /usr/share/seabios/vgabios-stdvga.bin \
+    /usr/lib/ipxe/qemu/efi-virtio.rom; do
+    mkdir -p "$r${f%/*}"; cp -L "$f" "$r$f"
+done
+(cd "$r" && find . -mindepth 1 | cpio -o -H newc -R 0:0 --quiet) | gzip > "$out/qemu.cpio.gz"
+echo "$sum" > "$out/qemu.stamp"

@@ -1,0 +1,45 @@
+#!/bin/sh
+# Usage: tests/harness/run-host.sh [-q] [-b BINDIR] [-t TIMEOUT_SECS] SCENARIO.sh
+# Boots the emulated test host (QEMU TCG with AMD SVM, kvm_amd inside) with
+# SCENARIO.sh as /scenario.sh and the files of BINDIR (default
+# target/x86_64-unknown-linux-musl/release, executables only) in /bin/vm/.
+#   -q  also append qemu.cpio.gz (QEMU inside the host, for comparisons)
+#   -t  timeout in seconds (default 600; none when stdin is a terminal)
+# The console goes to stdout; exit status 0 iff it shows TESTHOST-DONE.
+# Interactive (stdin a tty): you type into the host console; Ctrl-A x quits.
+set -eu
+root=$(cd "$(dirname "$0")/../.." && pwd)
+usage() { sed -n 's/^# \{0,1\}//; 2,9p' "$0" >&2; exit 2; }
+withq=; bin=$root/target/x86_64-unknown-linux-musl/release; t=
+while getopts qb:t: o; do
+    case $o in q) withq=1 ;; b) bin=$OPTARG ;; t) t=$OPTARG ;; *) usage ;; esac
+done
+shift $((OPTIND - 1))
+[ $# -eq 1 ] && [ -f "$1" ] || usage
+host=$root/target/testhost
+command -v qemu-system-x86_64 >/dev/null || {
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-x86 >/dev/null
+}
+WITH_QEMU=$withq "$root/tests/harness/host.sh" "$host"
+
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT; trap 'exit 1' INT TERM HUP
+mkdir -p "$tmp/x/bin/vm"
+cp "$1" "$tmp/x/scenario.sh"
+[ ! -d "$bin" ] || find "$bin" -maxdepth 1 -type f -perm -u+x -exec cp {} "$tmp/x/bin/vm/" \;
+(cd "$tmp/x" && find . -mindepth 1 | cpio -o -H newc -R 0:0 --quiet) | gzip -1 > "$tmp/x.cpio.gz"
+# The kernel unpacks concatenated (compressed) cpio archives in order.
+cat "$host/host.cpio.gz" ${withq:+"$host/qemu.cpio.gz"} "$tmp/x.cpio.gz" > "$tmp/initrd"
+
+if [ -t 0 ]; then
+    fg=--foreground; t=${t:-0}     # let QEMU read the terminal; no time limit
+else
+    fg=; t=${t:-600}; exec </dev/null
+fi
+# TCG warns about each EPYC-Rome feature it cannot emulate; that noise is dropped.
+timeout $fg -k 5 "$t" qemu-system-x86_64 -M q35 -accel tcg -cpu EPYC-Rome,+svm,+npt \
+    -m 3G -smp 2 -nodefaults -no-user-config -nographic -serial mon:stdio -no-reboot \
+    -kernel "$host/vmlinuz" -initrd "$tmp/initrd" \
+    -append 'console=ttyS0 quiet panic=-1' 2>"$tmp/err" | tee "$tmp/log" || :
+grep -v 'TCG doesn.t support requested feature' "$tmp/err" >&2 || :
+grep -q TESTHOST-DONE "$tmp/log"

@@ -1,0 +1,18 @@
+#!/bin/sh
+# Installs, from Debian's packages, what the tests, the demo and the
+# benchmarks need, when it is missing: QEMU (the emulated test host, and
+# the reference VMM), busybox (both initramfs), cpio, mandoc, assembler and
+# linker for the tiny guest, and util-linux's unshare/setpriv.
+set -eu
+need=
+for pair in qemu-system-x86_64:qemu-system-x86 busybox:busybox-static cpio:cpio \
+	mandoc:mandoc ld:binutils cc:gcc unshare:util-linux setpriv:util-linux \
+	xz:xz-utils zstd:zstd hyperfine:hyperfine; do
+	command -v "${pair%%:*}" >/dev/null 2>&1 || need="$need ${pair#*:}"
+done
+[ -e /usr/share/seabios/bios-256k.bin ] || need="$need seabios"
+[ -z "$need" ] && exit 0
+echo "setup: installing$need" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends $need >/dev/null
