@@ -77,7 +77,13 @@ fn main() {
         );
         measure(
             Command::new("qemu-system-x86_64")
-                .args(["-M", "microvm", "-enable-kvm", "-cpu", "host,-arch-capabilities"])
+                .args([
+                    "-M",
+                    "microvm",
+                    "-enable-kvm",
+                    "-cpu",
+                    "host,-arch-capabilities",
+                ])
                 .args(["-m", "128M", "-nodefaults", "-no-user-config", "-nographic"])
                 .args(["-serial", "stdio", "-monitor", "none", "-no-reboot"])
                 .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=1"])
@@ -86,10 +92,17 @@ fn main() {
             &mut qemu,
         );
     }
-    println!("| measure ({RUNS} runs each, median [min–max]) | vm-run | QEMU microvm | vm-run / QEMU |");
+    println!(
+        "| measure ({RUNS} runs each, median [min–max]) | vm-run | QEMU microvm | vm-run / QEMU |"
+    );
     println!("|---|---|---|---|");
     for (name, a, b, unit) in [
-        ("spawn to first UART byte", &ours.first_byte_ms, &qemu.first_byte_ms, "ms"),
+        (
+            "spawn to first UART byte",
+            &ours.first_byte_ms,
+            &qemu.first_byte_ms,
+            "ms",
+        ),
         ("spawn to exit", &ours.exit_ms, &qemu.exit_ms, "ms"),
         ("CPU time (user + sys)", &ours.cpu_ms, &qemu.cpu_ms, "ms"),
         ("peak RSS", &ours.rss_kib, &qemu.rss_kib, "KiB"),

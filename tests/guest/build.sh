@@ -2,6 +2,7 @@
 # Usage: tests/guest/build.sh OUTDIR
 # Builds the Linux guest fixture from Debian packages only:
 #   OUTDIR/bzImage    Debian's cloud kernel (what linux-image-cloud-amd64 depends on)
+#   OUTDIR/vmlinux    the same kernel as an ELF image, for PVH boot
 #   OUTDIR/initrd.gz  busybox-static + tests/guest/init + the kernel's virtio modules
 #   OUTDIR/hostmods/  kvm/kvm-amd/tun/bridge/... for the emulated test host (host.sh)
 #   OUTDIR/kernel-version, OUTDIR/config
@@ -24,6 +25,25 @@ need() { # need CMD PACKAGE
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
 }
 need cpio cpio
+
+# vmlinux BZIMAGE: the ELF kernel inside a bzImage (its PVH note included),
+# as the kernel's scripts/extract-vmlinux finds it: the payload named by the
+# setup header, decompressed by whichever tool its magic names.
+vmlinux() {
+    setup=$(( ($(od -An -tu1 -j497 -N1 "$1") + 1) * 512 ))
+    off=$(od -An -tu4 -j584 -N4 "$1"); len=$(od -An -tu4 -j588 -N4 "$1")
+    magic=$(tail -c +$((setup + off + 1)) "$1" | head -c 4 | od -An -tx1 | tr -d ' ')
+    case $magic in
+    02214c18) need lz4 lz4; dec="lz4 -dc" ;;
+    28b52ffd) need zstd zstd; dec="zstd -dc" ;;
+    fd377a58) need xz xz-utils; dec="xz -dc" ;;
+    1f8b*) dec="gzip -dc" ;;
+    *) echo "$0: unknown kernel compression $magic" >&2; return 1 ;;
+    esac
+    # The payload ends with the decompressed size, which the tools call
+    # trailing garbage: their complaint and status are expected.
+    tail -c +$((setup + off + 1)) "$1" | head -c "$len" | $dec 2>/dev/null || :
+}
 apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1 || { apt-get update -qq; updated=1; }
 pkg=$(apt-cache depends linux-image-cloud-amd64 | sed -n 's/^ *Depends: \(linux-image-[^ ]*\).*/\1/p' | head -n1)
 [ -n "$pkg" ] || { echo "$0: cannot resolve linux-image-cloud-amd64" >&2; exit 1; }
@@ -37,6 +57,7 @@ for p in busybox-static "$pkg"; do dpkg-deb -x "$(ls -t "$out/debs/${p}_"*.deb |
 kver=${pkg#linux-image-}
 bb=$x/bin/busybox
 cp "$x/boot/vmlinuz-$kver" "$out/bzImage"
+vmlinux "$out/bzImage" > "$out/vmlinux"
 cp "$x/boot/config-$kver" "$out/config"
 echo "$kver" > "$out/kernel-version"
 

@@ -38,7 +38,7 @@ else
 fi
 # TCG warns about each EPYC-Rome feature it cannot emulate; that noise is dropped.
 timeout $fg -k 5 "$t" qemu-system-x86_64 -M q35 -accel tcg -cpu EPYC-Rome,+svm,+npt \
-    -m 3G -smp 2 -nodefaults -no-user-config -nographic -serial mon:stdio -no-reboot \
+    -m 6G -smp 2 -nodefaults -no-user-config -nographic -serial mon:stdio -no-reboot \
     -kernel "$host/vmlinuz" -initrd "$tmp/initrd" \
     -append 'console=ttyS0 quiet panic=-1' 2>"$tmp/err" | tee "$tmp/log" || :
 grep -v 'TCG doesn.t support requested feature' "$tmp/err" >&2 || :

@@ -57,7 +57,7 @@ pub fn run(batch: &str, scenarios: &[Scenario], with_qemu: bool) -> Report {
         // Each scenario in a subshell, so `exit` in one ends only that one.
         let _ = writeln!(
             script,
-            "echo '{BEGIN}{n}'\n( {body}\n)\necho \"{END}{n} $?\"",
+            "echo \"{BEGIN}{n} $(date +%s)\"\n( {body}\n)\nrc=$?\necho \"{END}{n} $(date +%s) $rc\"",
             n = s.name,
             body = s.script
         );
@@ -93,7 +93,9 @@ fn parse(console: &str) -> HashMap<String, Case> {
     let mut current: Option<(String, String)> = None;
     for line in console.lines() {
         let line = line.trim_end_matches('\r');
-        if let Some(name) = line.strip_prefix(BEGIN) {
+        // Markers carry the time, so a slow scenario shows in the log.
+        if let Some(rest) = line.strip_prefix(BEGIN) {
+            let name = rest.split(' ').next().unwrap_or_default();
             current = Some((name.to_string(), String::new()));
         } else if let Some(rest) = line.strip_prefix(END) {
             if let Some((name, output)) = current.take() {
@@ -118,7 +120,7 @@ mod tests {
 
     #[test]
     fn parses_cases_between_markers() {
-        let c = parse("noise\n@@@ BEGIN a\nhello\r\n@@@ END a 75\n@@@ BEGIN b\nlost\n");
+        let c = parse("noise\n@@@ BEGIN a 10\nhello\r\n@@@ END a 12 75\n@@@ BEGIN b 13\nlost\n");
         assert_eq!(c["a"].output, "hello\n");
         assert_eq!(c["a"].status, 75);
         assert!(!c.contains_key("b"));
