@@ -342,3 +342,23 @@ fn no_permission_on_dev_kvm_exits_77() {
     );
     assert_fails(&out, 77, "/dev/kvm: Permission denied");
 }
+
+#[test]
+fn running_guest_is_sandboxed() {
+    let mut child = waiting_guest();
+    let _stdout = wait_for_banner(&mut child);
+    let status = fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let out = wait_output(child, Duration::from_secs(10));
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(field("NoNewPrivs:"), "1");
+    assert_eq!(field("Seccomp:"), "2", "seccomp filter mode");
+    assert_eq!(out.status, 0, "{out:?}");
+}

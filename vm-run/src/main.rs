@@ -10,6 +10,7 @@ mod error;
 mod exit;
 mod memory;
 mod outcome;
+mod sandbox;
 mod signals;
 mod vcpu;
 mod vm;

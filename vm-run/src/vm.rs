@@ -17,7 +17,7 @@ use crate::memory::{self, GuestMemory};
 use crate::outcome::{self, Outcome};
 use crate::vcpu::Vcpu;
 use crate::x86::{acpi, cpuid, irqchip, msrs, regs};
-use crate::{boot, signals};
+use crate::{boot, sandbox, signals};
 
 /// xAPIC IDs are 8 bits and 0xff is the broadcast ID.
 const MAX_VCPUS: usize = 254;
@@ -107,6 +107,12 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
         });
     }
 
+    // Everything is open and mapped: from here on the guest could be
+    // hostile, so vm-run gives up what it no longer needs.
+    let landlocked = sandbox::enter()?;
+    if cfg.verbose && !landlocked {
+        eprintln!("vm-run: landlock is not (fully) available on this kernel");
+    }
     signals::spawn_waiter(reporter.clone())?;
     console.spawn_input(com1, room_reader)?;
     for v in vcpus {
