@@ -61,9 +61,9 @@ const SYSCALLS: &[i64] = &[
 
 fn ioctls() -> Vec<u64> {
     vec![
-        nix::request_code_none!(kvm_bindings::KVMIO, 0x80) as u64, // KVM_RUN
-        nix::request_code_read!(kvm_bindings::KVMIO, 0x81, size_of::<kvm_regs>()) as u64,
-        nix::request_code_read!(kvm_bindings::KVMIO, 0x83, size_of::<kvm_sregs>()) as u64,
+        nix::request_code_none!(kvm_bindings::KVMIO, 0x80), // KVM_RUN
+        nix::request_code_read!(kvm_bindings::KVMIO, 0x81, size_of::<kvm_regs>()),
+        nix::request_code_read!(kvm_bindings::KVMIO, 0x83, size_of::<kvm_sregs>()),
         libc::TCGETS,
         libc::TCSETS,
     ]
