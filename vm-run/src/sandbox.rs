@@ -59,13 +59,24 @@ const SYSCALLS: &[i64] = &[
     libc::SYS_tgkill,
 ];
 
+/// An ioctl request number as <asm-generic/ioctl.h> builds it, spelled
+/// out because libc and nix type them differently on musl and glibc.
+const fn ioc(dir: u64, ty: u64, nr: u64, size: usize) -> u64 {
+    (dir << 30) | ((size as u64) << 16) | (ty << 8) | nr
+}
+const IOC_NONE: u64 = 0;
+const IOC_READ: u64 = 2;
+const KVMIO: u64 = 0xae;
+const TCGETS: u64 = 0x5401;
+const TCSETS: u64 = 0x5402;
+
 fn ioctls() -> Vec<u64> {
     vec![
-        nix::request_code_none!(kvm_bindings::KVMIO, 0x80), // KVM_RUN
-        nix::request_code_read!(kvm_bindings::KVMIO, 0x81, size_of::<kvm_regs>()),
-        nix::request_code_read!(kvm_bindings::KVMIO, 0x83, size_of::<kvm_sregs>()),
-        libc::TCGETS,
-        libc::TCSETS,
+        ioc(IOC_NONE, KVMIO, 0x80, 0),                      // KVM_RUN
+        ioc(IOC_READ, KVMIO, 0x81, size_of::<kvm_regs>()),  // KVM_GET_REGS
+        ioc(IOC_READ, KVMIO, 0x83, size_of::<kvm_sregs>()), // KVM_GET_SREGS
+        TCGETS,
+        TCSETS,
     ]
 }
 
