@@ -15,9 +15,11 @@ CARGO   ?= cargo
 all: setup-rust
 	$(CARGO) build --release --bins --target $(MUSL)
 
-# What the build needs: the musl target for static binaries.
+# What the build needs: the musl target for static binaries, and the
+# linters of make lint.
 setup-rust:
 	@rustup target list --installed 2>/dev/null | grep -qx $(MUSL) || rustup target add $(MUSL)
+	@rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
 
 # What the tests, demo and benchmarks need from Debian.
 setup: setup-rust
@@ -36,7 +38,7 @@ demo: setup all fixture
 bench: setup all fixture
 	tests/bench/run.sh docs/BENCHMARKS.md
 
-lint:
+lint: setup-rust
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 

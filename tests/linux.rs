@@ -17,11 +17,13 @@ fn guest(opts: &str, kernel: &str, params: &str) -> String {
 }
 
 /// Starts vm-run in the background with its console in /tmp/NAME.out, and
-/// waits (at most 5 minutes) for the fixture's init to come up.
+/// waits (at most 5 minutes, then kills it) for the fixture's init to
+/// come up.
 fn background(name: &str, params: &str) -> String {
     format!(
         "{g} > /tmp/{name}.out 2>&1 < /tmp/{name}.in & pid=$!\n\
-         i=0; until grep -q VMTEST-INIT-OK /tmp/{name}.out || [ $i -gt 300 ]; do sleep 1; i=$((i+1)); done",
+         i=0; until grep -q VMTEST-INIT-OK /tmp/{name}.out || [ $i -gt 300 ]; do sleep 1; i=$((i+1)); done\n\
+         [ $i -le 300 ] || kill -KILL $pid",
         g = guest("-m 256M", "bzImage", params)
     )
 }

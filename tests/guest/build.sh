@@ -30,7 +30,8 @@ need cpio cpio
 # as the kernel's scripts/extract-vmlinux finds it: the payload named by the
 # setup header, decompressed by whichever tool its magic names.
 vmlinux() {
-    setup=$(( ($(od -An -tu1 -j497 -N1 "$1") + 1) * 512 ))
+    sects=$(od -An -tu1 -j497 -N1 "$1"); [ "$sects" -ne 0 ] || sects=4
+    setup=$(( (sects + 1) * 512 ))
     off=$(od -An -tu4 -j584 -N4 "$1"); len=$(od -An -tu4 -j588 -N4 "$1")
     magic=$(tail -c +$((setup + off + 1)) "$1" | head -c 4 | od -An -tx1 | tr -d ' ')
     case $magic in
@@ -58,6 +59,8 @@ kver=${pkg#linux-image-}
 bb=$x/bin/busybox
 cp "$x/boot/vmlinuz-$kver" "$out/bzImage"
 vmlinux "$out/bzImage" > "$out/vmlinux"
+[ "$(head -c 4 "$out/vmlinux" | od -An -tx1 | tr -d ' ')" = 7f454c46 ] ||
+    { echo "$0: no ELF kernel inside $out/bzImage" >&2; exit 1; }
 cp "$x/boot/config-$kver" "$out/config"
 echo "$kver" > "$out/kernel-version"
 

@@ -102,6 +102,9 @@ pub fn wait_output(mut child: Child, limit: Duration) -> Output {
             break s;
         }
         if start.elapsed() > limit {
+            // The whole group: run-host.sh leaves timeout and QEMU behind.
+            // SAFETY: kill(2) with the group of a child we started.
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
             child.kill().ok();
             panic!("timed out after {limit:?}");
         }

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::fs;
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -70,6 +71,7 @@ pub fn run(batch: &str, scenarios: &[Scenario], with_qemu: bool) -> Report {
         cmd.arg("-q");
     }
     let child = cmd
+        .process_group(0)
         .arg("-b")
         .arg(bin_dir())
         .arg(&path)

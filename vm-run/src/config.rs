@@ -13,6 +13,7 @@ const DEFAULT_MEM: u64 = 512 << 20;
 /// Below this not even a tiny Linux decompresses itself.
 const MIN_MEM: u64 = 2 << 20;
 const DEFAULT_CMDLINE: &str = "console=ttyS0";
+const PAGE: u64 = 4096;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Console {
@@ -64,6 +65,12 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed> {
         }
     }
     let kernel = kernel.ok_or_else(|| Error::Usage("no kernel given (-b kernel)".into()))?;
+    if !mem_size.is_multiple_of(PAGE) {
+        return Err(Error::Usage(format!(
+            "-m {}K: not a whole number of 4K pages",
+            mem_size >> 10
+        )));
+    }
     if mem_size < MIN_MEM {
         return Err(Error::Usage(format!(
             "-m {}K: a guest needs at least {}M",

@@ -17,13 +17,23 @@ use crate::config;
 use crate::devices::serial::{Output, Serial};
 use crate::error::{Error, Result};
 
+/// The terminal settings to put back, and the fd to put them on. Global,
+/// so that a panic hook can restore them as well as every ordinary exit.
+static SAVED: Mutex<Option<(OwnedFd, Termios)>> = Mutex::new(None);
+
+/// Puts the terminal back as it was before raw mode, if it was changed.
+pub fn restore_terminal() {
+    let saved = SAVED.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some((fd, orig)) = saved {
+        let _ = termios::tcsetattr(&fd, SetArg::TCSANOW, &orig);
+    }
+}
+
 pub struct Console {
     /// Where the guest's keystrokes come from; None once handed to the
     /// input thread.
     input: Option<File>,
     output: Option<Output>,
-    /// The terminal settings to put back, and on which fd.
-    saved: Option<(File, Termios)>,
     /// Held open so that the pty stays usable between two users.
     _pty_slave: Option<OwnedFd>,
 }
@@ -43,18 +53,21 @@ impl Console {
         };
         let input = dup(io::stdin().as_fd().try_clone_to_owned(), "stdin")?;
         let output = dup(io::stdout().as_fd().try_clone_to_owned(), "stdout")?;
-        let mut saved = None;
         if let Ok(orig) = termios::tcgetattr(&input) {
+            // Remember how to undo raw mode before entering it.
+            let restore_fd = input
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|e| Error::Os("console: stdin".into(), e))?;
             let mut raw = orig.clone();
             termios::cfmakeraw(&mut raw);
+            *SAVED.lock().unwrap_or_else(|e| e.into_inner()) = Some((restore_fd, orig));
             termios::tcsetattr(&input, SetArg::TCSANOW, &raw)
                 .map_err(|e| Error::Os("console: stdin".into(), e.into()))?;
-            saved = Some((dup(input.as_fd().try_clone_to_owned(), "stdin")?, orig));
         }
         Ok(Console {
             input: Some(input),
             output: Some(Box::new(output)),
-            saved,
             _pty_slave: None,
         })
     }
@@ -82,7 +95,6 @@ impl Console {
         Ok(Console {
             input: Some(master),
             output: Some(Box::new(Lossy(output))),
-            saved: None,
             _pty_slave: Some(pty.slave),
         })
     }
@@ -102,18 +114,11 @@ impl Console {
             .map(|_| ())
             .map_err(|e| Error::Os("console thread".into(), e))
     }
-
-    /// Puts the terminal back as it was.
-    pub fn restore(&mut self) {
-        if let Some((fd, orig)) = self.saved.take() {
-            let _ = termios::tcsetattr(&fd, SetArg::TCSANOW, &orig);
-        }
-    }
 }
 
 impl Drop for Console {
     fn drop(&mut self) {
-        self.restore();
+        restore_terminal();
     }
 }
 

@@ -22,6 +22,13 @@ use config::Parsed;
 use outcome::Outcome;
 
 fn main() {
+    // No panic is expected; should one come, the user still gets their
+    // terminal back before the abort.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        console::restore_terminal();
+        default_hook(info);
+    }));
     let code = match config::parse(std::env::args_os()) {
         Ok(Parsed::Help) => {
             println!("{}", config::USAGE);

@@ -10,7 +10,7 @@ pub type GuestMemory = GuestMemoryMmap<()>;
 
 /// Real-mode boot structures, all below the EBDA.
 pub const GDT_START: u64 = 0x500;
-pub const IDT_START: u64 = 0x520;
+pub const IDT_START: u64 = 0x530;
 /// PVH start_info, its module list (the initrd) and its memory map.
 pub const PVH_INFO_START: u64 = 0x6000;
 pub const PVH_MODLIST_START: u64 = 0x6040;

@@ -57,6 +57,9 @@ const SYSCALLS: &[i64] = &[
     libc::SYS_exit,
     libc::SYS_exit_group,
     libc::SYS_tgkill,
+    // musl's abort() and raise(), should anything panic.
+    libc::SYS_tkill,
+    libc::SYS_rt_sigaction,
 ];
 
 /// An ioctl request number as <asm-generic/ioctl.h> builds it, spelled

@@ -1,5 +1,5 @@
 //! Host signals that end the run: SIGTERM (a service manager stopping us),
-//! SIGINT and SIGHUP. They are blocked in every thread and taken by one
+//! SIGINT, SIGHUP and SIGQUIT. They are blocked in every thread and taken by one
 //! thread with sigwait, so no handler runs in the middle of a vCPU exit.
 
 use nix::sys::signal::{SigSet, Signal};
@@ -9,7 +9,12 @@ use crate::outcome::{Outcome, Reporter};
 
 fn set() -> SigSet {
     let mut s = SigSet::empty();
-    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+    for sig in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+    ] {
         s.add(sig);
     }
     s

@@ -37,12 +37,14 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
         .create_vm()
         .map_err(|e| Error::Kvm("KVM_CREATE_VM".into(), e))?;
     irqchip::create(&vm)?;
-    let mem = memory::create(cfg.mem_size)?;
-    register_memory(&vm, &mem)?;
+    // Guest memory must outlive every vCPU, and vCPUs run until the
+    // process exits: it is never unmapped.
+    let mem: &'static GuestMemory = Box::leak(Box::new(memory::create(cfg.mem_size)?));
+    register_memory(&vm, mem)?;
 
-    let rsdp = acpi::write_tables(&mem, cfg.vcpus)?;
-    let entry = boot::load(&mem, cfg, rsdp)?;
-    regs::write_boot_structures(&mem, entry)?;
+    let rsdp = acpi::write_tables(mem, cfg.vcpus)?;
+    let entry = boot::load(mem, cfg, rsdp)?;
+    regs::write_boot_structures(mem, entry)?;
     if cfg.verbose {
         eprintln!(
             "vm-run: {} MiB, {} vCPUs, entry {entry:x?}",
@@ -89,7 +91,7 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
         let fd = vm
             .create_vcpu(id.into())
             .map_err(|e| Error::Kvm("KVM_CREATE_VCPU".into(), e))?;
-        fd.set_cpuid2(&cpuid::for_vcpu(&base_cpuid, id, cfg.vcpus))
+        fd.set_cpuid2(&cpuid::for_vcpu(&base_cpuid, id, cfg.vcpus)?)
             .map_err(|e| Error::Kvm("KVM_SET_CPUID2".into(), e))?;
         msrs::setup(&fd)?;
         regs::setup_fpu(&fd)?;
@@ -122,13 +124,12 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
     let outcome = ends
         .recv()
         .unwrap_or_else(|_| Outcome::Failed("every vCPU thread is gone".into()));
-    console.restore();
-    // vCPU threads are still in KVM_RUN: the process exit ends them.
-    drop(vm);
+    crate::console::restore_terminal();
+    // vCPU threads may still be in KVM_RUN: the process exit ends them.
     Ok(outcome)
 }
 
-fn register_memory(vm: &VmFd, mem: &GuestMemory) -> Result<()> {
+fn register_memory(vm: &VmFd, mem: &'static GuestMemory) -> Result<()> {
     for (slot, region) in mem.iter().enumerate() {
         let host = region
             .get_host_address(vm_memory::MemoryRegionAddress(0))
@@ -140,8 +141,8 @@ fn register_memory(vm: &VmFd, mem: &GuestMemory) -> Result<()> {
             memory_size: region.len(),
             userspace_addr: host as u64,
         };
-        // SAFETY: the mapping behind `host` lives in `mem`, which outlives
-        // every vCPU run: the process exits before `mem` is dropped.
+        // SAFETY: the mapping behind `host` is never unmapped: `mem` is
+        // leaked for the life of the process.
         unsafe { vm.set_user_memory_region(r) }
             .map_err(|e| Error::Kvm("KVM_SET_USER_MEMORY_REGION".into(), e))?;
     }

@@ -66,8 +66,9 @@ fn file_len(f: &mut File, path: &Path) -> Result<u64> {
         .map_err(|e| Error::Open(path.into(), e))
 }
 
-/// Writes the command line (at most `max` bytes) for the kernel to find.
-fn load_cmdline(mem: &GuestMemory, cmdline: &str, max: usize) -> Result<u64> {
+/// Writes the command line (at most `max` bytes with its NUL) for the
+/// kernel to find.
+fn load_cmdline(mem: &GuestMemory, cmdline: &str, max: usize) -> Result<()> {
     let max = max.min(CMDLINE_MAX);
     let bad = |why: String| Error::Usage(format!("-a: {why}"));
     let mut cl = Cmdline::new(max).map_err(|e| bad(e.to_string()))?;
@@ -78,8 +79,7 @@ fn load_cmdline(mem: &GuestMemory, cmdline: &str, max: usize) -> Result<u64> {
         e => bad(e.to_string()),
     })?;
     linux_loader::loader::load_cmdline(mem, GuestAddress(CMDLINE_START), &cl)
-        .map_err(|e| Error::Setup(format!("command line: {e}")))?;
-    Ok(cl.as_cstring().map(|c| c.as_bytes().len()).unwrap_or(0) as u64)
+        .map_err(|e| Error::Setup(format!("command line: {e}")))
 }
 
 /// Loads the initrd page-aligned as high as it may go, below `max_end`

@@ -1,7 +1,9 @@
 //! CPUID: what KVM can virtualize on this host, with a topology of one
 //! socket of `n` single-threaded cores, and each vCPU its own APIC ID.
 
-use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES};
+use kvm_bindings::{
+    kvm_cpuid_entry2, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX, KVM_MAX_CPUID_ENTRIES,
+};
 use kvm_ioctls::Kvm;
 
 use crate::error::{Error, Result};
@@ -34,14 +36,18 @@ fn width(n: u32) -> u32 {
 }
 
 /// The CPUID table for vCPU `id` of `count`.
-pub fn for_vcpu(base: &CpuId, id: u8, count: u8) -> CpuId {
-    let mut cpuid = base.clone();
+pub fn for_vcpu(base: &CpuId, id: u8, count: u8) -> Result<CpuId> {
     let (id, count) = (u32::from(id), u32::from(count));
     let core_bits = width(count);
-    for e in cpuid.as_mut_slice() {
+    // "Addressable IDs" in a package: the next power of two.
+    let ids = 1u32 << core_bits;
+    let mut entries: Vec<kvm_cpuid_entry2> = Vec::with_capacity(base.as_slice().len() + 6);
+    let mut topology_leaves = Vec::new();
+    for e in base.as_slice() {
+        let mut e = *e;
         match e.function {
             LEAF_FEATURES => {
-                e.ebx = (id << 24) | (count << 16) | (8 << 8);
+                e.ebx = (id << 24) | (ids.min(255) << 16) | (8 << 8) | (e.ebx & 0xff);
                 e.ecx |= ECX_HYPERVISOR;
                 if count > 1 {
                     e.edx |= EDX_HTT;
@@ -53,28 +59,15 @@ pub fn for_vcpu(base: &CpuId, id: u8, count: u8) -> CpuId {
                 // Cores per package, and who shares the cache: only the L3
                 // is shared between cores.
                 let level = (e.eax >> 5) & 7;
-                let sharing = if level >= 3 { count - 1 } else { 0 };
-                e.eax = (e.eax & 0x3fff) | (sharing << 14) | ((count - 1) << 26);
+                let sharing = if level >= 3 { (ids - 1).min(0xfff) } else { 0 };
+                e.eax = (e.eax & 0x3fff) | (sharing << 14) | (((ids - 1) & 0x3f) << 26);
             }
+            // KVM leaves these for the VMM to fill: written below.
             LEAF_TOPOLOGY | LEAF_TOPOLOGY_V2 => {
-                e.edx = id;
-                match e.index {
-                    0 => {
-                        e.eax = 0;
-                        e.ebx = 1;
-                        e.ecx = LEVEL_SMT << 8;
-                    }
-                    1 => {
-                        e.eax = core_bits;
-                        e.ebx = count;
-                        e.ecx = (LEVEL_CORE << 8) | 1;
-                    }
-                    n => {
-                        e.eax = 0;
-                        e.ebx = 0;
-                        e.ecx = n;
-                    }
+                if !topology_leaves.contains(&e.function) {
+                    topology_leaves.push(e.function);
                 }
+                continue;
             }
             LEAF_AMD_SIZE => {
                 e.ecx = (core_bits << 12) | (count - 1);
@@ -86,8 +79,25 @@ pub fn for_vcpu(base: &CpuId, id: u8, count: u8) -> CpuId {
             }
             _ => {}
         }
+        entries.push(e);
     }
-    cpuid
+    for function in topology_leaves {
+        // SMT level (one thread per core), core level (all vCPUs), end.
+        let levels = [(0, 1, LEVEL_SMT), (core_bits, count, LEVEL_CORE), (0, 0, 0)];
+        for (index, (shift, n, kind)) in levels.into_iter().enumerate() {
+            entries.push(kvm_cpuid_entry2 {
+                function,
+                index: index as u32,
+                flags: KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+                eax: shift,
+                ebx: n,
+                ecx: (kind << 8) | index as u32,
+                edx: id,
+                ..Default::default()
+            });
+        }
+    }
+    CpuId::from_entries(&entries).map_err(|e| Error::Setup(format!("CPUID table: {e:?}")))
 }
 
 #[cfg(test)]
@@ -105,13 +115,26 @@ mod tests {
 
     #[test]
     fn topology_names_each_vcpu() {
-        let base = CpuId::from_entries(&[entry(1, 0), entry(0xb, 0), entry(0xb, 1)]).unwrap();
-        let c = for_vcpu(&base, 2, 4);
+        // KVM gives leaf 0xb as one zeroed subleaf for the VMM to fill.
+        let base = CpuId::from_entries(&[entry(1, 0), entry(0xb, 0)]).unwrap();
+        let c = for_vcpu(&base, 2, 3).unwrap();
         let e = c.as_slice();
-        assert_eq!(e[0].ebx >> 24, 2);
-        assert_eq!((e[0].ebx >> 16) & 0xff, 4);
+        assert_eq!(e[0].ebx >> 24, 2, "APIC ID");
+        assert_eq!((e[0].ebx >> 16) & 0xff, 4, "addressable IDs");
         assert_ne!(e[0].ecx & ECX_HYPERVISOR, 0);
-        assert_eq!((e[2].eax, e[2].ebx, e[2].edx), (2, 4, 2));
+        let topo: Vec<_> = e.iter().filter(|e| e.function == 0xb).collect();
+        assert_eq!(topo.len(), 3);
+        // SMT: 1 thread; core: 3 vCPUs, 2 bits of APIC ID; then the end.
+        assert_eq!(
+            (topo[0].eax, topo[0].ebx, (topo[0].ecx >> 8) & 0xff),
+            (0, 1, 1)
+        );
+        assert_eq!(
+            (topo[1].eax, topo[1].ebx, (topo[1].ecx >> 8) & 0xff),
+            (2, 3, 2)
+        );
+        assert_eq!((topo[2].ecx >> 8) & 0xff, 0);
+        assert!(topo.iter().all(|t| t.edx == 2));
     }
 
     #[test]

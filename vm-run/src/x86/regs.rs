@@ -28,10 +28,10 @@ const X86_CR4_PAE: u64 = 0x20;
 const EFER_LME: u64 = 0x100;
 const EFER_LMA: u64 = 0x400;
 
-/// GDT selectors: 0 null, 1 code, 2 data, 3 TSS.
-const CODE_SEL: u16 = 1 << 3;
-const DATA_SEL: u16 = 2 << 3;
-const TSS_SEL: u16 = 3 << 3;
+/// GDT selectors: the boot protocol's __BOOT_CS and __BOOT_DS, then a TSS.
+const CODE_SEL: u16 = 2 << 3;
+const DATA_SEL: u16 = 3 << 3;
+const TSS_SEL: u16 = 4 << 3;
 
 /// A GDT descriptor from its flags (access byte and G/DB/L nibble), base
 /// and limit, in the layout the CPU reads.
@@ -71,9 +71,10 @@ fn segment(entry: u64, selector: u16) -> kvm_segment {
     }
 }
 
-fn gdt(long_mode: bool) -> [u64; 4] {
+fn gdt(long_mode: bool) -> [u64; 5] {
     let code = if long_mode { 0xa09b } else { 0xc09b };
     [
+        0,
         0,
         gdt_entry(code, 0, 0xfffff),
         gdt_entry(0xc093, 0, 0xfffff),
@@ -129,14 +130,14 @@ pub fn setup_boot_vcpu(vcpu: &VcpuFd, entry: Entry) -> Result<()> {
     sregs.gdt.limit = (table.len() * 8 - 1) as u16;
     sregs.idt.base = IDT_START;
     sregs.idt.limit = 7;
-    let data = segment(table[2], DATA_SEL);
-    sregs.cs = segment(table[1], CODE_SEL);
+    let data = segment(table[3], DATA_SEL);
+    sregs.cs = segment(table[2], CODE_SEL);
     sregs.ds = data;
     sregs.es = data;
     sregs.fs = data;
     sregs.gs = data;
     sregs.ss = data;
-    sregs.tr = segment(table[3], TSS_SEL);
+    sregs.tr = segment(table[4], TSS_SEL);
     if long_mode {
         sregs.cr0 = X86_CR0_PE | X86_CR0_ET | X86_CR0_PG;
         sregs.cr3 = PML4_START;
