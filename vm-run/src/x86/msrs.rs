@@ -14,6 +14,7 @@ const MSR_CSTAR: u32 = 0xc000_0083;
 const MSR_SYSCALL_MASK: u32 = 0xc000_0084;
 const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
 const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
+const MSR_IA32_TSC: u32 = 0x10;
 const MISC_ENABLE_FAST_STRING: u64 = 1;
 
 pub fn setup(vcpu: &VcpuFd) -> Result<()> {
@@ -27,6 +28,10 @@ pub fn setup(vcpu: &VcpuFd) -> Result<()> {
         (MSR_SYSCALL_MASK, 0),
         (MSR_LSTAR, 0),
         (MSR_IA32_MISC_ENABLE, MISC_ENABLE_FAST_STRING),
+        // Every vCPU's TSC written at once: KVM then keeps them in step,
+        // and the guest does not find them unsynchronized and distrust
+        // its TSC.
+        (MSR_IA32_TSC, 0),
     ]
     .into_iter()
     .map(|(index, data)| kvm_msr_entry {
