@@ -63,9 +63,11 @@ fn memory_sizes() {
     }
 }
 
-#[test]
-fn stdin_reaches_the_guest() {
-    let mut child = Command::new(bin("vm-run"))
+/// The tiny guest in "echo" mode, with extra vm-run options and the given
+/// stdin: it polls its UART and echoes what comes, until a '.'.
+fn echo_guest(opts: &[&str], stdin: Stdio) -> std::process::Child {
+    Command::new(bin("vm-run"))
+        .args(opts)
         .args([
             "-m",
             "16M",
@@ -74,40 +76,27 @@ fn stdin_reaches_the_guest() {
             "-a",
             "echo",
         ])
-        .stdin(Stdio::piped())
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
-    // More than the UART's 64-byte FIFO, so the input must wait for room.
-    let typed = "x".repeat(300) + "\nend.";
-    child
-        .stdin
-        .take()
         .unwrap()
-        .write_all(typed.as_bytes())
-        .unwrap();
-    let out = wait_output(child, Duration::from_secs(30));
-    assert_eq!(out.stdout, format!("tiny: echo\n{typed}"));
-    assert_eq!(out.status, 75);
 }
 
 fn waiting_guest() -> std::process::Child {
-    // "echo" without input: the guest polls its UART until told otherwise.
-    Command::new(bin("vm-run"))
-        .args([
-            "-m",
-            "16M",
-            "-b",
-            tiny_guest().to_str().unwrap(),
-            "-a",
-            "echo",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+    echo_guest(&[], Stdio::piped())
+}
+
+#[test]
+fn stdin_reaches_the_guest() {
+    let mut child = waiting_guest();
+    // More than the UART's 64-byte FIFO, so the input must wait for room.
+    let typed = "x".repeat(300) + "\nend.";
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(typed.as_bytes()).unwrap();
+    let out = wait_output(child, Duration::from_secs(30));
+    assert_eq!(out.stdout, format!("tiny: echo\n{typed}"));
+    assert_eq!(out.status, 75);
 }
 
 fn wait_for_banner(child: &mut std::process::Child) -> std::process::ChildStdout {
@@ -141,20 +130,7 @@ fn terminal_is_restored_after_a_signal() {
         .local_flags
         .contains(LocalFlags::ICANON | LocalFlags::ECHO));
     let slave = std::fs::File::from(pty.slave);
-    let mut child = Command::new(bin("vm-run"))
-        .args([
-            "-m",
-            "16M",
-            "-b",
-            tiny_guest().to_str().unwrap(),
-            "-a",
-            "echo",
-        ])
-        .stdin(slave.try_clone().unwrap())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = echo_guest(&[], Stdio::from(slave.try_clone().unwrap()));
     let _stdout = wait_for_banner(&mut child);
     let during = termios::tcgetattr(slave.as_fd()).unwrap();
     assert!(
@@ -172,21 +148,7 @@ fn terminal_is_restored_after_a_signal() {
 
 #[test]
 fn pty_console() {
-    let mut child = Command::new(bin("vm-run"))
-        .args([
-            "-p",
-            "-m",
-            "16M",
-            "-b",
-            tiny_guest().to_str().unwrap(),
-            "-a",
-            "echo",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = echo_guest(&["-p"], Stdio::null());
     let mut stdout = child.stdout.take().unwrap();
     let mut name = Vec::new();
     let mut b = [0u8];
