@@ -26,8 +26,7 @@ pub struct Initrd {
 }
 
 pub fn load(mem: &GuestMemory, cfg: &Config, rsdp: u64) -> Result<Entry> {
-    let mut kernel = open(&cfg.kernel)?;
-    let len = file_len(&mut kernel, &cfg.kernel)?;
+    let (mut kernel, len) = open(&cfg.kernel)?;
     if len > cfg.mem_size.saturating_sub(HIMEM_START) {
         return Err(Error::Usage(format!(
             "{}: kernel of {} KiB does not fit in {} MiB of guest memory",
@@ -48,7 +47,8 @@ pub fn load(mem: &GuestMemory, cfg: &Config, rsdp: u64) -> Result<Entry> {
     }
 }
 
-fn open(path: &Path) -> Result<File> {
+/// Opens a file named on the command line; returns it and its length.
+fn open(path: &Path) -> Result<(File, u64)> {
     let f = File::open(path).map_err(|e| Error::Open(path.into(), e))?;
     let meta = f.metadata().map_err(|e| Error::Open(path.into(), e))?;
     if meta.is_dir() {
@@ -57,13 +57,7 @@ fn open(path: &Path) -> Result<File> {
             std::io::Error::from_raw_os_error(libc::EISDIR),
         ));
     }
-    Ok(f)
-}
-
-fn file_len(f: &mut File, path: &Path) -> Result<u64> {
-    f.metadata()
-        .map(|m| m.len())
-        .map_err(|e| Error::Open(path.into(), e))
+    Ok((f, meta.len()))
 }
 
 /// Writes the command line (at most `max` bytes with its NUL) for the
@@ -93,8 +87,7 @@ fn load_initrd(
     let Some(path) = &cfg.initrd else {
         return Ok(None);
     };
-    let mut f = open(path)?;
-    let size = file_len(&mut f, path)?;
+    let (mut f, size) = open(path)?;
     let top = memory::low_ram_end(cfg.mem_size).min(max_end);
     let addr = top.checked_sub(size).map(|a| a & !0xfff);
     let Some(addr) = addr.filter(|a| *a >= kernel_end) else {
