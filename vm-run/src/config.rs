@@ -3,10 +3,15 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
+use crate::disk::DiskSpec;
 use crate::error::{Error, Result};
 
-pub const USAGE: &str =
-    "usage: vm-run [-pv] [-a cmdline] [-c ncpus] [-i initrd] [-m size] -b kernel";
+pub const USAGE: &str = "usage: vm-run [-pv] [-a cmdline] [-c ncpus] [-d [raw:]disk[,ro]] ... \
+[-i initrd] [-m size] -b kernel";
+
+/// Disks a guest may have: vmd allows 4, PCI slots allow 30 with room
+/// for the RNG and a NIC or two.
+pub const MAX_DISKS: usize = 16;
 
 /// vmd's default guest memory.
 const DEFAULT_MEM: u64 = 512 << 20;
@@ -27,6 +32,7 @@ pub enum Console {
 pub struct Config {
     pub kernel: PathBuf,
     pub initrd: Option<PathBuf>,
+    pub disks: Vec<DiskSpec>,
     pub cmdline: String,
     pub vcpus: u8,
     pub mem_size: u64,
@@ -45,6 +51,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed> {
     let mut p = lexopt::Parser::from_iter(args);
     let mut kernel = None;
     let mut initrd = None;
+    let mut disks = Vec::new();
     let mut cmdline = None;
     let mut vcpus = 1u8;
     let mut mem_size = DEFAULT_MEM;
@@ -54,6 +61,16 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed> {
     while let Some(arg) = p.next().map_err(usage)? {
         match arg {
             Short('b') => kernel = Some(PathBuf::from(p.value().map_err(usage)?)),
+            Short('d') => {
+                let v = string(p.value().map_err(usage)?, "-d")?;
+                let spec = v
+                    .parse::<DiskSpec>()
+                    .map_err(|e| Error::Usage(format!("-d {v}: {e}")))?;
+                if disks.len() == MAX_DISKS {
+                    return Err(Error::Usage(format!("-d {v}: at most {MAX_DISKS} disks")));
+                }
+                disks.push(spec);
+            }
             Short('i') => initrd = Some(PathBuf::from(p.value().map_err(usage)?)),
             Short('a') => cmdline = Some(string(p.value().map_err(usage)?, "-a")?),
             Short('c') => vcpus = parse_vcpus(&string(p.value().map_err(usage)?, "-c")?)?,
@@ -81,6 +98,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed> {
     Ok(Parsed::Run(Config {
         kernel,
         initrd,
+        disks,
         cmdline: cmdline.unwrap_or_else(|| DEFAULT_CMDLINE.into()),
         vcpus,
         mem_size,
@@ -170,7 +188,9 @@ mod tests {
 
     #[test]
     fn options() {
-        let c = config("-v -p -c 4 -m 1G -b k -i rd -a quiet");
+        let c = config("-v -p -c 4 -m 1G -b k -i rd -a quiet -d a.img -d raw:b.img,ro");
+        assert_eq!(c.disks.len(), 2);
+        assert!(c.disks[1].read_only && !c.disks[0].read_only);
         assert_eq!((c.vcpus, c.mem_size, c.verbose), (4, 1 << 30, true));
         assert_eq!(c.initrd, Some(PathBuf::from("rd")));
         assert_eq!(c.console, Console::Pty);
@@ -187,6 +207,8 @@ mod tests {
             "-b k -z",
             "-b k extra",
             "-b",
+            "-b k -d",
+            "-b k -d a,rw",
         ] {
             match parse(args(bad)) {
                 Err(e @ Error::Usage(_)) => assert_eq!(e.exit_status(), 64),

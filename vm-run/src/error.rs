@@ -13,6 +13,8 @@ pub enum Error {
     Usage(String),
     /// A file named on the command line cannot be opened or read.
     Open(PathBuf, io::Error),
+    /// A disk image another process holds locked.
+    Locked(PathBuf),
     /// A file was read but is not what it should be (not a kernel, ...).
     Format(PathBuf, String),
     /// /dev/kvm is missing or refuses us.
@@ -34,6 +36,7 @@ impl Error {
             Error::Open(_, e) if e.kind() == io::ErrorKind::PermissionDenied => exit::NOPERM,
             Error::Open(..) => exit::NOINPUT,
             Error::Format(..) => exit::DATAERR,
+            Error::Locked(_) => exit::UNAVAILABLE,
             Error::Kvm(_, e) if matches!(e.errno(), libc::EACCES | libc::EPERM) => exit::NOPERM,
             Error::Kvm(_, e) if e.errno() == libc::ENOENT || e.errno() == libc::ENXIO => {
                 exit::UNAVAILABLE
@@ -52,6 +55,7 @@ impl fmt::Display for Error {
             Error::Usage(s) | Error::Unavailable(s) | Error::Setup(s) => f.write_str(s),
             Error::Open(p, e) => write!(f, "{}: {}", p.display(), strip_os(e)),
             Error::Format(p, s) => write!(f, "{}: {}", p.display(), s),
+            Error::Locked(p) => write!(f, "{}: in use by another process", p.display()),
             Error::Kvm(what, e) => {
                 write!(
                     f,

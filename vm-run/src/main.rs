@@ -1,25 +1,11 @@
 //! vm-run: runs exactly one guest over KVM, in the foreground. Its exit
 //! status tells how the guest ended (see vm-run(1)).
 
-mod boot;
-mod bus;
-mod config;
-mod console;
-mod devices;
-mod error;
-mod exit;
-mod memory;
-mod outcome;
-mod sandbox;
-mod signals;
-mod vcpu;
-mod vm;
-mod x86;
-
 use std::process;
 
-use config::Parsed;
-use outcome::Outcome;
+use vm_run::config::{self, Parsed};
+use vm_run::outcome::Outcome;
+use vm_run::{console, exit, vm};
 
 fn main() {
     // No panic is expected; should one come, the user still gets their

@@ -35,6 +35,9 @@ pub const HIMEM_START: u64 = 0x10_0000;
 /// LAPIC, the TSS that Intel's KVM needs, and later PCI BARs.
 pub const MMIO_HOLE_START: u64 = 0xc000_0000;
 pub const MMIO_HOLE_END: u64 = 0x1_0000_0000;
+/// PCI memory BARs go here, up to the IOAPIC.
+pub const PCI_MMIO_START: u64 = MMIO_HOLE_START;
+pub const PCI_MMIO_END: u64 = 0xfec0_0000;
 pub const IOAPIC_ADDR: u32 = 0xfec0_0000;
 pub const LAPIC_ADDR: u32 = 0xfee0_0000;
 /// Intel's KVM needs three pages for a TSS and one for an identity map.

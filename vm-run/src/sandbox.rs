@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::mem::size_of;
 
-use kvm_bindings::{kvm_regs, kvm_sregs};
+use kvm_bindings::{kvm_ioeventfd, kvm_irq_routing, kvm_regs, kvm_sregs};
 use landlock::{Access, AccessFs, AccessNet, Ruleset, RulesetAttr, RulesetStatus, ABI};
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
@@ -60,6 +60,12 @@ const SYSCALLS: &[i64] = &[
     // musl's abort() and raise(), should anything panic.
     libc::SYS_tkill,
     libc::SYS_rt_sigaction,
+    // Disk and RNG devices.
+    libc::SYS_preadv,
+    libc::SYS_pwritev,
+    libc::SYS_fdatasync,
+    libc::SYS_fallocate,
+    libc::SYS_getrandom,
 ];
 
 /// An ioctl request number as <asm-generic/ioctl.h> builds it, spelled
@@ -68,6 +74,7 @@ const fn ioc(dir: u64, ty: u64, nr: u64, size: usize) -> u64 {
     (dir << 30) | ((size as u64) << 16) | (ty << 8) | nr
 }
 const IOC_NONE: u64 = 0;
+const IOC_WRITE: u64 = 1;
 const IOC_READ: u64 = 2;
 const KVMIO: u64 = 0xae;
 const TCGETS: u64 = 0x5401;
@@ -78,6 +85,10 @@ fn ioctls() -> Vec<u64> {
         ioc(IOC_NONE, KVMIO, 0x80, 0),                      // KVM_RUN
         ioc(IOC_READ, KVMIO, 0x81, size_of::<kvm_regs>()),  // KVM_GET_REGS
         ioc(IOC_READ, KVMIO, 0x83, size_of::<kvm_sregs>()), // KVM_GET_SREGS
+        // MSI-X vectors are routed as the guest programs them, and kicks
+        // follow BAR 0 when the guest moves it.
+        ioc(IOC_WRITE, KVMIO, 0x6a, size_of::<kvm_irq_routing>()), // KVM_SET_GSI_ROUTING
+        ioc(IOC_WRITE, KVMIO, 0x79, size_of::<kvm_ioeventfd>()),   // KVM_IOEVENTFD
         TCGETS,
         TCSETS,
     ]
@@ -140,6 +151,8 @@ mod tests {
         assert_eq!(ioctls()[0], 0xae80);
         assert_eq!(ioctls()[1], 0x8090_ae81);
         assert_eq!(ioctls()[2], 0x8138_ae83);
+        assert_eq!(ioctls()[3], 0x4008_ae6a);
+        assert_eq!(ioctls()[4], 0x4040_ae79);
     }
 
     #[test]

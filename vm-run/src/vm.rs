@@ -14,10 +14,15 @@ use crate::console::Console;
 use crate::devices::{acpi_pm, i8042, serial};
 use crate::error::{Error, Result};
 use crate::memory::{self, GuestMemory};
+use crate::memory::{PCI_MMIO_END, PCI_MMIO_START};
 use crate::outcome::{self, Outcome};
+use crate::pci::root::{self, MmioView, PciRoot, PioView};
 use crate::vcpu::Vcpu;
+use crate::virtio::pci::{Placement, VirtioPci, BAR_SIZE};
+use crate::virtio::{block::Block, rng::Rng, VirtioDevice};
+use crate::x86::irqchip::GsiRouter;
 use crate::x86::{acpi, cpuid, irqchip, msrs, regs};
-use crate::{boot, sandbox, signals};
+use crate::{boot, disk, sandbox, signals};
 
 /// xAPIC IDs are 8 bits and 0xff is the broadcast ID.
 const MAX_VCPUS: usize = 254;
@@ -33,9 +38,10 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
             cfg.vcpus
         )));
     }
-    let vm = kvm
-        .create_vm()
-        .map_err(|e| Error::Kvm("KVM_CREATE_VM".into(), e))?;
+    let vm = Arc::new(
+        kvm.create_vm()
+            .map_err(|e| Error::Kvm("KVM_CREATE_VM".into(), e))?,
+    );
     irqchip::create(&vm)?;
     // Guest memory must outlive every vCPU, and vCPUs run until the
     // process exits: it is never unmapped.
@@ -83,7 +89,19 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
         acpi_pm::PORT_LEN.into(),
         Arc::new(Mutex::new(acpi_pm::AcpiPm::new(reporter.clone()))),
     );
-    let (pio, mmio) = (Arc::new(pio), Arc::new(Bus::default()));
+    let mut mmio = Bus::default();
+    let pci = Arc::new(Mutex::new(pci_devices(cfg, &vm, mem)?));
+    pio.insert(
+        root::CONFIG_PORT.into(),
+        root::CONFIG_PORT_LEN.into(),
+        Arc::new(Mutex::new(PioView(pci.clone()))),
+    );
+    mmio.insert(
+        PCI_MMIO_START,
+        PCI_MMIO_END - PCI_MMIO_START,
+        Arc::new(Mutex::new(MmioView(pci))),
+    );
+    let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
 
     let base_cpuid = cpuid::supported(&kvm)?;
     let mut vcpus = Vec::with_capacity(cfg.vcpus.into());
@@ -127,6 +145,38 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
     crate::console::restore_terminal();
     // vCPU threads may still be in KVM_RUN: the process exit ends them.
     Ok(outcome)
+}
+
+/// The PCI bus: the disks in the order given (vda, vdb, ...), then the
+/// RNG, one slot each from slot 1.
+fn pci_devices(cfg: &Config, vm: &Arc<VmFd>, mem: &'static GuestMemory) -> Result<PciRoot> {
+    let router = Arc::new(GsiRouter::new(vm.clone()));
+    let mut pci = PciRoot::new(PCI_MMIO_START);
+    let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    for spec in &cfg.disks {
+        let disk = disk::open(spec)?;
+        devices.push(Box::new(Block::new(
+            disk,
+            spec.read_only,
+            spec.serial.clone(),
+        )));
+    }
+    devices.push(Box::<Rng>::default());
+    for dev in devices {
+        let slot = pci
+            .free_slot()
+            .ok_or_else(|| Error::Setup("out of PCI slots".into()))?;
+        let at = Placement {
+            bar0: (PCI_MMIO_START + slot as u64 * u64::from(BAR_SIZE)) as u32,
+            gsi: root::intx_gsi(slot),
+        };
+        pci.insert(
+            slot,
+            Box::new(VirtioPci::new(dev, at, router.clone(), mem)?),
+        );
+    }
+    router.install()?;
+    Ok(pci)
 }
 
 fn register_memory(vm: &VmFd, mem: &'static GuestMemory) -> Result<()> {

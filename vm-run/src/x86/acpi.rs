@@ -3,7 +3,10 @@
 //! to learn of devices. Built with rust-vmm's acpi_tables, written where a
 //! PC's firmware leaves them so a kernel that scans for the RSDP finds it.
 
-use acpi_tables::aml::{Name, Package, Path};
+use acpi_tables::aml::{
+    AddressSpace, AddressSpaceCacheable, Device, EISAName, Name, Package, Path, ResourceTemplate,
+    Scope, IO,
+};
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
@@ -13,7 +16,10 @@ use vm_memory::{Bytes, GuestAddress};
 
 use crate::devices::acpi_pm::{PM1_CNT_BLK, PM1_CNT_LEN, PM1_EVT_BLK, PM1_EVT_LEN, SLP_TYP_S5};
 use crate::error::{Error, Result};
-use crate::memory::{GuestMemory, ACPI_START, BIOS_END, IOAPIC_ADDR, LAPIC_ADDR};
+use crate::memory::{
+    GuestMemory, ACPI_START, BIOS_END, IOAPIC_ADDR, LAPIC_ADDR, PCI_MMIO_END, PCI_MMIO_START,
+};
+use crate::pci::root::{self, CONFIG_PORT, CONFIG_PORT_LEN};
 
 const OEM_ID: [u8; 6] = *b"VMRUN ";
 const OEM_TABLE_ID: [u8; 8] = *b"VMRUNTBL";
@@ -70,6 +76,15 @@ fn bytes(t: &dyn Aml) -> Vec<u8> {
     v
 }
 
+/// AML already encoded, to nest in a scope.
+struct Encoded(Vec<u8>);
+
+impl Aml for Encoded {
+    fn to_aml_bytes(&self, sink: &mut dyn acpi_tables::AmlSink) {
+        sink.vec(&self.0);
+    }
+}
+
 fn dsdt() -> Sdt {
     let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     // \_S5: the sleep type value the kernel writes to PM1_CNT to power off.
@@ -78,7 +93,50 @@ fn dsdt() -> Sdt {
         &Package::new(vec![&SLP_TYP_S5, &0u8, &0u8, &0u8]),
     );
     dsdt.append_slice(&bytes(&s5));
+    let pci0 = Encoded(pci_root());
+    dsdt.append_slice(&bytes(&Scope::new("_SB_".into(), vec![&pci0])));
     dsdt
+}
+
+/// The PCI root bridge: without it an ACPI kernel never scans bus 0. Its
+/// resources are the bus, the config ports and the windows BARs may use;
+/// its _PRT wires each slot's INTA# to an IOAPIC pin of its own
+/// (root::intx_gsi), level-triggered and active low as PCI wants.
+fn pci_root() -> Vec<u8> {
+    let bus = AddressSpace::<u16>::new_bus_number(0, 0);
+    let cfg = IO::new(CONFIG_PORT, CONFIG_PORT, 1, CONFIG_PORT_LEN as u8);
+    let io_low = AddressSpace::<u16>::new_io(0, CONFIG_PORT - 1, None);
+    let io_high = AddressSpace::<u16>::new_io(CONFIG_PORT + CONFIG_PORT_LEN, 0xffff, None);
+    let mmio = AddressSpace::<u32>::new_memory(
+        AddressSpaceCacheable::NotCacheable,
+        true,
+        PCI_MMIO_START as u32,
+        (PCI_MMIO_END - 1) as u32,
+        None,
+    );
+    let crs = ResourceTemplate::new(vec![&bus, &cfg, &io_low, &io_high, &mmio]);
+    let routes: Vec<(u32, u8, u8, u32)> = (1..root::SLOTS)
+        .map(|slot| ((slot as u32) << 16 | 0xffff, 0, 0, root::intx_gsi(slot)))
+        .collect();
+    let entries: Vec<Package> = routes
+        .iter()
+        .map(|(addr, pin, source, gsi)| Package::new(vec![addr, pin, source, gsi]))
+        .collect();
+    let prt = Package::new(entries.iter().map(|p| p as &dyn Aml).collect());
+    let (hid, zero) = (EISAName::new("PNP0A03"), 0u8);
+    let (n_hid, n_adr, n_seg, n_uid, n_bbn) = (
+        Name::new("_HID".into(), &hid),
+        Name::new("_ADR".into(), &zero),
+        Name::new("_SEG".into(), &zero),
+        Name::new("_UID".into(), &zero),
+        Name::new("_BBN".into(), &zero),
+    );
+    let n_crs = Name::new("_CRS".into(), &crs);
+    let n_prt = Name::new("_PRT".into(), &prt);
+    bytes(&Device::new(
+        "PCI0".into(),
+        vec![&n_hid, &n_adr, &n_seg, &n_uid, &n_bbn, &n_crs, &n_prt],
+    ))
 }
 
 fn fadt(dsdt_addr: u64) -> acpi_tables::fadt::FADT {
@@ -171,6 +229,8 @@ mod tests {
         let d = dsdt();
         let s = d.as_slice();
         assert!(s.windows(4).any(|w| w == b"_S5_"));
+        assert!(s.windows(4).any(|w| w == b"PCI0"));
+        assert!(s.windows(4).any(|w| w == b"_PRT"));
         assert!(checksum_ok(s));
     }
 }

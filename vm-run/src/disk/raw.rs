@@ -1,0 +1,150 @@
+//! Raw images: regular files and block devices, read and written in
+//! place. Holes are punched for discard, so sparse files stay sparse.
+
+use std::fs::File;
+use std::io::{self, Seek, SeekFrom};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use super::{Disk, IoVec};
+use crate::error::{Error, Result};
+
+/// preadv and pwritev take at most this many buffers.
+const IOV_MAX: usize = 1024;
+
+pub struct Raw {
+    file: File,
+    path: PathBuf,
+    size: u64,
+}
+
+impl Raw {
+    pub fn new(mut file: File, path: PathBuf) -> Result<Self> {
+        // Works for block devices too, where metadata says 0.
+        let size = file
+            .seek(SeekFrom::End(0))
+            .map_err(|e| Error::Open(path.clone(), e))?;
+        Ok(Raw { file, path, size })
+    }
+
+    fn fallocate(&self, mode: i32, offset: u64, len: u64) -> io::Result<()> {
+        // SAFETY: fallocate on our own fd with integer arguments.
+        let r = unsafe { libc::fallocate(self.file.as_raw_fd(), mode, offset as i64, len as i64) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    fn write_zero_bytes(&mut self, mut offset: u64, len: u64) -> io::Result<()> {
+        let zeroes = vec![0u8; 64 << 10];
+        let end = offset + len;
+        while offset < end {
+            let n = (end - offset).min(zeroes.len() as u64) as usize;
+            let iov = IoVec {
+                iov_base: zeroes.as_ptr() as *mut libc::c_void,
+                iov_len: n,
+            };
+            self.write_at(offset, &[iov])?;
+            offset += n as u64;
+        }
+        Ok(())
+    }
+}
+
+/// Runs preadv or pwritev until every buffer is done, however the
+/// kernel splits the transfer.
+fn transfer(fd: i32, mut offset: u64, bufs: &[IoVec], write: bool) -> io::Result<()> {
+    let mut iovs: Vec<IoVec> = bufs.iter().filter(|b| b.iov_len > 0).copied().collect();
+    let mut start = 0;
+    while start < iovs.len() {
+        let n = (iovs.len() - start).min(IOV_MAX);
+        let (iov, off) = (iovs[start..].as_ptr(), offset as libc::off_t);
+        // SAFETY: every iovec points into guest memory (or our own
+        // buffer) that stays mapped for the whole call.
+        let done = unsafe {
+            if write {
+                libc::pwritev(fd, iov, n as i32, off)
+            } else {
+                libc::preadv(fd, iov, n as i32, off)
+            }
+        };
+        if done < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if done == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "image shrank under the guest",
+            ));
+        }
+        offset += done as u64;
+        let mut left = done as usize;
+        while left > 0 {
+            let iov = &mut iovs[start];
+            if left >= iov.iov_len {
+                left -= iov.iov_len;
+                start += 1;
+            } else {
+                // SAFETY: advancing within the same buffer.
+                iov.iov_base = unsafe { iov.iov_base.add(left) };
+                iov.iov_len -= left;
+                left = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Disk for Raw {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&mut self, offset: u64, bufs: &[IoVec]) -> io::Result<()> {
+        transfer(self.file.as_raw_fd(), offset, bufs, false)
+    }
+
+    fn write_at(&mut self, offset: u64, bufs: &[IoVec]) -> io::Result<()> {
+        transfer(self.file.as_raw_fd(), offset, bufs, true)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn discard(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        match self.fallocate(
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset,
+            len,
+        ) {
+            // Discard is a hint: a file system without holes loses nothing.
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(()),
+            r => r,
+        }
+    }
+
+    fn write_zeroes(&mut self, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
+        let mode = if unmap {
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE
+        } else {
+            libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE
+        };
+        match self.fallocate(mode, offset, len) {
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                self.write_zero_bytes(offset, len)
+            }
+            r => r,
+        }
+    }
+}

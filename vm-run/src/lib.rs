@@ -1,0 +1,20 @@
+//! vm-run's parts, one concern a module; src/main.rs is the command. A
+//! library so that the fuzz targets (fuzz/) drive the same device code.
+
+pub mod boot;
+pub mod bus;
+pub mod config;
+pub mod console;
+pub mod devices;
+pub mod disk;
+pub mod error;
+pub mod exit;
+pub mod memory;
+pub mod outcome;
+pub mod pci;
+pub mod sandbox;
+pub mod signals;
+pub mod vcpu;
+pub mod virtio;
+pub mod vm;
+pub mod x86;

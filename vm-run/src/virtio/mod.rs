@@ -1,0 +1,244 @@
+//! Virtio 1.x devices. A device (block.rs, rng.rs) only turns one
+//! descriptor chain at a time into work; the PCI transport (pci.rs) does
+//! the register dance with the driver, and the queue worker here serves
+//! the queues on a thread of its own, woken by ioeventfds, raising
+//! interrupts through irqfds: a guest's kick never stops a vCPU in user
+//! space.
+
+pub mod block;
+pub mod pci;
+pub mod rng;
+
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::memory::GuestMemory;
+use crate::pci::msix::Msix;
+
+/// "No MSI-X vector" in the common configuration.
+pub const NO_VECTOR: u16 = 0xffff;
+/// ISR status bits, for INTx.
+pub const ISR_QUEUE: u8 = 1;
+pub const ISR_CONFIG: u8 = 2;
+
+pub type Chain<'a> = DescriptorChain<&'a GuestMemory>;
+
+/// What a virtio device model provides; the transport does the rest.
+pub trait VirtioDevice: Send + 'static {
+    /// VIRTIO_ID_*.
+    fn device_type(&self) -> u32;
+    /// For thread names and messages.
+    fn name(&self) -> &str;
+    /// Every feature the device offers, transport features included.
+    fn features(&self) -> u64;
+    fn queue_max_sizes(&self) -> &[u16];
+    /// The device-specific configuration, read-only for the driver.
+    fn config(&self) -> &[u8];
+    /// Serves one chain from queue `queue`; returns how many bytes it
+    /// wrote into the chain's device-writable buffers.
+    fn handle(&mut self, queue: usize, chain: Chain<'_>, mem: &GuestMemory) -> u32;
+}
+
+/// How a device tells the driver that it used buffers: MSI-X when the
+/// driver enabled it, INTx with the ISR register otherwise.
+pub struct Interrupt {
+    isr: AtomicU8,
+    intx: EventFd,
+    msix: Arc<Mutex<Msix>>,
+}
+
+impl Interrupt {
+    pub fn new(intx: EventFd, msix: Arc<Mutex<Msix>>) -> Self {
+        Interrupt {
+            isr: AtomicU8::new(0),
+            intx,
+            msix,
+        }
+    }
+
+    pub fn msix(&self) -> std::sync::MutexGuard<'_, Msix> {
+        self.msix.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn signal(&self, vector: u16, isr_bit: u8) {
+        let mut msix = self.msix();
+        if msix.enabled() {
+            if vector != NO_VECTOR {
+                msix.trigger(vector);
+            }
+            return;
+        }
+        drop(msix);
+        self.isr.fetch_or(isr_bit, Ordering::SeqCst);
+        let _ = self.intx.write(1);
+    }
+
+    /// The guest read the ISR, which acknowledges INTx.
+    pub fn read_isr(&self) -> u8 {
+        self.isr.swap(0, Ordering::SeqCst)
+    }
+
+    pub fn reset(&self) {
+        self.isr.store(0, Ordering::SeqCst);
+    }
+
+    /// KVM lowered the level-triggered line at the guest's EOI: raise it
+    /// again if the driver has not yet seen what is pending.
+    fn resample(&self) {
+        if self.isr.load(Ordering::SeqCst) != 0 {
+            let _ = self.intx.write(1);
+        }
+    }
+}
+
+/// One queue as the worker serves it.
+pub struct ActiveQueue {
+    pub index: usize,
+    pub queue: Queue,
+    pub kick: Arc<EventFd>,
+    pub vector: u16,
+}
+
+/// A device's worker thread; dropping it does not stop it, stop() does.
+pub struct Worker {
+    stop: Arc<EventFd>,
+    thread: std::thread::JoinHandle<Box<dyn VirtioDevice>>,
+}
+
+/// What the worker shares with the transport.
+pub struct Shared {
+    pub interrupt: Arc<Interrupt>,
+    pub resample: Arc<EventFd>,
+    pub needs_reset: Arc<AtomicBool>,
+    pub config_vector: u16,
+}
+
+impl Worker {
+    /// Starts serving `queues`. The eventfds come from the transport,
+    /// made before the sandbox, which allows no new ones.
+    pub fn spawn(
+        mut dev: Box<dyn VirtioDevice>,
+        mut queues: Vec<ActiveQueue>,
+        shared: Shared,
+        stop: Arc<EventFd>,
+        mem: &'static GuestMemory,
+    ) -> std::io::Result<Self> {
+        let stop_rx = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name(dev.name().to_string())
+            .spawn(move || {
+                serve(dev.as_mut(), &mut queues, &shared, &stop_rx, mem);
+                dev
+            })?;
+        Ok(Worker { stop, thread })
+    }
+
+    /// Stops the thread after the chain it is on, and returns the device.
+    pub fn stop(self) -> Option<Box<dyn VirtioDevice>> {
+        let _ = self.stop.write(1);
+        self.thread.join().ok()
+    }
+}
+
+fn serve(
+    dev: &mut dyn VirtioDevice,
+    queues: &mut [ActiveQueue],
+    shared: &Shared,
+    stop: &EventFd,
+    mem: &'static GuestMemory,
+) {
+    let mut broken = vec![false; queues.len()];
+    // The driver may have queued buffers before it set DRIVER_OK.
+    for (i, q) in queues.iter_mut().enumerate() {
+        broken[i] = !serve_queue(dev, q, shared, mem);
+    }
+    let mut fds: Vec<libc::pollfd> = [stop.as_raw_fd(), shared.resample.as_raw_fd()]
+        .into_iter()
+        .chain(queues.iter().map(|q| q.kick.as_raw_fd()))
+        .map(|fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    loop {
+        // SAFETY: fds is a valid array of pollfd of the given length.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if n < 0 {
+            continue; // EINTR; poll has no other transient error here.
+        }
+        if fds[0].revents != 0 {
+            let _ = stop.read();
+            return;
+        }
+        if fds[1].revents != 0 {
+            let _ = shared.resample.read();
+            shared.interrupt.resample();
+        }
+        for (i, q) in queues.iter_mut().enumerate() {
+            if fds[2 + i].revents == 0 {
+                continue;
+            }
+            let _ = q.kick.read();
+            if !broken[i] && !serve_queue(dev, q, shared, mem) {
+                broken[i] = true;
+            }
+        }
+    }
+}
+
+/// Serves every chain the driver made available; false when the queue is
+/// unusable (its rings are not where they should be), after telling the
+/// driver the device needs a reset.
+fn serve_queue(
+    dev: &mut dyn VirtioDevice,
+    q: &mut ActiveQueue,
+    shared: &Shared,
+    mem: &'static GuestMemory,
+) -> bool {
+    match drain(dev, q, mem) {
+        Ok(false) => true,
+        Ok(true) => {
+            if q.queue.needs_notification(mem).unwrap_or(true) {
+                shared.interrupt.signal(q.vector, ISR_QUEUE);
+            }
+            true
+        }
+        Err(e) => {
+            eprintln!("vm-run: {}: queue {}: {e}", dev.name(), q.index);
+            shared.needs_reset.store(true, Ordering::SeqCst);
+            shared.interrupt.signal(shared.config_vector, ISR_CONFIG);
+            false
+        }
+    }
+}
+
+/// Pops and serves chains until the ring is empty with notifications on
+/// (so a kick racing the last pop is not lost); true if any was used.
+fn drain(
+    dev: &mut dyn VirtioDevice,
+    q: &mut ActiveQueue,
+    mem: &'static GuestMemory,
+) -> Result<bool, virtio_queue::Error> {
+    let mut used = false;
+    loop {
+        q.queue.disable_notification(mem)?;
+        loop {
+            // Bound to a local so that the iterator's borrow of the queue
+            // ends before add_used.
+            let next = q.queue.iter(mem)?.next();
+            let Some(chain) = next else { break };
+            let head = chain.head_index();
+            let len = dev.handle(q.index, chain, mem);
+            q.queue.add_used(mem, head, len)?;
+            used = true;
+        }
+        if !q.queue.enable_notification(mem)? {
+            return Ok(used);
+        }
+    }
+}

@@ -1,0 +1,496 @@
+//! The virtio 1.x PCI transport ("modern" only, as Linux has supported
+//! since 4.0): the vendor capabilities that point into BAR 0, the common
+//! configuration registers, the ISR, the notification area (ioeventfds)
+//! and the MSI-X table, all in one 32 KiB memory BAR.
+//!
+//! BAR 0 layout:
+//!   0x0000 common configuration    0x3000 notifications, 4 bytes a queue
+//!   0x1000 ISR status              0x4000 MSI-X table
+//!   0x2000 device configuration    0x5000 MSI-X pending bits
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use kvm_ioctls::{IoEventAddress, NoDatamatch};
+use virtio_bindings::virtio_config::{
+    VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
+    VIRTIO_F_VERSION_1,
+};
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestAddress;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{ActiveQueue, Interrupt, Shared, VirtioDevice, Worker, NO_VECTOR};
+use crate::error::{Error, Result};
+use crate::memory::GuestMemory;
+use crate::pci::msix::{self, Msix};
+use crate::pci::{BarMove, ConfigSpace, PciDevice};
+use crate::x86::irqchip::GsiRouter;
+
+pub const BAR_SIZE: u32 = 0x8000;
+const COMMON: u64 = 0x0000;
+const COMMON_LEN: u64 = 0x40;
+const ISR: u64 = 0x1000;
+const DEVICE: u64 = 0x2000;
+const DEVICE_LEN: u64 = 0x1000;
+const NOTIFY: u64 = 0x3000;
+const NOTIFY_MULTIPLIER: u32 = 4;
+const MSIX_TABLE: u64 = 0x4000;
+const MSIX_PBA: u64 = 0x5000;
+
+/// Virtio vendor capability types.
+const CAP_VENDOR: u8 = 0x09;
+const CAP_COMMON_CFG: u8 = 1;
+const CAP_NOTIFY_CFG: u8 = 2;
+const CAP_ISR_CFG: u8 = 3;
+const CAP_DEVICE_CFG: u8 = 4;
+const VIRTIO_VENDOR: u16 = 0x1af4;
+/// Modern device IDs are 0x1040 + the virtio device type.
+const DEVICE_ID_BASE: u16 = 0x1040;
+
+#[derive(Clone, Copy)]
+struct QueueConfig {
+    max: u16,
+    size: u16,
+    ready: bool,
+    vector: u16,
+    desc: u64,
+    avail: u64,
+    used: u64,
+}
+
+impl QueueConfig {
+    fn new(max: u16) -> Self {
+        QueueConfig {
+            max,
+            size: max,
+            ready: false,
+            vector: NO_VECTOR,
+            desc: 0,
+            avail: 0,
+            used: 0,
+        }
+    }
+}
+
+enum State {
+    Idle(Box<dyn VirtioDevice>),
+    Running(Worker),
+    /// The device's thread died; only a new vm-run brings it back.
+    Lost,
+}
+
+pub struct VirtioPci {
+    pci: ConfigSpace,
+    msix_cap: usize,
+    state: State,
+    name: String,
+    features: u64,
+    device_config: Vec<u8>,
+    device_feature_select: u32,
+    driver_feature_select: u32,
+    driver_features: u64,
+    status: u8,
+    config_vector: u16,
+    queue_select: u16,
+    queues: Vec<QueueConfig>,
+    kicks: Vec<Arc<EventFd>>,
+    /// Where the kicks' ioeventfds are registered: BAR 0's address.
+    kick_base: Option<u64>,
+    interrupt: Arc<Interrupt>,
+    resample: Arc<EventFd>,
+    stop: Arc<EventFd>,
+    needs_reset: Arc<AtomicBool>,
+    router: Arc<GsiRouter>,
+    mem: &'static GuestMemory,
+}
+
+/// Where the board puts the function and how its INTx is wired.
+pub struct Placement {
+    pub bar0: u32,
+    pub gsi: u32,
+}
+
+impl VirtioPci {
+    pub fn new(
+        dev: Box<dyn VirtioDevice>,
+        at: Placement,
+        router: Arc<GsiRouter>,
+        mem: &'static GuestMemory,
+    ) -> Result<Self> {
+        let eventfd =
+            || EventFd::new(libc::EFD_NONBLOCK).map_err(|e| Error::Os("eventfd".into(), e));
+        let queues: Vec<_> = dev
+            .queue_max_sizes()
+            .iter()
+            .map(|&m| QueueConfig::new(m))
+            .collect();
+        let msix = Msix::new(queues.len() as u16 + 1, router.clone())?;
+
+        let class = match dev.device_type() {
+            virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK => (0x01, 0x00, 0x00),
+            _ => (0xff, 0x00, 0x00),
+        };
+        let mut pci = ConfigSpace::new(
+            VIRTIO_VENDOR,
+            DEVICE_ID_BASE + dev.device_type() as u16,
+            class,
+            1,
+        );
+        pci.set_subsystem(VIRTIO_VENDOR, 0x1100);
+        pci.set_bar(0, at.bar0, BAR_SIZE);
+        pci.set_interrupt(at.gsi as u8);
+        let cap = |cfg_type: u8, offset: u64, len: u64, extra: &[u8]| {
+            let mut body = vec![16 + extra.len() as u8, cfg_type, 0, 0, 0, 0];
+            body.extend_from_slice(&(offset as u32).to_le_bytes());
+            body.extend_from_slice(&(len as u32).to_le_bytes());
+            body.extend_from_slice(extra);
+            body
+        };
+        let notify_len = u64::from(NOTIFY_MULTIPLIER) * queues.len() as u64;
+        pci.add_capability(
+            CAP_VENDOR,
+            &cap(CAP_COMMON_CFG, COMMON, COMMON_LEN, &[]),
+            &[],
+        );
+        pci.add_capability(
+            CAP_VENDOR,
+            &cap(
+                CAP_NOTIFY_CFG,
+                NOTIFY,
+                notify_len,
+                &NOTIFY_MULTIPLIER.to_le_bytes(),
+            ),
+            &[],
+        );
+        pci.add_capability(CAP_VENDOR, &cap(CAP_ISR_CFG, ISR, 1, &[]), &[]);
+        let config_len = (dev.config().len() as u64).max(1);
+        pci.add_capability(
+            CAP_VENDOR,
+            &cap(CAP_DEVICE_CFG, DEVICE, config_len, &[]),
+            &[],
+        );
+        let (body, writable) = msix.capability(0, MSIX_TABLE as u32, MSIX_PBA as u32);
+        let msix_cap = pci.add_capability(msix::CAP_ID, &body, &writable);
+
+        let intx = eventfd()?;
+        let resample = eventfd()?;
+        router
+            .vm()
+            .register_irqfd_with_resample(&intx, &resample, at.gsi)
+            .map_err(|e| Error::Kvm("KVM_IRQFD".into(), e))?;
+        let kicks = (0..queues.len())
+            .map(|_| eventfd().map(Arc::new))
+            .collect::<Result<Vec<_>>>()?;
+
+        Ok(VirtioPci {
+            pci,
+            msix_cap,
+            name: dev.name().to_string(),
+            features: dev.features() | 1 << VIRTIO_F_VERSION_1 | 1 << VIRTIO_RING_F_EVENT_IDX,
+            device_config: dev.config().to_vec(),
+            state: State::Idle(dev),
+            device_feature_select: 0,
+            driver_feature_select: 0,
+            driver_features: 0,
+            status: 0,
+            config_vector: NO_VECTOR,
+            queue_select: 0,
+            queues,
+            kicks,
+            kick_base: None,
+            interrupt: Arc::new(Interrupt::new(intx, Arc::new(Mutex::new(msix)))),
+            resample: Arc::new(resample),
+            stop: Arc::new(eventfd()?),
+            needs_reset: Arc::new(AtomicBool::new(false)),
+            router,
+            mem,
+        })
+    }
+
+    fn selected(&mut self) -> Option<&mut QueueConfig> {
+        self.queues.get_mut(usize::from(self.queue_select))
+    }
+
+    fn status(&self) -> u8 {
+        let lost = matches!(self.state, State::Lost) || self.needs_reset.load(Ordering::SeqCst);
+        self.status
+            | if lost {
+                VIRTIO_CONFIG_S_NEEDS_RESET as u8
+            } else {
+                0
+            }
+    }
+
+    /// The common configuration as the driver sees it, for reads of any
+    /// width at any offset.
+    fn common(&self) -> [u8; COMMON_LEN as usize] {
+        let mut b = [0u8; COMMON_LEN as usize];
+        let features = match self.device_feature_select {
+            0 => self.features as u32,
+            1 => (self.features >> 32) as u32,
+            _ => 0,
+        };
+        let driver = match self.driver_feature_select {
+            0 => self.driver_features as u32,
+            1 => (self.driver_features >> 32) as u32,
+            _ => 0,
+        };
+        let q = self
+            .queues
+            .get(usize::from(self.queue_select))
+            .copied()
+            .unwrap_or(QueueConfig {
+                size: 0,
+                ..QueueConfig::new(0)
+            });
+        b[0x00..0x04].copy_from_slice(&self.device_feature_select.to_le_bytes());
+        b[0x04..0x08].copy_from_slice(&features.to_le_bytes());
+        b[0x08..0x0c].copy_from_slice(&self.driver_feature_select.to_le_bytes());
+        b[0x0c..0x10].copy_from_slice(&driver.to_le_bytes());
+        b[0x10..0x12].copy_from_slice(&self.config_vector.to_le_bytes());
+        b[0x12..0x14].copy_from_slice(&(self.queues.len() as u16).to_le_bytes());
+        b[0x14] = self.status();
+        b[0x15] = 0; // config generation: the configuration never changes
+        b[0x16..0x18].copy_from_slice(&self.queue_select.to_le_bytes());
+        b[0x18..0x1a].copy_from_slice(&q.size.to_le_bytes());
+        b[0x1a..0x1c].copy_from_slice(&q.vector.to_le_bytes());
+        b[0x1c..0x1e].copy_from_slice(&u16::from(q.ready).to_le_bytes());
+        b[0x1e..0x20].copy_from_slice(&self.queue_select.to_le_bytes()); // notify_off
+        b[0x20..0x28].copy_from_slice(&q.desc.to_le_bytes());
+        b[0x28..0x30].copy_from_slice(&q.avail.to_le_bytes());
+        b[0x30..0x38].copy_from_slice(&q.used.to_le_bytes());
+        b
+    }
+
+    fn common_write(&mut self, offset: u64, data: &[u8]) {
+        let mut v = [0u8; 8];
+        v[..data.len().min(8)].copy_from_slice(&data[..data.len().min(8)]);
+        let v = u64::from_le_bytes(v);
+        let (v16, v32) = (v as u16, v as u32);
+        let vectors = self.queues.len() as u16 + 1;
+        let valid_vector = |x: u16| if x < vectors { x } else { NO_VECTOR };
+        let setup = self.status & VIRTIO_CONFIG_S_DRIVER_OK as u8 == 0;
+        match (offset, data.len()) {
+            (0x00, 4) => self.device_feature_select = v32,
+            (0x08, 4) => self.driver_feature_select = v32,
+            (0x0c, 4) if self.status & VIRTIO_CONFIG_S_FEATURES_OK as u8 == 0 => {
+                match self.driver_feature_select {
+                    0 => self.driver_features = (self.driver_features & !0xffff_ffff) | v,
+                    1 => self.driver_features = (self.driver_features & 0xffff_ffff) | v << 32,
+                    _ => {}
+                }
+            }
+            (0x10, 2) => self.config_vector = valid_vector(v16),
+            (0x14, 1) => self.set_status(v as u8),
+            (0x16, 2) => self.queue_select = v16,
+            (0x18, 2) if setup => {
+                if let Some(q) = self.selected().filter(|q| !q.ready) {
+                    q.size = v16;
+                }
+            }
+            (0x1a, 2) => {
+                let vector = valid_vector(v16);
+                if let Some(q) = self.selected() {
+                    q.vector = vector;
+                }
+            }
+            (0x1c, 2) if setup && v16 == 1 => {
+                if let Some(q) = self.selected() {
+                    q.ready = true;
+                }
+            }
+            (0x20..=0x37, 4) if setup && offset.is_multiple_of(4) => {
+                if let Some(q) = self.selected().filter(|q| !q.ready) {
+                    let field = match offset {
+                        0x20..=0x27 => &mut q.desc,
+                        0x28..=0x2f => &mut q.avail,
+                        _ => &mut q.used,
+                    };
+                    *field = if offset.is_multiple_of(8) {
+                        (*field & !0xffff_ffff) | v
+                    } else {
+                        (*field & 0xffff_ffff) | v << 32
+                    };
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn set_status(&mut self, v: u8) {
+        if v == 0 {
+            self.reset();
+            return;
+        }
+        let mut v = v;
+        let new = v & !self.status;
+        if new & VIRTIO_CONFIG_S_FEATURES_OK as u8 != 0 {
+            let ok = self.driver_features & !self.features == 0
+                && self.driver_features & 1 << VIRTIO_F_VERSION_1 != 0;
+            if !ok {
+                // The driver reads FEATURES_OK back and gives up.
+                v &= !(VIRTIO_CONFIG_S_FEATURES_OK as u8);
+            }
+        }
+        self.status = v;
+        if new & VIRTIO_CONFIG_S_DRIVER_OK as u8 != 0 {
+            if let Err(e) = self.activate() {
+                eprintln!("vm-run: {}: {e}", self.name);
+                self.needs_reset.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+
+    fn activate(&mut self) -> std::result::Result<(), String> {
+        if self.status & VIRTIO_CONFIG_S_FEATURES_OK as u8 == 0 {
+            return Err("driver set DRIVER_OK without FEATURES_OK".into());
+        }
+        let event_idx = self.driver_features & 1 << VIRTIO_RING_F_EVENT_IDX != 0;
+        let mut active = Vec::new();
+        for (index, c) in self.queues.iter().enumerate() {
+            if !c.ready {
+                continue;
+            }
+            let mut q = Queue::new(c.max).map_err(|e| format!("queue {index}: {e}"))?;
+            q.try_set_size(c.size)
+                .and_then(|_| q.try_set_desc_table_address(GuestAddress(c.desc)))
+                .and_then(|_| q.try_set_avail_ring_address(GuestAddress(c.avail)))
+                .and_then(|_| q.try_set_used_ring_address(GuestAddress(c.used)))
+                .map_err(|e| format!("queue {index}: {e}"))?;
+            q.set_event_idx(event_idx);
+            q.set_ready(true);
+            if !q.is_valid(self.mem) {
+                return Err(format!("queue {index}: rings outside guest memory"));
+            }
+            let kick = self.kicks[index].clone();
+            active.push(ActiveQueue {
+                index,
+                queue: q,
+                kick,
+                vector: c.vector,
+            });
+        }
+        let State::Idle(dev) = std::mem::replace(&mut self.state, State::Lost) else {
+            return Err("device is already running".into());
+        };
+        let shared = Shared {
+            interrupt: self.interrupt.clone(),
+            resample: self.resample.clone(),
+            needs_reset: self.needs_reset.clone(),
+            config_vector: self.config_vector,
+        };
+        match Worker::spawn(dev, active, shared, self.stop.clone(), self.mem) {
+            Ok(w) => self.state = State::Running(w),
+            Err(e) => return Err(format!("device thread: {e}")),
+        }
+        Ok(())
+    }
+
+    /// Device reset (status 0): the queues and features are forgotten; the
+    /// MSI-X table belongs to PCI and stays.
+    fn reset(&mut self) {
+        if let State::Running(_) = self.state {
+            let State::Running(w) = std::mem::replace(&mut self.state, State::Lost) else {
+                unreachable!()
+            };
+            if let Some(dev) = w.stop() {
+                self.state = State::Idle(dev);
+            }
+        }
+        for q in &mut self.queues {
+            *q = QueueConfig::new(q.max);
+        }
+        for k in &self.kicks {
+            let _ = k.read();
+        }
+        self.driver_features = 0;
+        self.device_feature_select = 0;
+        self.driver_feature_select = 0;
+        self.queue_select = 0;
+        self.config_vector = NO_VECTOR;
+        self.status = 0;
+        self.interrupt.reset();
+        self.needs_reset.store(false, Ordering::SeqCst);
+    }
+
+    /// Moves the kick ioeventfds to where BAR 0 now is.
+    fn place_kicks(&mut self, base: Option<u64>) {
+        let vm = self.router.vm();
+        if let Some(old) = self.kick_base.take() {
+            for (i, k) in self.kicks.iter().enumerate() {
+                let addr =
+                    IoEventAddress::Mmio(old + NOTIFY + u64::from(NOTIFY_MULTIPLIER) * i as u64);
+                let _ = vm.unregister_ioevent(k, &addr, NoDatamatch);
+            }
+        }
+        let Some(new) = base else { return };
+        for (i, k) in self.kicks.iter().enumerate() {
+            let addr = IoEventAddress::Mmio(new + NOTIFY + u64::from(NOTIFY_MULTIPLIER) * i as u64);
+            if let Err(e) = vm.register_ioevent(k, &addr, NoDatamatch) {
+                // Kicks then come through bar_write: slower, still right.
+                eprintln!("vm-run: {}: KVM_IOEVENTFD: {e}", self.name);
+            }
+        }
+        self.kick_base = Some(new);
+    }
+}
+
+impl PciDevice for VirtioPci {
+    fn config(&self) -> &ConfigSpace {
+        &self.pci
+    }
+
+    fn config_mut(&mut self) -> &mut ConfigSpace {
+        &mut self.pci
+    }
+
+    fn config_written(&mut self, offset: usize, len: usize, moved: &[BarMove]) {
+        let control = self.msix_cap + 2;
+        if offset < control + 2 && control < offset + len {
+            let v = self.pci.u16_at(control);
+            self.interrupt.msix().set_control(v);
+        }
+        if let Some(m) = moved.iter().find(|m| m.bar == 0) {
+            self.place_kicks(m.new);
+        }
+    }
+
+    fn bar_read(&mut self, _bar: usize, offset: u64, data: &mut [u8]) {
+        let len = data.len() as u64;
+        let copy = |src: &[u8], at: u64, data: &mut [u8]| {
+            for (i, b) in data.iter_mut().enumerate() {
+                *b = src.get(at as usize + i).copied().unwrap_or(0);
+            }
+        };
+        match offset {
+            COMMON..0x40 => copy(&self.common(), offset - COMMON, data),
+            ISR => {
+                data.fill(0);
+                data[0] = self.interrupt.read_isr();
+            }
+            DEVICE..0x3000 if offset + len <= DEVICE + DEVICE_LEN => {
+                copy(&self.device_config, offset - DEVICE, data)
+            }
+            MSIX_TABLE..MSIX_PBA => self.interrupt.msix().read_table(offset - MSIX_TABLE, data),
+            MSIX_PBA..0x6000 => self.interrupt.msix().read_pba(offset - MSIX_PBA, data),
+            _ => data.fill(0),
+        }
+    }
+
+    fn bar_write(&mut self, _bar: usize, offset: u64, data: &[u8]) {
+        match offset {
+            COMMON..0x40 => self.common_write(offset - COMMON, data),
+            NOTIFY..MSIX_TABLE => {
+                // Only when the ioeventfd is not registered.
+                let q = ((offset - NOTIFY) / u64::from(NOTIFY_MULTIPLIER)) as usize;
+                if let Some(k) = self.kicks.get(q) {
+                    let _ = k.write(1);
+                }
+            }
+            MSIX_TABLE..MSIX_PBA => self.interrupt.msix().write_table(offset - MSIX_TABLE, data),
+            _ => {}
+        }
+    }
+}
