@@ -5,16 +5,7 @@
 
 use std::sync::OnceLock;
 
-use vm_tests::testhost::{self, Case, Report, Scenario};
-
-/// vm-run booting the fixture with `opts` and extra kernel parameters.
-/// The kernel passes `run="..."` and `end=...` to the fixture's init.
-fn guest(opts: &str, kernel: &str, params: &str) -> String {
-    format!(
-        "vm-run {opts} -b /guest/{kernel} -i /guest/initrd.gz \
-         -a 'console=ttyS0 quiet {params}'"
-    )
-}
+use vm_tests::testhost::{self, guest, Case, Report, Scenario};
 
 /// Starts vm-run in the background with its console in /tmp/NAME.out, and
 /// waits (at most 5 minutes, then kills it) for the fixture's init to

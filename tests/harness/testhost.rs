@@ -46,6 +46,16 @@ impl Report {
     }
 }
 
+/// A scenario line: vm-run booting the fixture's `kernel` (bzImage or
+/// vmlinux) with `opts`; `params` reach the fixture's init, which runs
+/// `run="..."` and then does `end=...` (see tests/guest/init).
+pub fn guest(opts: &str, kernel: &str, params: &str) -> String {
+    format!(
+        "vm-run {opts} -b /guest/{kernel} -i /guest/initrd.gz \
+         -a 'console=ttyS0 quiet {params}'"
+    )
+}
+
 const BEGIN: &str = "@@@ BEGIN ";
 const END: &str = "@@@ END ";
 
