@@ -596,7 +596,9 @@ mod tests {
         );
         // A 4 GiB write to a small image: refused before any I/O.
         r.header(VIRTIO_BLK_T_OUT, 0);
-        let huge: Vec<_> = (0..4).map(|_| desc(DATA, (u32::MAX / 4) & !511, 0)).collect();
+        let huge: Vec<_> = (0..4)
+            .map(|_| desc(DATA, (u32::MAX / 4) & !511, 0))
+            .collect();
         let mut chain = vec![desc(HDR, 16, 0)];
         chain.extend(huge);
         chain.push(desc(STATUS, 1, W));
