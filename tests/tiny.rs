@@ -265,16 +265,17 @@ fn guest_too_small_for_its_files_exits_64() {
     );
 }
 
-/// Runs vm-run in a new mount namespace where /dev/kvm is replaced by
-/// `setup` (a shell snippet), as user `nobody` when `unprivileged`.
-fn with_dev_kvm(setup: &str, unprivileged: bool) -> vm_tests::Output {
+/// Runs vm-run (with `extra` options) in a new mount namespace where
+/// /dev/kvm is replaced by `setup` (a shell snippet), as user `nobody`
+/// when `unprivileged`.
+fn with_dev_kvm(setup: &str, unprivileged: bool, extra: &str) -> vm_tests::Output {
     let run_as = if unprivileged {
         "setpriv --reuid=65534 --regid=65534 --clear-groups"
     } else {
         ""
     };
     let script = format!(
-        "set -e; {setup}; exec {run_as} {} -m 16M -b {} -a poweroff",
+        "set -e; {setup}; exec {run_as} {} {extra} -m 16M -b {} -a poweroff",
         bin("vm-run").display(),
         tiny_guest().display()
     );
@@ -290,7 +291,7 @@ fn with_dev_kvm(setup: &str, unprivileged: bool) -> vm_tests::Output {
 
 #[test]
 fn no_dev_kvm_exits_69() {
-    let out = with_dev_kvm("mount -t tmpfs none /dev", false);
+    let out = with_dev_kvm("mount -t tmpfs none /dev", false, "");
     assert_fails(&out, 69, "/dev/kvm: No such file or directory");
 }
 
@@ -301,6 +302,7 @@ fn no_permission_on_dev_kvm_exits_77() {
         "d=$(mktemp -d); mount -t tmpfs none $d; mknod -m 600 $d/kvm c 10 232; \
          mount --bind $d/kvm /dev/kvm",
         true,
+        "",
     );
     assert_fails(&out, 77, "/dev/kvm: Permission denied");
 }
@@ -323,4 +325,71 @@ fn running_guest_is_sandboxed() {
     assert_eq!(field("NoNewPrivs:"), "1");
     assert_eq!(field("Seccomp:"), "2", "seccomp filter mode");
     assert_eq!(out.status, 0, "{out:?}");
+}
+
+#[test]
+fn a_writable_image_serves_one_guest_at_a_time() {
+    let dir = target_dir().join("tiny-guest");
+    fs::create_dir_all(&dir).unwrap();
+    let img = dir.join("locked.img");
+    fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+    let img = img.to_str().unwrap();
+    let k = tiny_guest().to_str().unwrap();
+    let mut first = echo_guest(&["-d", img], Stdio::piped());
+    let _stdout = wait_for_banner(&mut first);
+    let busy = vm_run(&["-b", k, "-d", img, "-a", "poweroff"]);
+    assert_fails(&busy, 69, &format!("{img}: in use by another process"));
+    let busy_ro = vm_run(&["-b", k, "-d", &format!("{img},ro"), "-a", "poweroff"]);
+    assert_fails(&busy_ro, 69, "in use");
+    drop(first.stdin.take());
+    kill(Pid::from_raw(first.id() as i32), Signal::SIGTERM).unwrap();
+    assert_eq!(wait_output(first, Duration::from_secs(10)).status, 0);
+    // Read-only users share the image; the lock goes with the process.
+    let ro = format!("{img},ro");
+    let mut reader = echo_guest(&["-d", &ro], Stdio::piped());
+    let _stdout = wait_for_banner(&mut reader);
+    let second = vm_run(&["-b", k, "-d", &ro, "-a", "poweroff"]);
+    assert_eq!(second.status, 0, "{second:?}");
+    kill(Pid::from_raw(reader.id() as i32), Signal::SIGTERM).unwrap();
+    assert_eq!(wait_output(reader, Duration::from_secs(10)).status, 0);
+    assert_eq!(vm_run(&["-b", k, "-d", img, "-a", "poweroff"]).status, 0);
+}
+
+#[test]
+fn bad_disks_are_refused_before_the_guest_starts() {
+    let k = tiny_guest().to_str().unwrap();
+    let dir = target_dir().join("tiny-guest");
+    fs::create_dir_all(&dir).unwrap();
+    assert_fails(
+        &vm_run(&["-b", k, "-d", "/nonexistent/disk.img"]),
+        66,
+        "/nonexistent/disk.img: No such file",
+    );
+    assert_fails(&vm_run(&["-b", k, "-d", "x.img,rw"]), 64, "-d x.img,rw");
+    let many: Vec<String> = (0..17).flat_map(|_| ["-d".into(), "x".into()]).collect();
+    let mut args = vec!["-b", k];
+    args.extend(many.iter().map(String::as_str));
+    assert_fails(&vm_run(&args), 64, "at most 16 disks");
+    // A qcow2 header: not taken for raw unless the user says raw.
+    let q = dir.join("fake.qcow2");
+    let mut header = b"QFI\xfb\0\0\0\x03".to_vec();
+    header.resize(1 << 16, 0);
+    fs::write(&q, header).unwrap();
+    let q = q.to_str().unwrap();
+    assert_fails(&vm_run(&["-b", k, "-d", q]), 65, "a qcow2 image");
+    let forced = vm_run(&["-b", k, "-d", &format!("raw:{q}"), "-a", "poweroff"]);
+    assert_eq!(forced.status, 0, "{forced:?}");
+    // Permission to write is checked up front, not when the guest writes.
+    let ro = dir.join("readonly.img");
+    fs::write(&ro, vec![0u8; 4096]).unwrap();
+    let out = with_dev_kvm(
+        &format!(
+            "chmod 644 {}; d=$(mktemp -d); mount -t tmpfs none $d; \
+             mknod -m 666 $d/kvm c 10 232; mount --bind $d/kvm /dev/kvm",
+            ro.display()
+        ),
+        true,
+        &format!("-d {}", ro.display()),
+    );
+    assert_fails(&out, 77, "readonly.img: Permission denied");
 }
