@@ -6,6 +6,8 @@
 //! space.
 
 pub mod block;
+#[cfg(any(test, fuzzing))]
+pub mod fuzz;
 pub mod pci;
 pub mod rng;
 
@@ -217,27 +219,36 @@ fn serve_queue(
     }
 }
 
-/// Pops and serves chains until the ring is empty with notifications on
-/// (so a kick racing the last pop is not lost); true if any was used.
 fn drain(
     dev: &mut dyn VirtioDevice,
     q: &mut ActiveQueue,
     mem: &'static GuestMemory,
 ) -> Result<bool, virtio_queue::Error> {
+    drain_queue(dev, q.index, &mut q.queue, mem)
+}
+
+/// Pops and serves chains until the ring is empty with notifications on
+/// (so a kick racing the last pop is not lost); true if any was used.
+pub fn drain_queue(
+    dev: &mut dyn VirtioDevice,
+    index: usize,
+    queue: &mut Queue,
+    mem: &GuestMemory,
+) -> Result<bool, virtio_queue::Error> {
     let mut used = false;
     loop {
-        q.queue.disable_notification(mem)?;
+        queue.disable_notification(mem)?;
         loop {
             // Bound to a local so that the iterator's borrow of the queue
             // ends before add_used.
-            let next = q.queue.iter(mem)?.next();
+            let next = queue.iter(mem)?.next();
             let Some(chain) = next else { break };
             let head = chain.head_index();
-            let len = dev.handle(q.index, chain, mem);
-            q.queue.add_used(mem, head, len)?;
+            let len = dev.handle(index, chain, mem);
+            queue.add_used(mem, head, len)?;
             used = true;
         }
-        if !q.queue.enable_notification(mem)? {
+        if !queue.enable_notification(mem)? {
             return Ok(used);
         }
     }
