@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::mem::size_of;
 
-use kvm_bindings::{kvm_ioeventfd, kvm_irq_routing, kvm_regs, kvm_sregs};
+use kvm_bindings::{kvm_ioeventfd, kvm_irq_level, kvm_irq_routing, kvm_regs, kvm_sregs};
 use landlock::{Access, AccessFs, AccessNet, Ruleset, RulesetAttr, RulesetStatus, ABI};
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
@@ -89,6 +89,8 @@ fn ioctls() -> Vec<u64> {
         // follow BAR 0 when the guest moves it.
         ioc(IOC_WRITE, KVMIO, 0x6a, size_of::<kvm_irq_routing>()), // KVM_SET_GSI_ROUTING
         ioc(IOC_WRITE, KVMIO, 0x79, size_of::<kvm_ioeventfd>()),   // KVM_IOEVENTFD
+        // INTx, for guests without MSI.
+        ioc(IOC_WRITE, KVMIO, 0x61, size_of::<kvm_irq_level>()), // KVM_IRQ_LINE
         TCGETS,
         TCSETS,
     ]
@@ -153,6 +155,7 @@ mod tests {
         assert_eq!(ioctls()[2], 0x8138_ae83);
         assert_eq!(ioctls()[3], 0x4008_ae6a);
         assert_eq!(ioctls()[4], 0x4040_ae79);
+        assert_eq!(ioctls()[5], 0x4008_ae61);
     }
 
     #[test]

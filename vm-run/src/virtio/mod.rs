@@ -12,7 +12,7 @@ pub mod pci;
 pub mod rng;
 
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
@@ -20,6 +20,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::memory::GuestMemory;
 use crate::pci::msix::Msix;
+use crate::x86::irqchip::GsiRouter;
 
 /// "No MSI-X vector" in the common configuration.
 pub const NO_VECTOR: u16 = 0xffff;
@@ -47,23 +48,42 @@ pub trait VirtioDevice: Send + 'static {
 
 /// How a device tells the driver that it used buffers: MSI-X when the
 /// driver enabled it, INTx with the ISR register otherwise.
+///
+/// INTx is level-triggered: the line is up exactly while the ISR is not
+/// zero, set with KVM_IRQ_LINE by whoever changes the ISR. (An irqfd
+/// with a resample fd would do it without the ioctl, but INTx is the
+/// slow path of guests without MSI, and KVM's resampler teardown is the
+/// least travelled part of irqfd.)
 pub struct Interrupt {
-    isr: AtomicU8,
-    intx: EventFd,
+    /// The ISR, and the lock that keeps it and the line in step.
+    isr: Mutex<u8>,
+    router: Arc<GsiRouter>,
+    gsi: u32,
     msix: Arc<Mutex<Msix>>,
 }
 
 impl Interrupt {
-    pub fn new(intx: EventFd, msix: Arc<Mutex<Msix>>) -> Self {
+    pub fn new(router: Arc<GsiRouter>, gsi: u32, msix: Arc<Mutex<Msix>>) -> Self {
         Interrupt {
-            isr: AtomicU8::new(0),
-            intx,
+            isr: Mutex::new(0),
+            router,
+            gsi,
             msix,
         }
     }
 
     pub fn msix(&self) -> std::sync::MutexGuard<'_, Msix> {
         self.msix.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn isr(&self) -> std::sync::MutexGuard<'_, u8> {
+        self.isr.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_line(&self, level: bool) {
+        if let Err(e) = self.router.vm().set_irq_line(self.gsi, level) {
+            eprintln!("vm-run: KVM_IRQ_LINE {}: {e}", self.gsi);
+        }
     }
 
     pub fn signal(&self, vector: u16, isr_bit: u8) {
@@ -75,25 +95,25 @@ impl Interrupt {
             return;
         }
         drop(msix);
-        self.isr.fetch_or(isr_bit, Ordering::SeqCst);
-        let _ = self.intx.write(1);
+        let mut isr = self.isr();
+        if *isr == 0 {
+            self.set_line(true);
+        }
+        *isr |= isr_bit;
     }
 
     /// The guest read the ISR, which acknowledges INTx.
     pub fn read_isr(&self) -> u8 {
-        self.isr.swap(0, Ordering::SeqCst)
+        let mut isr = self.isr();
+        let was = std::mem::take(&mut *isr);
+        if was != 0 {
+            self.set_line(false);
+        }
+        was
     }
 
     pub fn reset(&self) {
-        self.isr.store(0, Ordering::SeqCst);
-    }
-
-    /// KVM lowered the level-triggered line at the guest's EOI: raise it
-    /// again if the driver has not yet seen what is pending.
-    fn resample(&self) {
-        if self.isr.load(Ordering::SeqCst) != 0 {
-            let _ = self.intx.write(1);
-        }
+        self.read_isr();
     }
 }
 
@@ -114,7 +134,6 @@ pub struct Worker {
 /// What the worker shares with the transport.
 pub struct Shared {
     pub interrupt: Arc<Interrupt>,
-    pub resample: Arc<EventFd>,
     pub needs_reset: Arc<AtomicBool>,
     pub config_vector: u16,
 }
@@ -158,8 +177,7 @@ fn serve(
     for (i, q) in queues.iter_mut().enumerate() {
         broken[i] = !serve_queue(dev, q, shared, mem);
     }
-    let mut fds: Vec<libc::pollfd> = [stop.as_raw_fd(), shared.resample.as_raw_fd()]
-        .into_iter()
+    let mut fds: Vec<libc::pollfd> = std::iter::once(stop.as_raw_fd())
         .chain(queues.iter().map(|q| q.kick.as_raw_fd()))
         .map(|fd| libc::pollfd {
             fd,
@@ -177,12 +195,8 @@ fn serve(
             let _ = stop.read();
             return;
         }
-        if fds[1].revents != 0 {
-            let _ = shared.resample.read();
-            shared.interrupt.resample();
-        }
         for (i, q) in queues.iter_mut().enumerate() {
-            if fds[2 + i].revents == 0 {
+            if fds[1 + i].revents == 0 {
                 continue;
             }
             let _ = q.kick.read();

@@ -99,7 +99,6 @@ pub struct VirtioPci {
     /// Where the kicks' ioeventfds are registered: BAR 0's address.
     kick_base: Option<u64>,
     interrupt: Arc<Interrupt>,
-    resample: Arc<EventFd>,
     stop: Arc<EventFd>,
     needs_reset: Arc<AtomicBool>,
     router: Arc<GsiRouter>,
@@ -174,12 +173,6 @@ impl VirtioPci {
         let (body, writable) = msix.capability(0, MSIX_TABLE as u32, MSIX_PBA as u32);
         let msix_cap = pci.add_capability(msix::CAP_ID, &body, &writable);
 
-        let intx = eventfd()?;
-        let resample = eventfd()?;
-        router
-            .vm()
-            .register_irqfd_with_resample(&intx, &resample, at.gsi)
-            .map_err(|e| Error::Kvm("KVM_IRQFD".into(), e))?;
         let kicks = (0..queues.len())
             .map(|_| eventfd().map(Arc::new))
             .collect::<Result<Vec<_>>>()?;
@@ -200,8 +193,11 @@ impl VirtioPci {
             queues,
             kicks,
             kick_base: None,
-            interrupt: Arc::new(Interrupt::new(intx, Arc::new(Mutex::new(msix)))),
-            resample: Arc::new(resample),
+            interrupt: Arc::new(Interrupt::new(
+                router.clone(),
+                at.gsi,
+                Arc::new(Mutex::new(msix)),
+            )),
             stop: Arc::new(eventfd()?),
             needs_reset: Arc::new(AtomicBool::new(false)),
             router,
@@ -377,7 +373,6 @@ impl VirtioPci {
         };
         let shared = Shared {
             interrupt: self.interrupt.clone(),
-            resample: self.resample.clone(),
             needs_reset: self.needs_reset.clone(),
             config_vector: self.config_vector,
         };
