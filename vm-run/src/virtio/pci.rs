@@ -489,3 +489,140 @@ impl PciDevice for VirtioPci {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::virtio::rng::Rng;
+    use kvm_ioctls::Kvm;
+    use virtio_bindings::virtio_config::{
+        VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_FAILED,
+    };
+    use vm_memory::GuestMemoryMmap;
+
+    /// An RNG function on a real VM (KVM is needed for its irqfds), and
+    /// a driver that talks to its common configuration.
+    fn rng() -> VirtioPci {
+        let kvm = Kvm::new().expect("/dev/kvm");
+        let vm = Arc::new(kvm.create_vm().unwrap());
+        vm.create_irq_chip().unwrap();
+        let router = Arc::new(GsiRouter::new(vm));
+        let mem: &'static GuestMemory = Box::leak(Box::new(
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap(),
+        ));
+        let at = Placement {
+            bar0: 0xc000_0000,
+            gsi: 17,
+        };
+        VirtioPci::new(Box::<Rng>::default(), at, router, mem).unwrap()
+    }
+
+    fn w16(d: &mut VirtioPci, off: u64, v: u16) {
+        d.bar_write(0, off, &v.to_le_bytes());
+    }
+    fn w32(d: &mut VirtioPci, off: u64, v: u32) {
+        d.bar_write(0, off, &v.to_le_bytes());
+    }
+    fn status(d: &mut VirtioPci) -> u8 {
+        let mut b = [0u8];
+        d.bar_read(0, 0x14, &mut b);
+        b[0]
+    }
+
+    /// Negotiates version 1, then sets up queue 0 as asked and sets
+    /// DRIVER_OK; returns the status the device then shows.
+    fn start(d: &mut VirtioPci, size: u16, desc: u64) -> u8 {
+        let s = (VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER) as u8;
+        d.bar_write(0, 0x14, &[s]);
+        w32(d, 0x08, 1);
+        w32(d, 0x0c, 1); // VIRTIO_F_VERSION_1 is bit 32
+        let s = s | VIRTIO_CONFIG_S_FEATURES_OK as u8;
+        d.bar_write(0, 0x14, &[s]);
+        assert_ne!(status(d) & VIRTIO_CONFIG_S_FEATURES_OK as u8, 0);
+        w16(d, 0x16, 0);
+        w16(d, 0x18, size);
+        w32(d, 0x20, desc as u32);
+        w32(d, 0x24, (desc >> 32) as u32);
+        w32(d, 0x28, 0x1000);
+        w32(d, 0x30, 0x2000);
+        w16(d, 0x1c, 1);
+        d.bar_write(0, 0x14, &[s | VIRTIO_CONFIG_S_DRIVER_OK as u8]);
+        status(d)
+    }
+
+    const NEEDS_RESET: u8 = VIRTIO_CONFIG_S_NEEDS_RESET as u8;
+
+    #[test]
+    fn a_good_driver_gets_a_running_device_and_reset_stops_it() {
+        let mut d = rng();
+        let mut b = [0u8; 2];
+        d.bar_read(0, 0x12, &mut b);
+        assert_eq!(u16::from_le_bytes(b), 1, "num_queues");
+        assert_eq!(start(&mut d, 64, 0) & NEEDS_RESET, 0);
+        assert!(matches!(d.state, State::Running(_)));
+        d.bar_write(0, 0x14, &[0]);
+        assert_eq!(status(&mut d), 0);
+        assert!(matches!(d.state, State::Idle(_)));
+        // And it starts again after the reset.
+        assert_eq!(start(&mut d, 16, 0) & NEEDS_RESET, 0);
+        d.bar_write(0, 0x14, &[0]);
+    }
+
+    #[test]
+    fn bad_queues_make_the_device_need_a_reset_not_crash() {
+        // Size 0, too large, not a power of two; rings outside memory.
+        for (size, desc) in [
+            (0, 0),
+            (1024, 0),
+            (48, 0),
+            (64, 1 << 40),
+            (64, u64::MAX - 64),
+        ] {
+            let mut d = rng();
+            let s = start(&mut d, size, desc);
+            assert_ne!(s & NEEDS_RESET, 0, "size {size} desc {desc:#x}");
+            assert!(matches!(d.state, State::Idle(_)));
+            // The driver resets; the device comes back.
+            d.bar_write(0, 0x14, &[0]);
+            assert_eq!(status(&mut d), 0);
+            assert_eq!(start(&mut d, 64, 0) & NEEDS_RESET, 0);
+            d.bar_write(0, 0x14, &[0]);
+        }
+    }
+
+    #[test]
+    fn features_the_device_lacks_are_refused() {
+        let mut d = rng();
+        d.bar_write(
+            0,
+            0x14,
+            &[(VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER) as u8],
+        );
+        w32(&mut d, 0x08, 0);
+        w32(&mut d, 0x0c, 1 << 5); // a block feature, not the RNG's
+        d.bar_write(0, 0x14, &[VIRTIO_CONFIG_S_FEATURES_OK as u8 | 3]);
+        assert_eq!(status(&mut d) & VIRTIO_CONFIG_S_FEATURES_OK as u8, 0);
+        // DRIVER_OK without FEATURES_OK does not start the device.
+        d.bar_write(0, 0x14, &[VIRTIO_CONFIG_S_DRIVER_OK as u8 | 3]);
+        assert!(matches!(d.state, State::Idle(_)));
+        d.bar_write(0, 0x14, &[VIRTIO_CONFIG_S_FAILED as u8]);
+    }
+
+    #[test]
+    fn odd_accesses_are_harmless() {
+        let mut d = rng();
+        let mut big = [0u8; 8];
+        for off in [
+            0u64, 0x3f, 0x1000, 0x2000, 0x2fff, 0x4000, 0x4ffc, 0x5000, 0x7ff8,
+        ] {
+            d.bar_read(0, off, &mut big);
+            d.bar_write(0, off, &[0xff; 8]);
+            d.bar_write(0, off, &[0xff; 3]);
+        }
+        // Queue select past the last queue reads as size 0.
+        w16(&mut d, 0x16, 9);
+        let mut b = [0u8; 2];
+        d.bar_read(0, 0x18, &mut b);
+        assert_eq!(b, [0, 0]);
+    }
+}
