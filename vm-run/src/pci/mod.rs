@@ -159,6 +159,11 @@ impl ConfigSpace {
 pub trait PciDevice: Send {
     fn config(&self) -> &ConfigSpace;
     fn config_mut(&mut self) -> &mut ConfigSpace;
+    /// A config read; devices with registers that read through to
+    /// something else override it.
+    fn config_read(&mut self, offset: usize, data: &mut [u8]) {
+        self.config().read(offset, data)
+    }
     /// The guest wrote `len` bytes of config space at `offset`; `moved`
     /// lists the memory BARs whose placement changed as (bar, old, new).
     fn config_written(&mut self, _offset: usize, _len: usize, _moved: &[BarMove]) {}

@@ -78,7 +78,7 @@ impl PciRoot {
 
     fn config_read(&mut self, offset: usize, data: &mut [u8]) {
         match self.selected() {
-            Some((dev, reg)) => dev.config().read(reg + offset, data),
+            Some((dev, reg)) => dev.config_read(reg + offset, data),
             None => data.fill(0xff),
         }
     }

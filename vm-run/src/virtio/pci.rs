@@ -45,6 +45,13 @@ const CAP_COMMON_CFG: u8 = 1;
 const CAP_NOTIFY_CFG: u8 = 2;
 const CAP_ISR_CFG: u8 = 3;
 const CAP_DEVICE_CFG: u8 = 4;
+const CAP_PCI_CFG: u8 = 5;
+/// In the PCI configuration access capability: bar, offset, length and
+/// the data window, from the capability's start.
+const PCI_CFG_BAR: usize = 4;
+const PCI_CFG_OFFSET: usize = 8;
+const PCI_CFG_LENGTH: usize = 12;
+const PCI_CFG_DATA: usize = 16;
 const VIRTIO_VENDOR: u16 = 0x1af4;
 /// Modern device IDs are 0x1040 + the virtio device type.
 const DEVICE_ID_BASE: u16 = 0x1040;
@@ -84,6 +91,9 @@ enum State {
 pub struct VirtioPci {
     pci: ConfigSpace,
     msix_cap: usize,
+    /// The capability through which firmware reaches BAR 0 by config
+    /// cycles alone (the spec requires it; Linux does not use it).
+    pci_cfg_cap: usize,
     state: State,
     name: String,
     features: u64,
@@ -172,6 +182,12 @@ impl VirtioPci {
         );
         let (body, writable) = msix.capability(0, MSIX_TABLE as u32, MSIX_PBA as u32);
         let msix_cap = pci.add_capability(msix::CAP_ID, &body, &writable);
+        // bar, offset, length and data are the driver's to write.
+        let access = cap(CAP_PCI_CFG, 0, 0, &[0; 4]);
+        let mut writable = [0u8; 18];
+        writable[PCI_CFG_BAR - 2] = 0xff;
+        writable[PCI_CFG_OFFSET - 2..].fill(0xff);
+        let pci_cfg_cap = pci.add_capability(CAP_VENDOR, &access, &writable);
 
         let kicks = (0..queues.len())
             .map(|_| eventfd().map(Arc::new))
@@ -180,6 +196,7 @@ impl VirtioPci {
         Ok(VirtioPci {
             pci,
             msix_cap,
+            pci_cfg_cap,
             name: dev.name().to_string(),
             features: dev.features() | 1 << VIRTIO_F_VERSION_1 | 1 << VIRTIO_RING_F_EVENT_IDX,
             device_config: dev.config().to_vec(),
@@ -432,6 +449,20 @@ impl VirtioPci {
     }
 }
 
+impl VirtioPci {
+    /// The BAR 0 access the configuration access capability names, if
+    /// it names one: BAR 0, a length of 1, 2 or 4, aligned.
+    fn pci_cfg_access(&self) -> Option<(u64, usize)> {
+        let cap = self.pci_cfg_cap;
+        let mut bar = [0u8];
+        self.pci.read(cap + PCI_CFG_BAR, &mut bar);
+        let offset = self.pci.u32_at(cap + PCI_CFG_OFFSET);
+        let len = self.pci.u32_at(cap + PCI_CFG_LENGTH);
+        let ok = bar[0] == 0 && matches!(len, 1 | 2 | 4) && offset.is_multiple_of(len);
+        ok.then_some((offset.into(), len as usize))
+    }
+}
+
 impl PciDevice for VirtioPci {
     fn config(&self) -> &ConfigSpace {
         &self.pci
@@ -441,7 +472,26 @@ impl PciDevice for VirtioPci {
         &mut self.pci
     }
 
+    fn config_read(&mut self, offset: usize, data: &mut [u8]) {
+        let window = self.pci_cfg_cap + PCI_CFG_DATA;
+        if offset < window + 4 && window < offset + data.len() {
+            if let Some((bar_offset, len)) = self.pci_cfg_access() {
+                let mut v = [0u8; 4];
+                self.bar_read(0, bar_offset, &mut v[..len]);
+                self.pci.set_u32(window, u32::from_le_bytes(v));
+            }
+        }
+        self.pci.read(offset, data)
+    }
+
     fn config_written(&mut self, offset: usize, len: usize, moved: &[BarMove]) {
+        let window = self.pci_cfg_cap + PCI_CFG_DATA;
+        if offset < window + 4 && window < offset + len {
+            if let Some((bar_offset, n)) = self.pci_cfg_access() {
+                let v = self.pci.u32_at(window).to_le_bytes();
+                self.bar_write(0, bar_offset, &v[..n]);
+            }
+        }
         let control = self.msix_cap + 2;
         if offset < control + 2 && control < offset + len {
             let v = self.pci.u16_at(control);
@@ -606,6 +656,28 @@ mod tests {
         d.bar_write(0, 0x14, &[VIRTIO_CONFIG_S_DRIVER_OK as u8 | 3]);
         assert!(matches!(d.state, State::Idle(_)));
         d.bar_write(0, 0x14, &[VIRTIO_CONFIG_S_FAILED as u8]);
+    }
+
+    #[test]
+    fn config_cycles_reach_bar0_through_the_access_capability() {
+        let mut d = rng();
+        let cap = d.pci_cfg_cap;
+        // num_queues (common config 0x12, 2 bytes) through the window.
+        d.pci.write(cap + PCI_CFG_OFFSET, &0x12u32.to_le_bytes());
+        d.pci.write(cap + PCI_CFG_LENGTH, &2u32.to_le_bytes());
+        let mut v = [0u8; 4];
+        d.config_read(cap + PCI_CFG_DATA, &mut v);
+        assert_eq!(u16::from_le_bytes([v[0], v[1]]), 1);
+        // A write of queue_select = 7, read back directly.
+        d.pci.write(cap + PCI_CFG_OFFSET, &0x16u32.to_le_bytes());
+        d.pci.write(cap + PCI_CFG_DATA, &7u32.to_le_bytes());
+        d.config_written(cap + PCI_CFG_DATA, 4, &[]);
+        let mut b = [0u8; 2];
+        d.bar_read(0, 0x16, &mut b);
+        assert_eq!(u16::from_le_bytes(b), 7);
+        // Misaligned or other BARs: nothing happens.
+        d.pci.write(cap + PCI_CFG_OFFSET, &0x17u32.to_le_bytes());
+        assert_eq!(d.pci_cfg_access(), None);
     }
 
     #[test]
