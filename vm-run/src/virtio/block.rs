@@ -62,7 +62,8 @@ pub struct Block {
 }
 
 impl Block {
-    /// `index` makes the thread name (vda is 0).
+    /// A disk, read-only to the guest if `read_only`; its ID is `serial`
+    /// or else the image's file name.
     pub fn new(disk: Box<dyn Disk>, read_only: bool, serial: Option<String>) -> Self {
         let capacity = disk.size() / SECTOR;
         let serial = serial
