@@ -1,18 +1,19 @@
 #!/bin/sh
-# Usage: tests/harness/run-host.sh [-q] [-b BINDIR] [-t TIMEOUT_SECS] SCENARIO.sh
+# Usage: tests/harness/run-host.sh [-q] [-b BINDIR] [-t TIMEOUT_SECS] [-x EXTRA.cpio.gz] SCENARIO.sh
 # Boots the emulated test host (QEMU TCG with AMD SVM, kvm_amd inside) with
 # SCENARIO.sh as /scenario.sh and the files of BINDIR (default
 # target/x86_64-unknown-linux-musl/release, executables only) in /bin/vm/.
 #   -q  also append qemu.cpio.gz (QEMU inside the host, for comparisons)
 #   -t  timeout in seconds (default 600; none when stdin is a terminal)
+#   -x  also append this archive (benchmark tools, for instance)
 # The console goes to stdout; exit status 0 iff it shows TESTHOST-DONE.
 # Interactive (stdin a tty): you type into the host console; Ctrl-A x quits.
 set -eu
 root=$(cd "$(dirname "$0")/../.." && pwd)
-usage() { sed -n 's/^# \{0,1\}//; 2,9p' "$0" >&2; exit 2; }
-withq=; bin=$root/target/x86_64-unknown-linux-musl/release; t=
-while getopts qb:t: o; do
-    case $o in q) withq=1 ;; b) bin=$OPTARG ;; t) t=$OPTARG ;; *) usage ;; esac
+usage() { sed -n 's/^# \{0,1\}//; 2,10p' "$0" >&2; exit 2; }
+withq=; bin=$root/target/x86_64-unknown-linux-musl/release; t=; extra=
+while getopts qb:t:x: o; do
+    case $o in q) withq=1 ;; b) bin=$OPTARG ;; t) t=$OPTARG ;; x) extra=$OPTARG ;; *) usage ;; esac
 done
 shift $((OPTIND - 1))
 [ $# -eq 1 ] && [ -f "$1" ] || usage
@@ -29,7 +30,7 @@ cp "$1" "$tmp/x/scenario.sh"
 [ ! -d "$bin" ] || find "$bin" -maxdepth 1 -type f -perm -u+x -exec cp {} "$tmp/x/bin/vm/" \;
 (cd "$tmp/x" && find . -mindepth 1 | cpio -o -H newc -R 0:0 --quiet) | gzip -1 > "$tmp/x.cpio.gz"
 # The kernel unpacks concatenated (compressed) cpio archives in order.
-cat "$host/host.cpio.gz" ${withq:+"$host/qemu.cpio.gz"} "$tmp/x.cpio.gz" > "$tmp/initrd"
+cat "$host/host.cpio.gz" ${withq:+"$host/qemu.cpio.gz"} ${extra:+"$extra"} "$tmp/x.cpio.gz" > "$tmp/initrd"
 
 if [ -t 0 ]; then
     fg=--foreground; t=${t:-0}     # let QEMU read the terminal; no time limit
