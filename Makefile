@@ -42,6 +42,15 @@ lint: setup-rust
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+# Fuzzes the virtio-blk queue (vm-run/fuzz) for FUZZ_SECONDS with nightly
+# and cargo-fuzz. New inputs go to vm-run/fuzz/corpus-new, crashes to
+# vm-run/fuzz/artifacts; the seeds in vm-run/fuzz/corpus stay as they are.
+FUZZ_SECONDS ?= 60
+fuzz:
+	@cargo +nightly fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+	mkdir -p vm-run/fuzz/corpus-new/virtio_blk
+	cd vm-run && cargo +nightly fuzz run virtio_blk fuzz/corpus-new/virtio_blk fuzz/corpus/virtio_blk -- -max_total_time=$(FUZZ_SECONDS)
+
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/man/man8
 	for t in $(TOOLS); do install -m 755 $(BIN)/$$t $(DESTDIR)$(PREFIX)/bin/; done
@@ -51,4 +60,4 @@ install: all
 clean:
 	$(CARGO) clean
 
-.PHONY: all setup-rust setup fixture test demo bench lint install clean
+.PHONY: all setup-rust setup fixture test demo bench lint fuzz install clean
