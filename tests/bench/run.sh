@@ -26,10 +26,12 @@ echo "bench: start-up on this machine's /dev/kvm" >&2
 
 echo "bench: Linux boot in the emulated test host (a few minutes)" >&2
 cmdline='console=ttyS0 quiet'
+# A run that hangs is killed after 2 minutes and shows as the maximum
+# (the test host has hung a few times in KVM; see the notes of issue 3).
 cat > "$tmp/scenario.sh" <<SCENARIO
 vm-bench -n 10 -k VMTEST-INIT-OK \
-	"vm-run=vm-run -c 2 -m 256M -b /guest/bzImage -i /guest/initrd.gz -a '$cmdline'" \
-	"QEMU microvm=qemu-system-x86_64 -M microvm,rtc=on -enable-kvm -cpu host -smp 2 -m 256M \
+	"vm-run=timeout -s KILL 120 vm-run -c 2 -m 256M -b /guest/bzImage -i /guest/initrd.gz -a '$cmdline'" \
+	"QEMU microvm=timeout -s KILL 120 qemu-system-x86_64 -M microvm,rtc=on -enable-kvm -cpu host -smp 2 -m 256M \
 	-nodefaults -no-user-config -nographic -serial stdio -monitor none -no-reboot \
 	-kernel /guest/bzImage -initrd /guest/initrd.gz -append '$cmdline'" > /tmp/boot.md
 echo BOOT-TABLE-BEGIN; cat /tmp/boot.md; echo BOOT-TABLE-END
