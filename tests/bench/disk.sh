@@ -178,8 +178,7 @@ under kvm-amd on an emulated CPU, where every exit costs microseconds, so
 the ratios to the host say little about bare metal; the ratios between
 the VMMs say more. In this test host a guest sometimes hangs or resets
 during fio, or the test host's kernel crashes under it (a page fault
-loop on the way out of KVM_RUN): QEMU's in 9 of 30 runs when this was
-written, vm-run's in 1 of 15. Such a round is left out, with a warning,
+loop on the way out of KVM_RUN), with either VMM. Such a round is left out, with a warning,
 and the test host boots again for the rest.
 Rounds with numbers in this run, of $rounds: host $(got host), vm-run $(got vm-run),
 QEMU $(got QEMU).

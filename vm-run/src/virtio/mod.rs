@@ -52,23 +52,23 @@ pub trait VirtioDevice: Send + 'static {
 /// INTx is level-triggered: the line is up exactly while the ISR is not
 /// zero, set with KVM_IRQ_LINE by whoever changes the ISR. (An irqfd
 /// with a resample fd would do it without the ioctl, but INTx is the
-/// slow path of guests without MSI, and KVM's resampler teardown is the
-/// least travelled part of irqfd.)
+/// slow path of guests without MSI, and this needs no resample fd to
+/// watch.)
 pub struct Interrupt {
     /// The ISR, and the lock that keeps it and the line in step.
     isr: Mutex<u8>,
     router: Arc<GsiRouter>,
     gsi: u32,
-    msix: Arc<Mutex<Msix>>,
+    msix: Mutex<Msix>,
 }
 
 impl Interrupt {
-    pub fn new(router: Arc<GsiRouter>, gsi: u32, msix: Arc<Mutex<Msix>>) -> Self {
+    pub fn new(router: Arc<GsiRouter>, gsi: u32, msix: Msix) -> Self {
         Interrupt {
             isr: Mutex::new(0),
             router,
             gsi,
-            msix,
+            msix: Mutex::new(msix),
         }
     }
 
@@ -216,7 +216,7 @@ fn serve_queue(
     shared: &Shared,
     mem: &'static GuestMemory,
 ) -> bool {
-    match drain(dev, q, mem) {
+    match drain_queue(dev, q.index, &mut q.queue, mem) {
         Ok(false) => true,
         Ok(true) => {
             if q.queue.needs_notification(mem).unwrap_or(true) {
@@ -231,14 +231,6 @@ fn serve_queue(
             false
         }
     }
-}
-
-fn drain(
-    dev: &mut dyn VirtioDevice,
-    q: &mut ActiveQueue,
-    mem: &'static GuestMemory,
-) -> Result<bool, virtio_queue::Error> {
-    drain_queue(dev, q.index, &mut q.queue, mem)
 }
 
 /// Pops and serves chains until the ring is empty with notifications on

@@ -9,7 +9,7 @@
 //!   0x2000 device configuration    0x5000 MSI-X pending bits
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use kvm_ioctls::{IoEventAddress, NoDatamatch};
 use virtio_bindings::virtio_config::{
@@ -210,11 +210,7 @@ impl VirtioPci {
             queues,
             kicks,
             kick_base: None,
-            interrupt: Arc::new(Interrupt::new(
-                router.clone(),
-                at.gsi,
-                Arc::new(Mutex::new(msix)),
-            )),
+            interrupt: Arc::new(Interrupt::new(router.clone(), at.gsi, msix)),
             stop: Arc::new(eventfd()?),
             needs_reset: Arc::new(AtomicBool::new(false)),
             router,
