@@ -37,6 +37,10 @@ if [ -t 0 ]; then
 else
     fg=; t=${t:-600}; exec </dev/null
 fi
+# One test host at a time on this machine (2 cores): parallel test runs,
+# worktrees and benchmarks queue here instead of starving each other.
+exec 9>/tmp/vm-testhost.lock
+flock 9
 # TCG warns about each EPYC-Rome feature it cannot emulate; that noise is dropped.
 timeout $fg -k 5 "$t" qemu-system-x86_64 -M q35 -accel tcg -cpu EPYC-Rome,+svm,+npt \
     -m 6G -smp 2 -nodefaults -no-user-config -nographic -serial mon:stdio -no-reboot \

@@ -7,7 +7,7 @@ use crate::disk::DiskSpec;
 use crate::error::{Error, Result};
 
 pub const USAGE: &str = "usage: vm-run [-pv] [-a cmdline] [-c ncpus] [-d [raw:]disk[,ro]] ... \
-[-i initrd] [-m size] -b kernel";
+[-i initrd] [-m size] [-N name] -b kernel";
 
 /// Disks a guest may have: vmd allows 4, PCI slots allow 30 with room
 /// for the RNG and a NIC or two.
@@ -38,6 +38,9 @@ pub struct Config {
     pub mem_size: u64,
     pub console: Console,
     pub verbose: bool,
+    /// The guest's name (vmctl's rule, see `check_name`); names the control
+    /// socket and seeds stable per-guest identities such as MAC addresses.
+    pub name: Option<String>,
 }
 
 pub enum Parsed {
@@ -57,6 +60,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed> {
     let mut mem_size = DEFAULT_MEM;
     let mut console = Console::Stdio;
     let mut verbose = false;
+    let mut name = None;
 
     while let Some(arg) = p.next().map_err(usage)? {
         match arg {
@@ -75,6 +79,11 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed> {
             Short('a') => cmdline = Some(string(p.value().map_err(usage)?, "-a")?),
             Short('c') => vcpus = parse_vcpus(&string(p.value().map_err(usage)?, "-c")?)?,
             Short('m') => mem_size = parse_size(&string(p.value().map_err(usage)?, "-m")?)?,
+            Short('N') => {
+                let v = string(p.value().map_err(usage)?, "-N")?;
+                check_name(&v).map_err(|e| Error::Usage(format!("-N {v}: {e}")))?;
+                name = Some(v);
+            }
             Short('p') => console = Console::Pty,
             Short('v') => verbose = true,
             Short('h') | Long("help") => return Ok(Parsed::Help),
@@ -104,7 +113,31 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed> {
         mem_size,
         console,
         verbose,
+        name,
     }))
+}
+
+/// Longest guest name; vmd's VMM_MAX_NAME_LEN is 64 with the NUL.
+pub const MAX_NAME: usize = 63;
+
+/// vmctl's rule for guest names: alphanumerics, '.', '-' and '_', not
+/// starting with one of the three punctuation marks. The name becomes a
+/// file name, so the rule also keeps it free of '/' and of "..".
+pub fn check_name(name: &str) -> std::result::Result<(), &'static str> {
+    let first = name.chars().next().ok_or("empty name")?;
+    if name.len() > MAX_NAME {
+        return Err("name too long (at most 63 characters)");
+    }
+    if !first.is_ascii_alphanumeric() {
+        return Err("a name starts with a letter or digit");
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+    {
+        return Err("a name has only letters, digits, '.', '-' and '_'");
+    }
+    Ok(())
 }
 
 fn usage(e: lexopt::Error) -> Error {
@@ -195,6 +228,11 @@ mod tests {
         assert_eq!(c.initrd, Some(PathBuf::from("rd")));
         assert_eq!(c.console, Console::Pty);
         assert_eq!(c.cmdline, "quiet");
+        assert_eq!(c.name, None);
+        assert_eq!(
+            config("-b k -N web-1.a_b").name.as_deref(),
+            Some("web-1.a_b")
+        );
     }
 
     #[test]
@@ -209,6 +247,10 @@ mod tests {
             "-b",
             "-b k -d",
             "-b k -d a,rw",
+            "-b k -N .x",
+            "-b k -N -x",
+            "-b k -N a/b",
+            "-b k -N é",
         ] {
             match parse(args(bad)) {
                 Err(e @ Error::Usage(_)) => assert_eq!(e.exit_status(), 64),
