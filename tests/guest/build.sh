@@ -86,7 +86,7 @@ add() { # depth first, so dependencies come before their users
 }
 virtio="virtio_pci virtio_mmio virtio_blk virtio_net virtio-rng virtio_console vmw_vsock_virtio_transport"
 rm -rf "$out/hostmods"
-mods "$out/hostmods" irqbypass kvm kvm-amd tun bridge veth vhost_net vhost_vsock $virtio
+mods "$out/hostmods" irqbypass kvm kvm-amd tun bridge veth vhost_net vhost_vsock loop $virtio
 echo "build.sh: kernel $kver, $(grep -E '^CONFIG_VIRTIO_PCI=' "$out/config")"
 
 # Guest initramfs. Applet links are made here so /init's #!/bin/sh resolves.
@@ -96,7 +96,7 @@ cp "$bb" "$r/bin/busybox"
 for a in $("$bb" --list-full); do
     mkdir -p "$r/${a%/*}"; [ -e "$r/$a" ] || ln -s /bin/busybox "$r/$a"
 done
-mods "$r/lib/modules" $virtio
+mods "$r/lib/modules" $virtio button evdev
 cp "$here/init" "$r/init"; chmod 755 "$r/init"
 (cd "$r" && find . -mindepth 1 | cpio -o -H newc -R 0:0 --quiet) | gzip -9 > "$out/initrd.gz"
 echo "$sum" > "$out/stamp"
