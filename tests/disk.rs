@@ -78,6 +78,27 @@ fn scenarios() -> Vec<Scenario> {
                 )
             ),
         },
+        Scenario {
+            // A block device instead of a file: the size comes from the
+            // device, the lock and the data go to it.
+            name: "blockdev",
+            script: format!(
+                "dd if=/dev/zero of=/tmp/l.img bs=1M count=32 2>/dev/null\n\
+                 L=$(losetup -f) && losetup $L /tmp/l.img && echo LOOP=$L\n{}\nrc=$?\n\
+                 losetup -d $L\n\
+                 echo HOST-L=$(dd if=/tmp/l.img bs=512 skip=7 count=1 2>/dev/null | head -c 15)\n\
+                 exit $rc",
+                guest(
+                    "-m 256M -d $L,serial=loopdisk",
+                    "bzImage",
+                    &format!(
+                        "run=\"echo SIZE=$(cat /sys/block/vda/size) SERIAL=$(cat /sys/block/vda/serial); \
+                         echo {GUEST_PATTERN} | dd of=/dev/vda bs=512 seek=7 conv=sync,fsync 2>/dev/null \
+                         && echo WROTE\""
+                    ),
+                )
+            ),
+        },
     ]
 }
 
@@ -180,5 +201,15 @@ fn discard_punches_holes_in_the_image() {
     assert!(kib("HOST-BEFORE=") >= 16 * 1024);
     assert!(kib("HOST-AFTER=") < 1024, "{}", c.output);
     assert_has(c, "SIZE=16777216");
+    assert_eq!(c.status, 0, "{}", c.output);
+}
+
+#[test]
+fn block_device_as_disk() {
+    let c = case("blockdev");
+    assert_has(c, "LOOP=/dev/loop");
+    assert_has(c, "SIZE=65536 SERIAL=loopdisk");
+    assert_has(c, "WROTE");
+    assert_has(c, &format!("HOST-L={GUEST_PATTERN}"));
     assert_eq!(c.status, 0, "{}", c.output);
 }
