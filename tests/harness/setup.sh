@@ -2,7 +2,7 @@
 # Installs, from Debian's packages, what the tests, the demo and the
 # benchmarks need, when it is missing: QEMU (the emulated test host, and
 # the reference VMM), busybox (both initramfs), cpio, mandoc, assembler and
-# linker for the tiny guest, and util-linux's unshare/setpriv.
+# linker for the tiny guest, util-linux's unshare/setpriv, systemd-analyze.
 set -eu
 need=
 for pair in qemu-system-x86_64:qemu-system-x86 busybox:busybox-static cpio:cpio \
@@ -11,6 +11,8 @@ for pair in qemu-system-x86_64:qemu-system-x86 busybox:busybox-static cpio:cpio 
 	command -v "${pair%%:*}" >/dev/null 2>&1 || need="$need ${pair#*:}"
 done
 [ -e /usr/share/seabios/bios-256k.bin ] || need="$need seabios"
+# systemd-analyze checks docs/vm@.service.
+command -v systemd-analyze >/dev/null 2>&1 || need="$need systemd"
 [ -z "$need" ] && exit 0
 echo "setup: installing$need" >&2
 export DEBIAN_FRONTEND=noninteractive

@@ -3,11 +3,13 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
+use nix::unistd::{Gid, Group, Uid, User};
+
 use crate::disk::DiskSpec;
 use crate::error::{Error, Result};
 
 pub const USAGE: &str = "usage: vm-run [-pv] [-a cmdline] [-c ncpus] [-d [raw:]disk[,ro]] ... \
-[-i initrd] [-m size] [-N name] -b kernel";
+[-i initrd] [-m size] [-N name [-o user[:group]]] -b kernel";
 
 /// Disks a guest may have: vmd allows 4, PCI slots allow 30 with room
 /// for the RNG and a NIC or two.
@@ -41,6 +43,9 @@ pub struct Config {
     /// The guest's name (vmctl's rule, see `check_name`); names the control
     /// socket and seeds stable per-guest identities such as MAC addresses.
     pub name: Option<String>,
+    /// Who may use the control socket besides root and us (vm.conf's
+    /// `owner user:group`).
+    pub owner: Option<(Uid, Option<Gid>)>,
 }
 
 pub enum Parsed {
@@ -61,6 +66,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed> {
     let mut console = Console::Stdio;
     let mut verbose = false;
     let mut name = None;
+    let mut owner = None;
 
     while let Some(arg) = p.next().map_err(usage)? {
         match arg {
@@ -84,6 +90,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed> {
                 check_name(&v).map_err(|e| Error::Usage(format!("-N {v}: {e}")))?;
                 name = Some(v);
             }
+            Short('o') => owner = Some(parse_owner(&string(p.value().map_err(usage)?, "-o")?)?),
             Short('p') => console = Console::Pty,
             Short('v') => verbose = true,
             Short('h') | Long("help") => return Ok(Parsed::Help),
@@ -91,6 +98,11 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed> {
         }
     }
     let kernel = kernel.ok_or_else(|| Error::Usage("no kernel given (-b kernel)".into()))?;
+    if owner.is_some() && name.is_none() {
+        return Err(Error::Usage(
+            "-o: only a named guest (-N) has a control socket".into(),
+        ));
+    }
     if !mem_size.is_multiple_of(PAGE) {
         return Err(Error::Usage(format!(
             "-m {}K: not a whole number of 4K pages",
@@ -114,7 +126,41 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed> {
         console,
         verbose,
         name,
+        owner,
     }))
+}
+
+/// `user[:group]`, by name or number.
+fn parse_owner(s: &str) -> Result<(Uid, Option<Gid>)> {
+    let bad = |what: &str| Error::Usage(format!("-o {s}: {what}"));
+    let (user, group) = match s.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (s, None),
+    };
+    let uid = match user.parse::<u32>() {
+        Ok(n) => Uid::from_raw(n),
+        Err(_) => {
+            User::from_name(user)
+                .ok()
+                .flatten()
+                .ok_or_else(|| bad("no such user"))?
+                .uid
+        }
+    };
+    let gid = match group {
+        None => None,
+        Some(g) => Some(match g.parse::<u32>() {
+            Ok(n) => Gid::from_raw(n),
+            Err(_) => {
+                Group::from_name(g)
+                    .ok()
+                    .flatten()
+                    .ok_or_else(|| bad("no such group"))?
+                    .gid
+            }
+        }),
+    };
+    Ok((uid, gid))
 }
 
 /// Longest guest name; vmd's VMM_MAX_NAME_LEN is 64 with the NUL.
@@ -251,6 +297,9 @@ mod tests {
             "-b k -N -x",
             "-b k -N a/b",
             "-b k -N é",
+            "-b k -o root",
+            "-b k -N w -o no-such-user-here",
+            "-b k -N w -o root:no-such-group-here",
         ] {
             match parse(args(bad)) {
                 Err(e @ Error::Usage(_)) => assert_eq!(e.exit_status(), 64),

@@ -1,10 +1,13 @@
 //! The guest's console: COM1 on our stdin/stdout, or on a new
 //! pseudo-terminal. A terminal on stdin is put in raw mode so that every
-//! key reaches the guest, and restored on every way out.
+//! key reaches the guest, and restored on every way out. A client of the
+//! control socket (vm-ctl console) may attach as well: it gets a copy of
+//! the output and types into the same UART.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
@@ -34,6 +37,8 @@ pub struct Console {
     /// input thread.
     input: Option<File>,
     output: Option<Output>,
+    /// The terminal the console is on, for vm-ctl status.
+    tty: Option<String>,
     /// Held open so that the pty stays usable between two users.
     _pty_slave: Option<OwnedFd>,
 }
@@ -53,6 +58,9 @@ impl Console {
         };
         let input = dup(io::stdin().as_fd().try_clone_to_owned(), "stdin")?;
         let output = dup(io::stdout().as_fd().try_clone_to_owned(), "stdout")?;
+        let tty = nix::unistd::ttyname(&input)
+            .ok()
+            .map(|p| p.display().to_string());
         if let Ok(orig) = termios::tcgetattr(&input) {
             // Remember how to undo raw mode before entering it.
             let restore_fd = input
@@ -68,6 +76,7 @@ impl Console {
         Ok(Console {
             input: Some(input),
             output: Some(Box::new(output)),
+            tty,
             _pty_slave: None,
         })
     }
@@ -95,12 +104,19 @@ impl Console {
         Ok(Console {
             input: Some(master),
             output: Some(Box::new(Lossy(output))),
+            tty: Some(name.display().to_string()),
             _pty_slave: Some(pty.slave),
         })
     }
 
-    pub fn take_output(&mut self) -> Option<Output> {
-        self.output.take()
+    /// The guest's output, also copied to whoever attaches to `attached`.
+    pub fn take_output(&mut self, attached: Arc<Attached>) -> Option<Output> {
+        let out = self.output.take()?;
+        Some(Box::new(Tee { out, attached }))
+    }
+
+    pub fn tty(&self) -> Option<&str> {
+        self.tty.as_deref()
     }
 
     /// Feeds console input to the UART from a thread of its own.
@@ -119,6 +135,73 @@ impl Console {
 impl Drop for Console {
     fn drop(&mut self) {
         restore_terminal();
+    }
+}
+
+/// The control socket's console client, when one is attached. One at a
+/// time, as on a serial line; output it cannot take at once is lost to it
+/// (never to the primary console), so a stalled client cannot stall the
+/// guest.
+#[derive(Default)]
+pub struct Attached(Mutex<Option<(u64, UnixStream)>>);
+
+impl Attached {
+    /// Returns an id for `detach`, or None when somebody is attached.
+    pub fn attach(&self, client: UnixStream) -> Option<u64> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_some() {
+            return None;
+        }
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        *slot = Some((id, client));
+        Some(id)
+    }
+
+    pub fn detach(&self, id: u64) {
+        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.as_ref().is_some_and(|(i, _)| *i == id) {
+            *slot = None;
+        }
+    }
+
+    fn send(&self, buf: &[u8]) {
+        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((_, client)) = slot.as_ref() else {
+            return;
+        };
+        // SAFETY: the fd is open while `client` is; buf is valid for its length.
+        let n = unsafe {
+            libc::send(
+                client.as_raw_fd(),
+                buf.as_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock {
+            // Gone: the client's own thread sees the hang-up and detaches
+            // too; drop it here so nothing more is sent its way.
+            let _ = client.shutdown(std::net::Shutdown::Both);
+            *slot = None;
+        }
+    }
+}
+
+/// The primary console's writer, with a copy to the attached client.
+struct Tee {
+    out: Output,
+    attached: Arc<Attached>,
+}
+
+impl Write for Tee {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        let n = self.out.write(b)?;
+        self.attached.send(&b[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
     }
 }
 

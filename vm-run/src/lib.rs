@@ -5,6 +5,7 @@ pub mod boot;
 pub mod bus;
 pub mod config;
 pub mod console;
+pub mod control;
 pub mod devices;
 pub mod disk;
 pub mod error;

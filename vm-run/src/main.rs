@@ -5,7 +5,7 @@ use std::process;
 
 use vm_run::config::{self, Parsed};
 use vm_run::outcome::Outcome;
-use vm_run::{console, exit, vm};
+use vm_run::{console, control, exit, vm};
 
 fn main() {
     // No panic is expected; should one come, the user still gets their
@@ -13,6 +13,7 @@ fn main() {
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         console::restore_terminal();
+        control::remove_socket();
         default_hook(info);
     }));
     let code = match config::parse(std::env::args_os()) {

@@ -2,7 +2,7 @@
 //! and where the boot structures live. Everything that places something in
 //! guest memory takes its address from here.
 
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::error::{Error, Result};
 
@@ -79,6 +79,43 @@ pub fn create(size: u64) -> Result<GuestMemory> {
     })
 }
 
+/// The guest's RAM in bytes (without the holes).
+pub fn size(mem: &GuestMemory) -> u64 {
+    mem.iter().map(|r| r.len()).sum()
+}
+
+/// How much of the guest's RAM the host has actually given it: resident
+/// pages of the mappings, as mincore(2) sees them. Counted in chunks so
+/// that a large guest needs no large vector.
+pub fn resident(mem: &GuestMemory) -> u64 {
+    const PAGE: usize = 4096;
+    const CHUNK: usize = 64 << 20;
+    let mut pages = 0u64;
+    let mut vec = vec![0u8; CHUNK / PAGE];
+    for r in mem.iter() {
+        let Ok(base) = r.get_host_address(vm_memory::MemoryRegionAddress(0)) else {
+            continue;
+        };
+        let len = r.len() as usize;
+        let mut off = 0;
+        while off < len {
+            let n = (len - off).min(CHUNK);
+            // SAFETY: [base + off, base + off + n) lies inside the region's
+            // mapping, which lives as long as `mem`; base is page-aligned
+            // (mmap) and `vec` has a byte for each of the n / PAGE pages.
+            let rc = unsafe { libc::mincore(base.add(off).cast(), n, vec.as_mut_ptr()) };
+            if rc == 0 {
+                pages += vec[..n.div_ceil(PAGE)]
+                    .iter()
+                    .filter(|b| *b & 1 != 0)
+                    .count() as u64;
+            }
+            off += n;
+        }
+    }
+    pages * PAGE as u64
+}
+
 /// MemTotal + SwapTotal: what the host could ever give a guest.
 fn host_memory() -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
@@ -107,6 +144,20 @@ pub fn e820_map(size: u64) -> Vec<(u64, u64, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vm_memory::Bytes;
+
+    #[test]
+    fn resident_counts_touched_pages_only() {
+        let mem = create(64 << 20).unwrap();
+        assert_eq!(size(&mem), 64 << 20);
+        let before = resident(&mem);
+        for page in 0..100u64 {
+            mem.write_obj(1u8, GuestAddress(page * 4096 * 3)).unwrap();
+        }
+        let after = resident(&mem);
+        assert!(after >= before + 100 * 4096, "{before} -> {after}");
+        assert!(after < 8 << 20, "{after}");
+    }
 
     #[test]
     fn small_guest_is_one_region() {

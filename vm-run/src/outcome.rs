@@ -13,6 +13,8 @@ pub enum Outcome {
     Reset,
     /// SIGTERM, SIGINT or SIGHUP from the host.
     Signal(i32),
+    /// vm-ctl stop -f: ended at once, on purpose.
+    Stopped,
     /// Something the VMM cannot continue from; the message names it.
     Failed(String),
 }
@@ -23,7 +25,7 @@ impl Outcome {
             Outcome::PowerOff => exit::OK,
             Outcome::Reset => exit::TEMPFAIL,
             Outcome::Signal(libc::SIGINT) => exit::INTERRUPTED,
-            Outcome::Signal(_) => exit::OK,
+            Outcome::Signal(_) | Outcome::Stopped => exit::OK,
             Outcome::Failed(_) => exit::SOFTWARE,
         }
     }

@@ -3,8 +3,9 @@
 //! code runs, as vmd's VM process pledges and unveils itself.
 //!
 //! - no_new_privs: nothing exec'd later gains privileges;
-//! - landlock: no file system access at all (and no TCP), where the kernel
-//!   has landlock, best effort otherwise;
+//! - landlock: no file system access (and no TCP), where the kernel has
+//!   landlock, best effort otherwise; the one exception is removing files
+//!   in the control socket's directory, so that the socket goes on exit;
 //! - seccomp: an allow-list of system calls, and of ioctls by request.
 //!   Anything else fails with EPERM, so that vm-run still reports it and
 //!   restores the terminal rather than dying silently.
@@ -14,8 +15,15 @@
 use std::collections::BTreeMap;
 use std::mem::size_of;
 
-use kvm_bindings::{kvm_ioeventfd, kvm_irq_level, kvm_irq_routing, kvm_regs, kvm_sregs};
-use landlock::{Access, AccessFs, AccessNet, Ruleset, RulesetAttr, RulesetStatus, ABI};
+use std::path::Path;
+
+use kvm_bindings::{
+    kvm_clock_data, kvm_ioeventfd, kvm_irq_level, kvm_irq_routing, kvm_regs, kvm_sregs,
+};
+use landlock::{
+    Access, AccessFs, AccessNet, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr,
+    RulesetStatus, ABI,
+};
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
     SeccompRule, TargetArch,
@@ -66,6 +74,19 @@ const SYSCALLS: &[i64] = &[
     libc::SYS_fdatasync,
     libc::SYS_fallocate,
     libc::SYS_getrandom,
+    // The control socket: connections, peer credentials, timeouts, the
+    // console's non-blocking sends, curmem, and the socket's removal.
+    libc::SYS_accept4,
+    libc::SYS_recvfrom,
+    libc::SYS_sendto,
+    libc::SYS_getsockopt,
+    libc::SYS_setsockopt,
+    libc::SYS_shutdown,
+    libc::SYS_getpid,
+    libc::SYS_geteuid,
+    libc::SYS_mincore,
+    libc::SYS_unlink,
+    libc::SYS_unlinkat,
 ];
 
 /// An ioctl request number as <asm-generic/ioctl.h> builds it, spelled
@@ -91,6 +112,10 @@ fn ioctls() -> Vec<u64> {
         ioc(IOC_WRITE, KVMIO, 0x79, size_of::<kvm_ioeventfd>()),   // KVM_IOEVENTFD
         // INTx, for guests without MSI.
         ioc(IOC_WRITE, KVMIO, 0x61, size_of::<kvm_irq_level>()), // KVM_IRQ_LINE
+        // Pause and resume (vm-ctl pause): the guest's clock stands still.
+        ioc(IOC_READ, KVMIO, 0x7c, size_of::<kvm_clock_data>()), // KVM_GET_CLOCK
+        ioc(IOC_WRITE, KVMIO, 0x7b, size_of::<kvm_clock_data>()), // KVM_SET_CLOCK
+        ioc(IOC_NONE, KVMIO, 0xad, 0),                           // KVM_KVMCLOCK_CTRL
         TCGETS,
         TCSETS,
     ]
@@ -111,6 +136,16 @@ fn filter() -> std::result::Result<BpfProgram, seccompiler::BackendError> {
         })
         .collect::<std::result::Result<Vec<_>, _>>()?;
     rules.insert(libc::SYS_ioctl, by_request);
+    // UnixStream::try_clone, for the console client; no other fcntl.
+    rules.insert(
+        libc::SYS_fcntl,
+        vec![SeccompRule::new(vec![SeccompCondition::new(
+            1,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::Eq,
+            libc::F_DUPFD_CLOEXEC as u64,
+        )?])?],
+    );
     SeccompFilter::new(
         rules,
         SeccompAction::Errno(libc::EPERM as u32),
@@ -121,8 +156,9 @@ fn filter() -> std::result::Result<BpfProgram, seccompiler::BackendError> {
 }
 
 /// Confines the calling thread and every thread it starts afterwards.
-/// Returns whether landlock was fully enforced.
-pub fn enter() -> Result<bool> {
+/// `rundir` is where the control socket is, if there is one. Returns
+/// whether landlock was fully enforced.
+pub fn enter(rundir: Option<&Path>) -> Result<bool> {
     let fail = |what: &str, e: String| Error::Setup(format!("sandbox: {what}: {e}"));
     // SAFETY: prctl with PR_SET_NO_NEW_PRIVS takes integer arguments only.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
@@ -132,11 +168,19 @@ pub fn enter() -> Result<bool> {
         ));
     }
     let abi = ABI::V5;
-    let status = Ruleset::default()
+    let mut ruleset = Ruleset::default()
         .handle_access(AccessFs::from_all(abi))
         .and_then(|r| r.handle_access(AccessNet::from_all(abi)))
         .and_then(|r| r.create())
-        .and_then(|r| r.restrict_self())
+        .map_err(|e| fail("landlock", e.to_string()))?;
+    if let Some(dir) = rundir {
+        let fd = PathFd::new(dir).map_err(|e| fail("landlock", e.to_string()))?;
+        ruleset = ruleset
+            .add_rule(PathBeneath::new(fd, AccessFs::RemoveFile))
+            .map_err(|e| fail("landlock", e.to_string()))?;
+    }
+    let status = ruleset
+        .restrict_self()
         .map_err(|e| fail("landlock", e.to_string()))?;
     let program = filter().map_err(|e| fail("seccomp", e.to_string()))?;
     seccompiler::apply_filter(&program).map_err(|e| fail("seccomp", e.to_string()))?;

@@ -1,16 +1,203 @@
 //! One vCPU thread: KVM_RUN, then dispatch of the exit to the bus, until
 //! the guest ends its run. The end is reported, never acted on here.
+//! Between two runs a vCPU parks itself when the guest is paused.
 
-use std::sync::Arc;
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
+use std::time::{Duration, Instant};
 
-use kvm_bindings::{KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
-use kvm_ioctls::{VcpuExit, VcpuFd};
+use kvm_bindings::{kvm_clock_data, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 
 use crate::bus::Bus;
 use crate::error::{Error, Result};
 use crate::outcome::{Outcome, Reporter};
 use crate::x86::regs;
+
+/// The signal that kicks a vCPU thread out of KVM_RUN.
+const KICK: libc::c_int = libc::SIGUSR1;
+
+thread_local! {
+    /// This thread's kvm_run.immediate_exit, for the kick handler.
+    static IMMEDIATE_EXIT: Cell<*mut u8> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+extern "C" fn on_kick(_: libc::c_int) {
+    // A kick that lands between the pause check and KVM_RUN would be lost;
+    // immediate_exit makes that KVM_RUN return at once instead.
+    let p = IMMEDIATE_EXIT.with(Cell::get);
+    if !p.is_null() {
+        // SAFETY: p points into this thread's kvm_run mapping, set by the
+        // vCPU thread for as long as it runs (see Vcpu::spawn).
+        unsafe { p.write_volatile(1) };
+    }
+}
+
+/// Installs the kick handler; once, before any vCPU thread starts.
+pub fn install_kick_handler() -> Result<()> {
+    // SAFETY: a zeroed sigaction is valid; the handler only does a
+    // volatile store, which is async-signal-safe. No SA_RESTART, so that
+    // KVM_RUN returns EINTR.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_kick as *const () as usize;
+        libc::sigemptyset(&mut sa.sa_mask);
+        if libc::sigaction(KICK, &sa, std::ptr::null_mut()) != 0 {
+            return Err(Error::Os(
+                "sigaction".into(),
+                std::io::Error::last_os_error(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Pauses and resumes every vCPU, and keeps the guest's clock still while
+/// paused so that it does not jump forward on resume (as QEMU's stop/cont).
+pub struct Pauser {
+    vm: Arc<VmFd>,
+    vcpus: usize,
+    requested: AtomicBool,
+    state: Mutex<PauseState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct PauseState {
+    paused: bool,
+    parked: usize,
+    /// vCPU threads whose run has ended: they count as parked.
+    gone: usize,
+    /// pthread_t of each vCPU thread, as an integer: musl's is a pointer,
+    /// which is not Send.
+    threads: Vec<usize>,
+    clock: Option<kvm_clock_data>,
+}
+
+impl Pauser {
+    pub fn new(vm: Arc<VmFd>, vcpus: usize) -> Self {
+        Pauser {
+            vm,
+            vcpus,
+            requested: AtomicBool::new(false),
+            state: Mutex::default(),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PauseState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.lock().paused
+    }
+
+    /// Returns once every vCPU is parked.
+    pub fn pause(&self) -> std::result::Result<(), String> {
+        self.park_all(Duration::from_secs(5))?;
+        let mut st = self.lock();
+        st.clock = self.vm.get_clock().ok();
+        Ok(())
+    }
+
+    /// Gets every vCPU out of KVM_RUN before the process exits, so that
+    /// the kernel tears the VM down with no vCPU in guest mode. Nested
+    /// under TCG, exiting with a vCPU inside the guest has been seen to
+    /// hang the host kernel.
+    pub fn stop_all(&self) {
+        let _ = self.park_all(Duration::from_millis(500));
+    }
+
+    fn park_all(&self, limit: Duration) -> std::result::Result<(), String> {
+        let mut st = self.lock();
+        if st.paused {
+            return Err("already paused".into());
+        }
+        st.paused = true;
+        self.requested.store(true, Ordering::SeqCst);
+        for t in &st.threads {
+            // SAFETY: a vCPU thread leaves this list (gone(), under this
+            // lock) before it exits, so every pthread_t here is alive.
+            unsafe { libc::pthread_kill(*t as libc::pthread_t, KICK) };
+        }
+        let deadline = Instant::now() + limit;
+        while st.parked + st.gone < self.vcpus {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                st.paused = false;
+                self.requested.store(false, Ordering::SeqCst);
+                self.changed.notify_all();
+                return Err("the vCPUs did not stop".into());
+            }
+            st = self
+                .changed
+                .wait_timeout(st, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        Ok(())
+    }
+
+    pub fn resume(&self) -> std::result::Result<(), String> {
+        let mut st = self.lock();
+        if !st.paused {
+            return Err("not paused".into());
+        }
+        if let Some(mut clock) = st.clock.take() {
+            // Without flags KVM sets the clock to exactly this value: the
+            // guest sees no time pass while it was paused.
+            clock.flags = 0;
+            self.vm
+                .set_clock(&clock)
+                .map_err(|e| format!("KVM_SET_CLOCK: {e}"))?;
+        }
+        st.paused = false;
+        self.requested.store(false, Ordering::SeqCst);
+        self.changed.notify_all();
+        Ok(())
+    }
+
+    fn register(&self) {
+        // SAFETY: pthread_self has no preconditions.
+        let me = unsafe { libc::pthread_self() };
+        self.lock().threads.push(me as usize);
+    }
+
+    /// Called by a vCPU thread whose run has ended, before it exits: it
+    /// must not be signalled once it is gone.
+    fn gone(&self) {
+        // SAFETY: pthread_self has no preconditions.
+        let me = unsafe { libc::pthread_self() } as usize;
+        let mut st = self.lock();
+        st.threads.retain(|t| *t != me);
+        st.gone += 1;
+        self.changed.notify_all();
+    }
+
+    /// Called by a vCPU thread between two runs.
+    fn park_if_paused(&self, fd: &VcpuFd) {
+        if !self.requested.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut st = self.lock();
+        if !st.paused {
+            return;
+        }
+        st.parked += 1;
+        self.changed.notify_all();
+        // Tells the guest kernel its clock stood still on purpose, so its
+        // soft-lockup watchdog does not fire on resume. Fails harmlessly
+        // if the guest does not use kvmclock.
+        let _ = fd.kvmclock_ctrl();
+        while st.paused {
+            st = self.changed.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        st.parked -= 1;
+    }
+}
 
 pub struct Vcpu {
     pub id: u8,
@@ -18,6 +205,7 @@ pub struct Vcpu {
     pub pio: Arc<Bus>,
     pub mmio: Arc<Bus>,
     pub reporter: Reporter,
+    pub pauser: Arc<Pauser>,
     pub verbose: bool,
 }
 
@@ -27,7 +215,11 @@ impl Vcpu {
             .name(format!("vcpu{}", self.id))
             .spawn(move || {
                 let mut me = self;
+                let exit_flag: *mut u8 = &mut me.fd.get_kvm_run().immediate_exit;
+                IMMEDIATE_EXIT.with(|p| p.set(exit_flag));
+                me.pauser.register();
                 let outcome = me.run();
+                me.pauser.gone();
                 me.reporter.report(outcome);
             })
             .map(|_| ())
@@ -36,9 +228,14 @@ impl Vcpu {
 
     fn run(&mut self) -> Outcome {
         loop {
+            self.pauser.park_if_paused(&self.fd);
             let exit = match self.fd.run() {
                 Ok(exit) => exit,
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
+                Err(e) if e.errno() == libc::EINTR => {
+                    self.fd.set_kvm_immediate_exit(0);
+                    continue;
+                }
+                Err(e) if e.errno() == libc::EAGAIN => continue,
                 Err(e) => {
                     let e = std::io::Error::from_raw_os_error(e.errno());
                     return self.failed(format!("KVM_RUN: {e}"));

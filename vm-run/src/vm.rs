@@ -10,14 +10,15 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::Bus;
 use crate::config::Config;
-use crate::console::Console;
+use crate::console::{Attached, Console};
+use crate::control::{self, Control};
 use crate::devices::{acpi_pm, i8042, serial};
 use crate::error::{Error, Result};
 use crate::memory::{self, GuestMemory};
 use crate::memory::{PCI_MMIO_END, PCI_MMIO_START};
 use crate::outcome::{self, Outcome};
 use crate::pci::root::{self, MmioView, PciRoot, PioView};
-use crate::vcpu::Vcpu;
+use crate::vcpu::{self, Pauser, Vcpu};
 use crate::virtio::pci::{Placement, VirtioPci, BAR_SIZE};
 use crate::virtio::{block::Block, rng::Rng, VirtioDevice};
 use crate::x86::irqchip::GsiRouter;
@@ -30,6 +31,16 @@ const MAX_VCPUS: usize = 254;
 /// Runs the guest to its end. Errors are what kept it from starting.
 pub fn run(cfg: &Config) -> Result<Outcome> {
     signals::block()?;
+    // First, so that a second guest of the same name fails before it
+    // takes anything else (disk locks, memory).
+    let rundir = match &cfg.name {
+        Some(_) => Some(control::rundir().map_err(Error::Unavailable)?),
+        None => None,
+    };
+    let mut control = match (&cfg.name, &rundir) {
+        (Some(name), Some(dir)) => Some(Control::bind(dir, name, cfg.owner)?),
+        _ => None,
+    };
     let kvm = Kvm::new().map_err(|e| Error::Kvm("/dev/kvm".into(), e))?;
     let max = kvm.get_max_vcpus().min(MAX_VCPUS);
     if usize::from(cfg.vcpus) > max {
@@ -65,8 +76,9 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
     let (com1_irq, room) = (eventfd()?, eventfd()?);
     vm.register_irqfd(&com1_irq, serial::COM1_IRQ)
         .map_err(|e| Error::Kvm("KVM_IRQFD".into(), e))?;
+    let attached = Arc::new(Attached::default());
     let output = console
-        .take_output()
+        .take_output(attached.clone())
         .ok_or_else(|| Error::Setup("console output taken twice".into()))?;
     let room_reader = room
         .try_clone()
@@ -84,10 +96,18 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
         i8042::PORT_LEN.into(),
         Arc::new(Mutex::new(i8042::I8042::new(reporter.clone()))),
     );
+    let sci_vm = vm.clone();
+    let power = Arc::new(Mutex::new(acpi_pm::AcpiPm::new(
+        reporter.clone(),
+        Box::new(move |on| {
+            // Fails only if the irqchip is gone, and then so is the guest.
+            let _ = sci_vm.set_irq_line(acpi_pm::SCI_IRQ, on);
+        }),
+    )));
     pio.insert(
         acpi_pm::PORT_BASE.into(),
         acpi_pm::PORT_LEN.into(),
-        Arc::new(Mutex::new(acpi_pm::AcpiPm::new(reporter.clone()))),
+        power.clone(),
     );
     let mut mmio = Bus::default();
     let pci = Arc::new(Mutex::new(pci_devices(cfg, &vm, mem)?));
@@ -103,6 +123,8 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
     );
     let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
 
+    let pauser = Arc::new(Pauser::new(vm.clone(), cfg.vcpus.into()));
+    vcpu::install_kick_handler()?;
     let base_cpuid = cpuid::supported(&kvm)?;
     let mut vcpus = Vec::with_capacity(cfg.vcpus.into());
     for id in 0..cfg.vcpus {
@@ -123,17 +145,31 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
             pio: pio.clone(),
             mmio: mmio.clone(),
             reporter: reporter.clone(),
+            pauser: pauser.clone(),
             verbose: cfg.verbose,
         });
     }
 
     // Everything is open and mapped: from here on the guest could be
     // hostile, so vm-run gives up what it no longer needs.
-    let landlocked = sandbox::enter()?;
+    let landlocked = sandbox::enter(rundir.as_deref())?;
     if cfg.verbose && !landlocked {
         eprintln!("vm-run: landlock is not (fully) available on this kernel");
     }
     signals::spawn_waiter(reporter.clone())?;
+    if let (Some(c), Some(name)) = (control.as_mut(), &cfg.name) {
+        c.serve(control::Guest {
+            name: name.clone(),
+            vcpus: cfg.vcpus,
+            mem,
+            tty: console.tty().unwrap_or("-").to_string(),
+            pauser: pauser.clone(),
+            power,
+            serial: com1.clone(),
+            console: attached,
+            reporter: reporter.clone(),
+        })?;
+    }
     console.spawn_input(com1, room_reader)?;
     for v in vcpus {
         v.spawn()?;
@@ -142,7 +178,12 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
     let outcome = ends
         .recv()
         .unwrap_or_else(|_| Outcome::Failed("every vCPU thread is gone".into()));
+    pauser.stop_all();
     crate::console::restore_terminal();
+    if let Some(c) = control {
+        c.finish(outcome.exit_status());
+        // Dropping it removes the socket.
+    }
     // vCPU threads may still be in KVM_RUN: the process exit ends them.
     Ok(outcome)
 }

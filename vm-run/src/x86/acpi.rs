@@ -14,7 +14,9 @@ use acpi_tables::xsdt::XSDT;
 use acpi_tables::Aml;
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::devices::acpi_pm::{PM1_CNT_BLK, PM1_CNT_LEN, PM1_EVT_BLK, PM1_EVT_LEN, SLP_TYP_S5};
+use crate::devices::acpi_pm::{
+    PM1_CNT_BLK, PM1_CNT_LEN, PM1_EVT_BLK, PM1_EVT_LEN, SCI_IRQ, SLP_TYP_S5,
+};
 use crate::error::{Error, Result};
 use crate::memory::{
     GuestMemory, ACPI_START, BIOS_END, IOAPIC_ADDR, LAPIC_ADDR, PCI_MMIO_END, PCI_MMIO_START,
@@ -24,8 +26,6 @@ use crate::pci::root::{self, CONFIG_PORT, CONFIG_PORT_LEN};
 const OEM_ID: [u8; 6] = *b"VMRUN ";
 const OEM_TABLE_ID: [u8; 8] = *b"VMRUNTBL";
 const OEM_REVISION: u32 = 1;
-/// The SCI is ISA IRQ 9 on PCs; nothing raises it yet.
-const SCI_IRQ: u16 = 9;
 /// FADT IA-PC boot architecture flags: no VGA, no CMOS RTC; the 8042 bit
 /// stays clear so Linux does not spend time probing a keyboard.
 const IAPC_VGA_NOT_PRESENT: u16 = 1 << 2;
@@ -33,6 +33,10 @@ const IAPC_CMOS_RTC_NOT_PRESENT: u16 = 1 << 5;
 
 const MADT_LAPIC: u8 = 0;
 const MADT_IOAPIC: u8 = 1;
+const MADT_INT_OVERRIDE: u8 = 2;
+/// MPS INTI flags: active high, level triggered. The SCI is a level
+/// interrupt, and vm-run drives it active high as QEMU does.
+const INTI_ACTIVE_HIGH_LEVEL: u16 = 0b1101;
 const MADT_PCAT_COMPAT: u32 = 1;
 
 /// Builds the tables and writes them at ACPI_START; returns the RSDP's
@@ -143,11 +147,12 @@ fn fadt(dsdt_addr: u64) -> acpi_tables::fadt::FADT {
     let mut b = FADTBuilder::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION)
         .dsdt_64(dsdt_addr)
         .flag(Flags::Wbinvd)
-        .flag(Flags::PwrButton)
+        // PwrButton stays clear: the power button is the fixed-feature
+        // one in PM1 (vm-ctl stop presses it).
         .flag(Flags::SlpButton)
         .flag(Flags::Headless);
     // No SMI command port: the platform is in ACPI mode from the start.
-    b.sci_int = SCI_IRQ.into();
+    b.sci_int = (SCI_IRQ as u16).into();
     b.pm1a_evt_blk = u32::from(PM1_EVT_BLK).into();
     b.pm1a_cnt_blk = u32::from(PM1_CNT_BLK).into();
     b.pm1_evt_len = PM1_EVT_LEN;
@@ -168,6 +173,11 @@ fn madt(vcpus: u8) -> Sdt {
     ioapic.extend_from_slice(&IOAPIC_ADDR.to_le_bytes());
     ioapic.extend_from_slice(&0u32.to_le_bytes());
     madt.append_slice(&ioapic);
+    // type, length, bus (ISA), source IRQ, GSI, flags
+    let mut sci = vec![MADT_INT_OVERRIDE, 10, 0, SCI_IRQ as u8];
+    sci.extend_from_slice(&SCI_IRQ.to_le_bytes());
+    sci.extend_from_slice(&INTI_ACTIVE_HIGH_LEVEL.to_le_bytes());
+    madt.append_slice(&sci);
     madt
 }
 
@@ -218,7 +228,16 @@ mod tests {
                     kinds.push(t[at]);
                     at += t[at + 1] as usize;
                 }
-                assert_eq!(kinds, [MADT_LAPIC, MADT_LAPIC, MADT_LAPIC, MADT_IOAPIC]);
+                assert_eq!(
+                    kinds,
+                    [
+                        MADT_LAPIC,
+                        MADT_LAPIC,
+                        MADT_LAPIC,
+                        MADT_IOAPIC,
+                        MADT_INT_OVERRIDE
+                    ]
+                );
             }
         }
         assert_eq!(sigs, ["FACP", "APIC"]);
