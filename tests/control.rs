@@ -6,11 +6,12 @@
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use vm_tests::named::{Console, Tiny};
 use vm_tests::testhost::{self, guest, Case, Report, Scenario};
 use vm_tests::{bin, target_dir, tiny_guest, wait_output, Output};
 
@@ -18,74 +19,6 @@ fn rundir(test: &str) -> PathBuf {
     let d = target_dir().join("tmp").join(format!("ctl-{test}"));
     let _ = std::fs::remove_dir_all(&d);
     d
-}
-
-/// A tiny guest that echoes its console until it reads a '.'.
-struct Tiny {
-    child: Option<Child>,
-    dir: PathBuf,
-    name: String,
-}
-
-impl Tiny {
-    fn start(dir: &Path, name: &str, extra: &[&str]) -> Tiny {
-        let child = Command::new(bin("vm-run"))
-            .env("VM_RUNDIR", dir)
-            .args(["-N", name, "-m", "16M"])
-            .args(extra)
-            .arg("-b")
-            .arg(tiny_guest())
-            .args(["-a", "echo"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn vm-run");
-        let sock = dir.join(format!("{name}.sock"));
-        let start = Instant::now();
-        while UnixStream::connect(&sock).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "{name}: no socket"
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-        Tiny {
-            child: Some(child),
-            dir: dir.to_path_buf(),
-            name: name.into(),
-        }
-    }
-
-    fn child(&mut self) -> &mut Child {
-        self.child.as_mut().expect("running")
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
-    }
-
-    fn running(&mut self) -> bool {
-        self.child().try_wait().expect("try_wait").is_none()
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.join(format!("{}.sock", self.name))
-    }
-
-    fn end(mut self) -> Output {
-        wait_output(self.child.take().expect("running"), Duration::from_secs(10))
-    }
-}
-
-impl Drop for Tiny {
-    fn drop(&mut self) {
-        // A failed test must not leave an echoing guest spinning.
-        if let Some(c) = self.child.as_mut() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 fn ctl_as(dir: &Path, user: Option<&str>, args: &[&str]) -> Output {
@@ -168,55 +101,6 @@ fn status_shows_every_guest_in_vmctl_columns() {
         assert!(!sock.exists(), "{} left behind", sock.display());
     }
     assert_eq!(rows(&ctl(&dir, &["status"])).len(), 0);
-}
-
-/// vm-ctl console with a pipe for a keyboard; what it prints is collected.
-struct Console {
-    child: Child,
-    seen: Arc<Mutex<Vec<u8>>>,
-}
-
-impl Console {
-    fn attach(dir: &Path, name: &str) -> Console {
-        let mut child = Command::new(bin("vm-ctl"))
-            .env("VM_RUNDIR", dir)
-            .args(["console", name])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn vm-ctl console");
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let (mut out, s) = (child.stdout.take().expect("stdout"), seen.clone());
-        thread::spawn(move || {
-            let mut buf = [0u8; 256];
-            while let Ok(n @ 1..) = out.read(&mut buf) {
-                s.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        });
-        Console { child, seen }
-    }
-
-    fn type_in(&mut self, s: &str) {
-        let stdin = self.child.stdin.as_mut().expect("stdin");
-        stdin.write_all(s.as_bytes()).expect("type");
-        stdin.flush().expect("flush");
-    }
-
-    fn seen(&self) -> String {
-        String::from_utf8_lossy(&self.seen.lock().unwrap()).into_owned()
-    }
-
-    fn wait_for(&self, want: &str, limit: Duration) -> bool {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if self.seen().contains(want) {
-                return true;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        false
-    }
 }
 
 #[test]

@@ -133,4 +133,5 @@ pub fn vm_run(args: &[&str]) -> Output {
     wait_output(child, Duration::from_secs(30))
 }
 
+pub mod named;
 pub mod testhost;

@@ -9,8 +9,8 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::termios::{self, SetArg};
 use vm_run::control::proto::Request;
 
-use crate::client::Guest;
 use crate::Fail;
+use vm_run::control::client::{ClientError, Guest};
 
 /// cu's escape handling, one input byte at a time.
 #[derive(Default)]
@@ -46,7 +46,7 @@ impl Escape {
 
 pub fn attach(g: &Guest) -> Result<(), Fail> {
     let (_, mut sock) = g.request(Request::Console)?;
-    let os = |what: &str, e: io::Error| Fail::Os(what.to_string(), e);
+    let os = |what: &str, e: io::Error| Fail::Client(ClientError::Os(what.to_string(), e));
     let stdin = io::stdin();
     let saved = termios::tcgetattr(&stdin).ok();
     if let Some(orig) = &saved {

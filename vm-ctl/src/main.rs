@@ -2,48 +2,37 @@
 //! vm-ctl(8)). vm-run serves the sockets; the protocol is vm-run's
 //! (vm_run::control::proto, docs/CONTROL.md).
 
-mod client;
 mod console;
 mod status;
 
 use std::ffi::OsString;
 use std::fmt;
-use std::io;
 use std::path::PathBuf;
 
+use vm_run::control::client::{self, ClientError, Guest};
 use vm_run::control::proto::Request;
-
-use client::Guest;
 
 const USAGE: &str = "usage: vm-ctl status [name]\n       vm-ctl stop [-fw] name | -a\n       \
 vm-ctl pause name\n       vm-ctl unpause name\n       vm-ctl console name\n       vm-ctl wait name";
 
-// sysexits(3), as vm-ctl(8) documents them.
-const EX_USAGE: i32 = 64;
-const EX_UNAVAILABLE: i32 = 69;
-const EX_OSERR: i32 = 71;
-const EX_NOPERM: i32 = 77;
-
 pub enum Fail {
     Usage(String),
-    /// No guest of that name is running.
-    NoGuest(String),
-    /// The guest's socket is not ours to use.
-    Perm(String),
-    /// The guest answered with an error.
-    Refused(String, String),
-    Os(String, io::Error),
+    Client(ClientError),
     /// Already told on stderr (stop -a, one line a guest); the status.
     Reported(i32),
+}
+
+impl From<ClientError> for Fail {
+    fn from(e: ClientError) -> Self {
+        Fail::Client(e)
+    }
 }
 
 impl Fail {
     fn status(&self) -> i32 {
         match self {
-            Fail::Usage(_) => EX_USAGE,
-            Fail::NoGuest(_) | Fail::Refused(..) => EX_UNAVAILABLE,
-            Fail::Perm(_) => EX_NOPERM,
-            Fail::Os(..) => EX_OSERR,
+            Fail::Usage(_) => vm_run::exit::USAGE,
+            Fail::Client(e) => e.exit_status(),
             Fail::Reported(status) => *status,
         }
     }
@@ -53,10 +42,7 @@ impl fmt::Display for Fail {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         match self {
             Fail::Usage(s) => f.write_str(s),
-            Fail::NoGuest(n) => write!(f, "{n}: no such guest running"),
-            Fail::Perm(n) => write!(f, "{n}: permission denied"),
-            Fail::Refused(n, why) => write!(f, "{n}: {why}"),
-            Fail::Os(what, e) => write!(f, "{what}: {e}"),
+            Fail::Client(e) => write!(f, "{e}"),
             Fail::Reported(_) => Ok(()),
         }
     }
@@ -142,20 +128,14 @@ fn run(cmd: Command) -> Result<(), Fail> {
         }
         Command::Simple(Request::Console, n) => console::attach(&Guest::named(&dir, &n)?),
         Command::Simple(Request::Wait, n) => {
-            Guest::wait_exit(wait_request(&Guest::named(&dir, &n)?)?);
+            Guest::wait_exit(Guest::named(&dir, &n)?.wait_request()?);
             Ok(())
         }
-        Command::Simple(req, n) => Guest::named(&dir, &n)?.request(req).map(|_| ()),
+        Command::Simple(req, n) => {
+            Guest::named(&dir, &n)?.request(req)?;
+            Ok(())
+        }
     }
-}
-
-/// The wait request gets no reply until the guest ends, so it is sent by
-/// hand rather than through Guest::request.
-fn wait_request(g: &Guest) -> Result<std::os::unix::net::UnixStream, Fail> {
-    let mut s = g.connect()?;
-    vm_run::control::proto::write_frame(&mut s, Request::Wait.verb())
-        .map_err(|e| Fail::Os(g.path.display().to_string(), e))?;
-    Ok(s)
 }
 
 /// Presses each guest's power button (or ends it, -f); with -w, returns
@@ -167,14 +147,14 @@ fn stop(guests: &[Guest], force: bool, wait: bool, all: bool) -> Result<(), Fail
     for g in guests {
         // The wait connection first, so that a guest quick to power off
         // cannot end between the stop and the wait.
-        let w = if wait { Some(wait_request(g)) } else { None };
+        let w = if wait { Some(g.wait_request()) } else { None };
         let r = g.request(req).map(|_| ());
         match (r, w) {
             (Ok(()), Some(Ok(s))) => waits.push(s),
             (Ok(()), Some(Err(e))) | (Err(e), _) => {
-                if !(all && matches!(e, Fail::NoGuest(_))) {
+                if !(all && matches!(e, ClientError::NoGuest(_))) {
                     eprintln!("vm-ctl: {e}");
-                    failed.get_or_insert(e.status());
+                    failed.get_or_insert(e.exit_status());
                 }
             }
             (Ok(()), None) => {}

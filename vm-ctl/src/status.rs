@@ -4,8 +4,8 @@
 use nix::unistd::{Gid, Group, Uid, User};
 use vm_run::control::proto::{Request, Status};
 
-use crate::client::Guest;
 use crate::Fail;
+use vm_run::control::client::{ClientError, Guest};
 
 pub const HEADER: &str = "   ID   PID VCPUS  MAXMEM  CURMEM     TTY        OWNER    STATE NAME";
 
@@ -17,9 +17,12 @@ pub fn print(guests: &[Guest], named: bool) -> Result<(), Fail> {
         match g.request(Request::Status) {
             Ok((reply, _)) => match Status::from_reply(&reply) {
                 Some(s) => rows.push(s),
-                None => return Err(Fail::Refused(g.name.clone(), "malformed status".into())),
+                None => {
+                    let why = "malformed status".to_string();
+                    return Err(ClientError::Refused(g.name.clone(), why).into());
+                }
             },
-            Err(e) if named => return Err(e),
+            Err(e) if named => return Err(e.into()),
             Err(_) => {}
         }
     }

@@ -28,6 +28,9 @@ pub enum Console {
     Stdio,
     /// COM1 on a new pseudo-terminal whose name is printed on stdout.
     Pty,
+    /// COM1's output on stdout, input only through the control socket
+    /// (vm-receive, whose stdin is the snapshot stream).
+    StdoutOnly,
 }
 
 #[derive(Debug)]
@@ -131,7 +134,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed> {
 }
 
 /// `user[:group]`, by name or number.
-fn parse_owner(s: &str) -> Result<(Uid, Option<Gid>)> {
+pub fn parse_owner(s: &str) -> Result<(Uid, Option<Gid>)> {
     let bad = |what: &str| Error::Usage(format!("-o {s}: {what}"));
     let (user, group) = match s.split_once(':') {
         Some((u, g)) => (u, Some(g)),

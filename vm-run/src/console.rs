@@ -48,6 +48,18 @@ impl Console {
         match kind {
             config::Console::Stdio => Self::stdio(),
             config::Console::Pty => Self::pty(),
+            config::Console::StdoutOnly => Ok(Console {
+                input: None,
+                output: Some(Box::new(
+                    io::stdout()
+                        .as_fd()
+                        .try_clone_to_owned()
+                        .map(File::from)
+                        .map_err(|e| Error::Os("console: stdout".into(), e))?,
+                )),
+                tty: None,
+                _pty_slave: None,
+            }),
         }
     }
 

@@ -25,6 +25,9 @@ pub enum Error {
     Setup(String),
     /// A system call unrelated to KVM failed.
     Os(String, io::Error),
+    /// A snapshot stream that cannot be received: truncated, corrupt, of
+    /// another version, or not fitting this VM.
+    Snapshot(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -45,6 +48,7 @@ impl Error {
             Error::Unavailable(_) => exit::UNAVAILABLE,
             Error::Setup(_) => exit::SOFTWARE,
             Error::Os(..) => exit::OSERR,
+            Error::Snapshot(_) => exit::DATAERR,
         }
     }
 }
@@ -53,6 +57,7 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         match self {
             Error::Usage(s) | Error::Unavailable(s) | Error::Setup(s) => f.write_str(s),
+            Error::Snapshot(s) => write!(f, "snapshot stream: {s}"),
             Error::Open(p, e) => write!(f, "{}: {}", p.display(), strip_os(e)),
             Error::Format(p, s) => write!(f, "{}: {}", p.display(), s),
             Error::Locked(p) => write!(f, "{}: in use by another process", p.display()),

@@ -15,6 +15,7 @@ pub mod outcome;
 pub mod pci;
 pub mod sandbox;
 pub mod signals;
+pub mod snapshot;
 pub mod vcpu;
 pub mod virtio;
 pub mod vm;

@@ -15,6 +15,8 @@ pub enum Outcome {
     Signal(i32),
     /// vm-ctl stop -f: ended at once, on purpose.
     Stopped,
+    /// vm-send took the guest away (without -k).
+    Sent,
     /// Something the VMM cannot continue from; the message names it.
     Failed(String),
 }
@@ -25,7 +27,7 @@ impl Outcome {
             Outcome::PowerOff => exit::OK,
             Outcome::Reset => exit::TEMPFAIL,
             Outcome::Signal(libc::SIGINT) => exit::INTERRUPTED,
-            Outcome::Signal(_) | Outcome::Stopped => exit::OK,
+            Outcome::Signal(_) | Outcome::Stopped | Outcome::Sent => exit::OK,
             Outcome::Failed(_) => exit::SOFTWARE,
         }
     }

@@ -18,7 +18,9 @@ use std::mem::size_of;
 use std::path::Path;
 
 use kvm_bindings::{
-    kvm_clock_data, kvm_ioeventfd, kvm_irq_level, kvm_irq_routing, kvm_regs, kvm_sregs,
+    kvm_clock_data, kvm_debugregs, kvm_ioeventfd, kvm_irq_level, kvm_irq_routing, kvm_irqchip,
+    kvm_lapic_state, kvm_mp_state, kvm_msrs, kvm_pit_state2, kvm_regs, kvm_sregs, kvm_vcpu_events,
+    kvm_xcrs, kvm_xsave,
 };
 use landlock::{
     Access, AccessFs, AccessNet, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr,
@@ -87,6 +89,8 @@ const SYSCALLS: &[i64] = &[
     libc::SYS_mincore,
     libc::SYS_unlink,
     libc::SYS_unlinkat,
+    // vm-send passes the fd to write the snapshot to.
+    libc::SYS_recvmsg,
 ];
 
 /// An ioctl request number as <asm-generic/ioctl.h> builds it, spelled
@@ -116,6 +120,16 @@ fn ioctls() -> Vec<u64> {
         ioc(IOC_READ, KVMIO, 0x7c, size_of::<kvm_clock_data>()), // KVM_GET_CLOCK
         ioc(IOC_WRITE, KVMIO, 0x7b, size_of::<kvm_clock_data>()), // KVM_SET_CLOCK
         ioc(IOC_NONE, KVMIO, 0xad, 0),                           // KVM_KVMCLOCK_CTRL
+        // vm-send: the state of the paused vCPUs and in-kernel devices.
+        ioc(IOC_READ, KVMIO, 0x98, size_of::<kvm_mp_state>()), // KVM_GET_MP_STATE
+        ioc(IOC_READ, KVMIO, 0xa4, size_of::<kvm_xsave>()),    // KVM_GET_XSAVE
+        ioc(IOC_READ, KVMIO, 0xa6, size_of::<kvm_xcrs>()),     // KVM_GET_XCRS
+        ioc(IOC_READ, KVMIO, 0xa1, size_of::<kvm_debugregs>()), // KVM_GET_DEBUGREGS
+        ioc(IOC_READ, KVMIO, 0x8e, size_of::<kvm_lapic_state>()), // KVM_GET_LAPIC
+        ioc(IOC_READ | IOC_WRITE, KVMIO, 0x88, size_of::<kvm_msrs>()), // KVM_GET_MSRS
+        ioc(IOC_READ, KVMIO, 0x9f, size_of::<kvm_vcpu_events>()), // KVM_GET_VCPU_EVENTS
+        ioc(IOC_READ | IOC_WRITE, KVMIO, 0x62, size_of::<kvm_irqchip>()), // KVM_GET_IRQCHIP
+        ioc(IOC_READ, KVMIO, 0x9f, size_of::<kvm_pit_state2>()), // KVM_GET_PIT2
         TCGETS,
         TCSETS,
     ]

@@ -14,6 +14,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use crate::bus::Bus;
 use crate::error::{Error, Result};
 use crate::outcome::{Outcome, Reporter};
+use crate::snapshot::VcpuState;
 use crate::x86::regs;
 
 /// The signal that kicks a vCPU thread out of KVM_RUN.
@@ -59,6 +60,9 @@ pub fn install_kick_handler() -> Result<()> {
 pub struct Pauser {
     vm: Arc<VmFd>,
     vcpus: usize,
+    /// The MSRs a snapshot saves (KVM_GET_MSR_INDEX_LIST, read before the
+    /// sandbox).
+    msr_index: Vec<u32>,
     requested: AtomicBool,
     state: Mutex<PauseState>,
     changed: Condvar,
@@ -74,13 +78,16 @@ struct PauseState {
     /// which is not Send.
     threads: Vec<usize>,
     clock: Option<kvm_clock_data>,
+    /// A snapshot in progress: each parked vCPU fills its slot.
+    saving: Option<Vec<Option<std::result::Result<VcpuState, String>>>>,
 }
 
 impl Pauser {
-    pub fn new(vm: Arc<VmFd>, vcpus: usize) -> Self {
+    pub fn new(vm: Arc<VmFd>, vcpus: usize, msr_index: Vec<u32>) -> Self {
         Pauser {
             vm,
             vcpus,
+            msr_index,
             requested: AtomicBool::new(false),
             state: Mutex::default(),
             changed: Condvar::new(),
@@ -141,6 +148,48 @@ impl Pauser {
         Ok(())
     }
 
+    /// The guest clock as the pause found it; None when not paused.
+    pub fn clock(&self) -> Option<kvm_clock_data> {
+        self.lock().clock
+    }
+
+    /// Every vCPU's state, taken by the vCPU threads themselves while
+    /// parked (a VcpuFd belongs to its thread). Only while paused.
+    pub fn save_vcpus(&self) -> std::result::Result<Vec<VcpuState>, String> {
+        let mut st = self.lock();
+        if !st.paused || st.gone > 0 {
+            return Err("the guest is not paused with every vCPU".into());
+        }
+        st.saving = Some((0..self.vcpus).map(|_| None).collect());
+        self.changed.notify_all();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let done = st
+                .saving
+                .as_ref()
+                .is_some_and(|s| s.iter().all(Option::is_some));
+            if done {
+                break;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                st.saving = None;
+                return Err("the vCPUs did not give their state".into());
+            }
+            st = self
+                .changed
+                .wait_timeout(st, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        st.saving
+            .take()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| s.unwrap_or_else(|| Err("missing".into())))
+            .collect()
+    }
+
     pub fn resume(&self) -> std::result::Result<(), String> {
         let mut st = self.lock();
         if !st.paused {
@@ -178,7 +227,7 @@ impl Pauser {
     }
 
     /// Called by a vCPU thread between two runs.
-    fn park_if_paused(&self, fd: &VcpuFd) {
+    fn park_if_paused(&self, id: usize, fd: &VcpuFd) {
         if !self.requested.load(Ordering::SeqCst) {
             return;
         }
@@ -193,6 +242,12 @@ impl Pauser {
         // if the guest does not use kvmclock.
         let _ = fd.kvmclock_ctrl();
         while st.paused {
+            if let Some(slot) = st.saving.as_mut().and_then(|s| s.get_mut(id)) {
+                if slot.is_none() {
+                    *slot = Some(VcpuState::save(fd, &self.msr_index));
+                    self.changed.notify_all();
+                }
+            }
             st = self.changed.wait(st).unwrap_or_else(|e| e.into_inner());
         }
         st.parked -= 1;
@@ -228,7 +283,7 @@ impl Vcpu {
 
     fn run(&mut self) -> Outcome {
         loop {
-            self.pauser.park_if_paused(&self.fd);
+            self.pauser.park_if_paused(self.id.into(), &self.fd);
             let exit = match self.fd.run() {
                 Ok(exit) => exit,
                 Err(e) if e.errno() == libc::EINTR => {

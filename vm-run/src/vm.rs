@@ -1,9 +1,10 @@
 //! Assembles one guest (memory, interrupt controllers, devices, vCPUs),
 //! starts it, and waits for the first report of its end.
 
-use std::sync::{Arc, Mutex};
+use std::io::{Read, Write};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use kvm_bindings::kvm_userspace_memory_region;
+use kvm_bindings::{kvm_userspace_memory_region, CpuId};
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
@@ -18,6 +19,9 @@ use crate::memory::{self, GuestMemory};
 use crate::memory::{PCI_MMIO_END, PCI_MMIO_START};
 use crate::outcome::{self, Outcome};
 use crate::pci::root::{self, MmioView, PciRoot, PioView};
+use crate::snapshot::image::{self, DeviceState, Snapshot};
+use crate::snapshot::stream::Reader;
+use crate::snapshot::{self, DiskRecord, GuestConfig, VmState};
 use crate::vcpu::{self, Pauser, Vcpu};
 use crate::virtio::pci::{Placement, VirtioPci, BAR_SIZE};
 use crate::virtio::{block::Block, rng::Rng, VirtioDevice};
@@ -25,11 +29,32 @@ use crate::x86::irqchip::GsiRouter;
 use crate::x86::{acpi, cpuid, irqchip, msrs, regs};
 use crate::{boot, disk, sandbox, signals};
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// xAPIC IDs are 8 bits and 0xff is the broadcast ID.
 const MAX_VCPUS: usize = 254;
 
+/// A snapshot stream on its way in (vm-receive): its CONF section, read
+/// already, and the reader at the section after it.
+pub struct Incoming {
+    pub config: GuestConfig,
+    pub reader: Reader<Box<dyn Read>>,
+}
+
 /// Runs the guest to its end. Errors are what kept it from starting.
 pub fn run(cfg: &Config) -> Result<Outcome> {
+    start(cfg, None)
+}
+
+/// Continues a guest from a snapshot stream. Nothing runs until the whole
+/// stream has been read and checked.
+pub fn receive(cfg: &Config, incoming: Incoming) -> Result<Outcome> {
+    start(cfg, Some(incoming))
+}
+
+fn start(cfg: &Config, incoming: Option<Incoming>) -> Result<Outcome> {
     signals::block()?;
     // First, so that a second guest of the same name fails before it
     // takes anything else (disk locks, memory).
@@ -59,9 +84,29 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
     let mem: &'static GuestMemory = Box::leak(Box::new(memory::create(cfg.mem_size)?));
     register_memory(&vm, mem)?;
 
-    let rsdp = acpi::write_tables(mem, cfg.vcpus)?;
-    let entry = boot::load(mem, cfg, rsdp)?;
-    regs::write_boot_structures(mem, entry)?;
+    let host_cpuid = cpuid::supported(&kvm)?;
+    let (entry, loaded, base_cpuid) = match incoming {
+        None => {
+            let rsdp = acpi::write_tables(mem, cfg.vcpus)?;
+            let entry = boot::load(mem, cfg, rsdp)?;
+            regs::write_boot_structures(mem, entry)?;
+            (Some(entry), None, host_cpuid)
+        }
+        Some(mut inc) => {
+            let missing = snapshot::missing_cpu_features(&inc.config.cpuid, host_cpuid.as_slice());
+            if !missing.is_empty() {
+                return Err(Error::Unavailable(format!(
+                    "snapshot: this host's CPU lacks {}",
+                    missing.join(" ")
+                )));
+            }
+            let loaded = image::load(&mut inc.reader, mem, cfg.vcpus.into())
+                .map_err(|e| Error::Snapshot(e.to_string()))?;
+            let base = CpuId::from_entries(&inc.config.cpuid)
+                .map_err(|e| Error::Snapshot(format!("CPUID: {e:?}")))?;
+            (None, Some(loaded), base)
+        }
+    };
     if cfg.verbose {
         eprintln!(
             "vm-run: {} MiB, {} vCPUs, entry {entry:x?}",
@@ -83,7 +128,12 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
     let room_reader = room
         .try_clone()
         .map_err(|e| Error::Os("eventfd".into(), e))?;
-    let com1 = Arc::new(Mutex::new(serial::Serial::new(com1_irq, room, output)));
+    let com1 = match &loaded {
+        None => serial::Serial::new(com1_irq, room, output),
+        Some(l) => serial::Serial::from_state(com1_irq, room, output, &l.devices.serial)
+            .ok_or_else(|| Error::Snapshot("UART state does not fit".into()))?,
+    };
+    let com1 = Arc::new(Mutex::new(com1));
 
     let mut pio = Bus::default();
     pio.insert(
@@ -111,6 +161,7 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
     );
     let mut mmio = Bus::default();
     let pci = Arc::new(Mutex::new(pci_devices(cfg, &vm, mem)?));
+    let pci_root = pci.clone();
     pio.insert(
         root::CONFIG_PORT.into(),
         root::CONFIG_PORT_LEN.into(),
@@ -123,9 +174,17 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
     );
     let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
 
-    let pauser = Arc::new(Pauser::new(vm.clone(), cfg.vcpus.into()));
+    if let Some(l) = &loaded {
+        lock(&power).set_registers(l.devices.acpi_pm);
+        l.vm.restore(&vm).map_err(Error::Snapshot)?;
+    }
+    let msr_index = kvm
+        .get_msr_index_list()
+        .map_err(|e| Error::Kvm("KVM_GET_MSR_INDEX_LIST".into(), e))?
+        .as_slice()
+        .to_vec();
+    let pauser = Arc::new(Pauser::new(vm.clone(), cfg.vcpus.into(), msr_index));
     vcpu::install_kick_handler()?;
-    let base_cpuid = cpuid::supported(&kvm)?;
     let mut vcpus = Vec::with_capacity(cfg.vcpus.into());
     for id in 0..cfg.vcpus {
         let fd = vm
@@ -136,8 +195,12 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
         msrs::setup(&fd)?;
         regs::setup_fpu(&fd)?;
         irqchip::setup_lapic(&fd)?;
-        if id == 0 {
-            regs::setup_boot_vcpu(&fd, entry)?;
+        match (&loaded, entry) {
+            (Some(l), _) => l.vcpus[usize::from(id)]
+                .restore(&fd)
+                .map_err(|e| Error::Snapshot(format!("vcpu{id}: {e}")))?,
+            (None, Some(entry)) if id == 0 => regs::setup_boot_vcpu(&fd, entry)?,
+            _ => {}
         }
         vcpus.push(Vcpu {
             id,
@@ -157,8 +220,44 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
         eprintln!("vm-run: landlock is not (fully) available on this kernel");
     }
     signals::spawn_waiter(reporter.clone())?;
+    let guest_config = GuestConfig {
+        mem_size: cfg.mem_size,
+        vcpus: cfg.vcpus,
+        cpuid: base_cpuid.as_slice().to_vec(),
+        disks: cfg
+            .disks
+            .iter()
+            .map(|d| DiskRecord {
+                path: d.path.display().to_string(),
+                read_only: d.read_only,
+                serial: d.serial.clone(),
+            })
+            .collect(),
+    };
+    let snap_vm = vm.clone();
+    let (snap_pauser, snap_com1, snap_power) = (pauser.clone(), com1.clone(), power.clone());
+    let write_snapshot = move |out: &mut dyn Write| -> std::result::Result<(), String> {
+        if let Some(slot) = lock(&pci_root).in_use() {
+            return Err(format!(
+                "PCI device 00:{slot:02x}.0 is in use by the guest: virtio state cannot be sent yet"
+            ));
+        }
+        let clock = snap_pauser.clock().ok_or("the guest is not paused")?;
+        let snap = Snapshot {
+            config: &guest_config,
+            devices: DeviceState {
+                serial: lock(&snap_com1).state(),
+                acpi_pm: lock(&snap_power).registers(),
+            },
+            vcpus: snap_pauser.save_vcpus()?,
+            vm: VmState::save(&snap_vm, clock)?,
+            mem,
+        };
+        snap.write(out).map(|_| ()).map_err(|e| e.to_string())
+    };
     if let (Some(c), Some(name)) = (control.as_mut(), &cfg.name) {
         c.serve(control::Guest {
+            snapshot: Box::new(write_snapshot),
             name: name.clone(),
             vcpus: cfg.vcpus,
             mem,

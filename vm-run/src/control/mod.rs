@@ -4,6 +4,7 @@
 //! protocol in `proto` and is served on a thread of its own, so a client
 //! that stalls or sends garbage holds up nobody else, least of all the guest.
 
+pub mod client;
 pub mod proto;
 mod server;
 

@@ -100,9 +100,14 @@ pub enum Request {
     Console,
     /// No reply until vm-run exits; then `ok status=N`, its exit status.
     Wait,
+    /// After `ok`, the client passes an fd (SCM_RIGHTS, with one byte);
+    /// vm-run pauses the guest, writes the snapshot stream to the fd,
+    /// replies, and ends (`send`) or goes on (`checkpoint`).
+    Send,
+    Checkpoint,
 }
 
-const VERBS: [(Request, &str); 7] = [
+const VERBS: [(Request, &str); 9] = [
     (Request::Status, "status"),
     (Request::Stop, "stop"),
     (Request::Kill, "kill"),
@@ -110,6 +115,8 @@ const VERBS: [(Request, &str); 7] = [
     (Request::Unpause, "unpause"),
     (Request::Console, "console"),
     (Request::Wait, "wait"),
+    (Request::Send, "send"),
+    (Request::Checkpoint, "checkpoint"),
 ];
 
 impl Request {

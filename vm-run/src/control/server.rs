@@ -40,7 +40,12 @@ pub fn remove_socket() {
 }
 
 /// Everything a request can act on.
+/// Writes the paused guest's snapshot stream.
+pub type SnapshotFn =
+    Box<dyn Fn(&mut dyn std::io::Write) -> std::result::Result<(), String> + Send + Sync>;
+
 pub struct Guest {
+    pub snapshot: SnapshotFn,
     pub name: String,
     pub vcpus: u8,
     pub mem: &'static GuestMemory,
@@ -173,16 +178,33 @@ impl Drop for Control {
     }
 }
 
-fn accept(shared: &Arc<Shared>, mut stream: UnixStream) {
+/// Answers with an error and hangs up. What the client sent is read
+/// first: closing a Unix socket with unread data resets the connection,
+/// and the client would see ECONNRESET instead of our answer.
+fn refuse(mut stream: UnixStream, why: impl std::fmt::Display, linger: Duration) {
+    let _ = proto::write_frame(&mut stream, &Reply::error(why).encode());
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let _ = stream.set_read_timeout(Some(linger));
+    let mut sink = [0u8; 512];
+    let mut left = proto::MAX_LEN as usize + 8;
+    while left > 0 {
+        match stream.read(&mut sink) {
+            Ok(n @ 1..) => left = left.saturating_sub(n),
+            _ => break,
+        }
+    }
+}
+
+fn accept(shared: &Arc<Shared>, stream: UnixStream) {
     let _ = stream.set_write_timeout(Some(REQUEST_TIMEOUT));
+    // On the accept thread: a short linger, so nobody can hold it up.
+    let linger = Duration::from_millis(100);
     if let Err(why) = permitted(shared, &stream) {
-        let _ = proto::write_frame(&mut stream, &Reply::error(why).encode());
-        return;
+        return refuse(stream, why, linger);
     }
     if shared.active.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
         shared.active.fetch_sub(1, Ordering::AcqRel);
-        let _ = proto::write_frame(&mut stream, &Reply::error("busy, try again").encode());
-        return;
+        return refuse(stream, "busy, try again", linger);
     }
     let s = shared.clone();
     let spawned = thread::Builder::new()
@@ -219,10 +241,7 @@ fn serve_one(shared: &Shared, mut stream: UnixStream) {
         Ok(r) => r,
         // Gone or silent: nobody to answer.
         Err(ProtoError::Eof | ProtoError::Io(_)) => return,
-        Err(e) => {
-            let _ = proto::write_frame(&mut stream, &Reply::error(e).encode());
-            return;
-        }
+        Err(e) => return refuse(stream, e, REQUEST_TIMEOUT),
     };
     let reply = match request {
         Request::Status => status(shared).reply(),
@@ -253,8 +272,79 @@ fn serve_one(shared: &Shared, mut stream: UnixStream) {
             return;
         }
         Request::Console => return console(g, stream),
+        Request::Send | Request::Checkpoint => {
+            return send(g, stream, request == Request::Checkpoint);
+        }
     };
     let _ = proto::write_frame(&mut stream, &reply.encode());
+}
+
+/// vm-send: pause, stream the snapshot into the client's fd, then end the
+/// guest or let it go on. Whatever fails, the guest resumes: a send that
+/// did not finish must not cost the guest.
+fn send(g: &Guest, mut stream: UnixStream, keep: bool) {
+    let reply = |stream: &mut UnixStream, r: Reply| {
+        let _ = proto::write_frame(stream, &r.encode());
+    };
+    reply(&mut stream, Reply::ok());
+    let mut out = match receive_fd(&stream) {
+        Ok(f) => f,
+        Err(e) => return reply(&mut stream, Reply::error(format!("no fd to write to: {e}"))),
+    };
+    if let Err(e) = g.pauser.pause() {
+        return reply(&mut stream, Reply::error(e));
+    }
+    let sent = (g.snapshot)(&mut out);
+    drop(out);
+    match sent {
+        Ok(()) if !keep => {
+            reply(&mut stream, Reply::ok());
+            g.reporter.report(Outcome::Sent);
+        }
+        Ok(()) => {
+            let r = g
+                .pauser
+                .resume()
+                .map_or_else(Reply::error, |()| Reply::ok());
+            reply(&mut stream, r);
+        }
+        Err(e) => {
+            let _ = g.pauser.resume();
+            reply(
+                &mut stream,
+                Reply::error(format!("send failed, guest resumed: {e}")),
+            );
+        }
+    }
+}
+
+/// One fd passed with SCM_RIGHTS, as a File.
+fn receive_fd(stream: &UnixStream) -> io::Result<std::fs::File> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let mut byte = [0u8; 1];
+    let mut iov = [io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!(std::os::fd::RawFd);
+    let msg = recvmsg::<()>(
+        stream.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(io::Error::from)?;
+    for c in msg.cmsgs().map_err(io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            if let Some(&fd) = fds.first() {
+                for extra in &fds[1..] {
+                    // SAFETY: fds the kernel just gave us, owned by nobody else.
+                    drop(unsafe { std::fs::File::from_raw_fd(*extra) });
+                }
+                // SAFETY: as above; the File owns it from here.
+                return Ok(unsafe { std::fs::File::from_raw_fd(fd) });
+            }
+        }
+    }
+    Err(io::Error::new(io::ErrorKind::InvalidData, "no fd passed"))
 }
 
 fn status(shared: &Shared) -> Status {

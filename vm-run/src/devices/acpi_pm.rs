@@ -54,6 +54,16 @@ impl AcpiPm {
         }
     }
 
+    /// Status, enable and control, for a snapshot.
+    pub fn registers(&self) -> [u16; 3] {
+        [self.status, self.enable, self.control]
+    }
+
+    pub fn set_registers(&mut self, [status, enable, control]: [u16; 3]) {
+        (self.status, self.enable, self.control) = (status, enable, control);
+        self.update_sci();
+    }
+
     /// What vm-ctl stop does. The guest decides what the press means (a
     /// guest without a handler ignores it, as on a PC).
     pub fn press_power_button(&mut self) {

@@ -52,6 +52,22 @@ impl Serial {
         ))
     }
 
+    /// A UART in the state a snapshot recorded.
+    pub fn from_state(
+        irq: EventFd,
+        room: EventFd,
+        out: Output,
+        state: &vm_superio::serial::SerialState,
+    ) -> Option<Self> {
+        vm_superio::Serial::from_state(state, IrqTrigger(irq), Room(room), out)
+            .ok()
+            .map(Serial)
+    }
+
+    pub fn state(&self) -> vm_superio::serial::SerialState {
+        self.0.state()
+    }
+
     /// Queues console input for the guest; returns how much fit.
     pub fn enqueue(&mut self, bytes: &[u8]) -> usize {
         self.0.enqueue_raw_bytes(bytes).unwrap_or(0)

@@ -170,6 +170,11 @@ pub trait PciDevice: Send {
     /// An access to memory BAR `bar` at `offset` into it.
     fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]);
     fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]);
+    /// Whether the guest has started using the function (a snapshot
+    /// cannot carry a function's run-time state yet).
+    fn in_use(&self) -> bool {
+        false
+    }
 }
 
 /// A BAR that the guest placed elsewhere or switched on or off.

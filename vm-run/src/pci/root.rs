@@ -56,6 +56,13 @@ impl PciRoot {
     }
 
     /// The next free slot, or None when all 32 are taken.
+    /// The first function the guest has started using, by name.
+    pub fn in_use(&self) -> Option<usize> {
+        self.slots
+            .iter()
+            .position(|s| s.as_ref().is_some_and(|d| d.in_use()))
+    }
+
     pub fn free_slot(&self) -> Option<usize> {
         self.slots.iter().position(Option::is_none)
     }

@@ -460,6 +460,10 @@ impl VirtioPci {
 }
 
 impl PciDevice for VirtioPci {
+    fn in_use(&self) -> bool {
+        self.status != 0
+    }
+
     fn config(&self) -> &ConfigSpace {
         &self.pci
     }

@@ -1,10 +1,164 @@
-//! vm-receive: not written yet. Until it is, it only prints its planned usage and
-//! exits 64 (EX_USAGE), as its man page says.
+//! vm-receive: continues a guest from a snapshot stream on the standard
+//! input (see vm-receive(1)): reads and checks the whole stream, builds
+//! the VM it describes, and runs it as vm-run would.
 
-const USAGE: &str = "usage: vm-receive [-N name] [disk and network options]";
+use std::ffi::OsString;
+use std::io;
+use std::path::PathBuf;
+
+use vm_run::config::{self, Config, Console};
+use vm_run::disk::DiskSpec;
+use vm_run::error::Error;
+use vm_run::outcome::Outcome;
+use vm_run::snapshot::stream::{Reader, Tag};
+use vm_run::snapshot::GuestConfig;
+use vm_run::vm::{self, Incoming};
+use vm_run::{console, control, exit};
+
+const USAGE: &str =
+    "usage: vm-receive [-pv] [-d [raw:]disk[,ro]] ... [-N name [-o user[:group]]] < stream";
+
+struct Args {
+    disks: Vec<DiskSpec>,
+    name: Option<String>,
+    owner: Option<(nix::unistd::Uid, Option<nix::unistd::Gid>)>,
+    pty: bool,
+    verbose: bool,
+}
+
+fn usage(e: impl ToString) -> Error {
+    Error::Usage(e.to_string())
+}
+
+fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Option<Args>, Error> {
+    use lexopt::prelude::*;
+    let mut p = lexopt::Parser::from_iter(args);
+    let mut a = Args {
+        disks: Vec::new(),
+        name: None,
+        owner: None,
+        pty: false,
+        verbose: false,
+    };
+    let text = |v: OsString, opt: &str| {
+        v.into_string()
+            .map_err(|_| usage(format!("{opt}: not valid UTF-8")))
+    };
+    while let Some(arg) = p.next().map_err(usage)? {
+        match arg {
+            Short('d') => {
+                let v = text(p.value().map_err(usage)?, "-d")?;
+                a.disks
+                    .push(v.parse().map_err(|e| usage(format!("-d {v}: {e}")))?);
+            }
+            Short('N') => {
+                let v = text(p.value().map_err(usage)?, "-N")?;
+                config::check_name(&v).map_err(|e| usage(format!("-N {v}: {e}")))?;
+                a.name = Some(v);
+            }
+            Short('o') => {
+                a.owner = Some(config::parse_owner(&text(
+                    p.value().map_err(usage)?,
+                    "-o",
+                )?)?)
+            }
+            Short('p') => a.pty = true,
+            Short('v') => a.verbose = true,
+            Short('h') | Long("help") => return Ok(None),
+            _ => return Err(usage(arg.unexpected())),
+        }
+    }
+    if a.owner.is_some() && a.name.is_none() {
+        return Err(usage("-o: only a named guest (-N) has a control socket"));
+    }
+    Ok(Some(a))
+}
+
+/// Reads the CONF section and makes the configuration the guest ran with,
+/// changed as the options say.
+fn incoming(a: Args) -> Result<(Config, Incoming), Error> {
+    let stream = |e: vm_run::snapshot::stream::StreamError| Error::Snapshot(e.to_string());
+    let input: Box<dyn io::Read> = Box::new(io::stdin().lock());
+    let mut reader = Reader::new(input).map_err(stream)?;
+    let conf = match reader.next(1 << 20).map_err(stream)? {
+        Some((Tag::Config, payload)) => GuestConfig::decode(&payload).map_err(stream)?,
+        _ => return Err(Error::Snapshot("no CONF section first".into())),
+    };
+    let disks = if a.disks.is_empty() {
+        conf.disks
+            .iter()
+            .map(|d| DiskSpec {
+                path: PathBuf::from(&d.path),
+                format: None,
+                read_only: d.read_only,
+                serial: d.serial.clone(),
+            })
+            .collect()
+    } else if a.disks.len() == conf.disks.len() {
+        a.disks
+    } else {
+        return Err(usage(format!(
+            "the guest had {} disks, -d gives {}",
+            conf.disks.len(),
+            a.disks.len()
+        )));
+    };
+    let cfg = Config {
+        kernel: PathBuf::new(),
+        initrd: None,
+        disks,
+        cmdline: String::new(),
+        vcpus: conf.vcpus,
+        mem_size: conf.mem_size,
+        console: if a.pty {
+            Console::Pty
+        } else {
+            Console::StdoutOnly
+        },
+        verbose: a.verbose,
+        name: a.name,
+        owner: a.owner,
+    };
+    Ok((
+        cfg,
+        Incoming {
+            config: conf,
+            reader,
+        },
+    ))
+}
 
 fn main() {
-    eprintln!("{USAGE}");
-    eprintln!("vm-receive: not implemented yet");
-    std::process::exit(64);
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        console::restore_terminal();
+        control::remove_socket();
+        default_hook(info);
+    }));
+    let run = || -> Result<Option<Outcome>, Error> {
+        let Some(a) = parse(std::env::args_os())? else {
+            return Ok(None);
+        };
+        let (cfg, inc) = incoming(a)?;
+        vm::receive(&cfg, inc).map(Some)
+    };
+    let code = match run() {
+        Ok(None) => {
+            println!("{USAGE}");
+            exit::OK
+        }
+        Ok(Some(Outcome::Failed(why))) => {
+            eprintln!("vm-receive: {why}");
+            exit::SOFTWARE
+        }
+        Ok(Some(o)) => o.exit_status(),
+        Err(e) => {
+            eprintln!("vm-receive: {e}");
+            if matches!(e, Error::Usage(_)) {
+                eprintln!("{USAGE}");
+            }
+            e.exit_status()
+        }
+    };
+    std::process::exit(code);
 }

@@ -1,10 +1,87 @@
-//! vm-send: not written yet. Until it is, it only prints its planned usage and
-//! exits 64 (EX_USAGE), as its man page says.
+//! vm-send: writes a running guest's snapshot to the standard output (see
+//! vm-send(1)). vm-run does the writing: it gets our stdout through the
+//! control socket (SCM_RIGHTS), so the stream never passes through here.
 
-const USAGE: &str = "usage: vm-send [-kl] name";
+use std::io::{self, IoSlice, IsTerminal};
+use std::os::fd::AsRawFd;
+
+use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+use vm_run::control::client::{ClientError, Guest};
+use vm_run::control::proto::Request;
+use vm_run::exit;
+
+const USAGE: &str = "usage: vm-send [-k] name > stream";
+
+enum Args {
+    Help,
+    Send { keep: bool, name: String },
+}
+
+fn parse() -> Result<Args, String> {
+    use lexopt::prelude::*;
+    let mut p = lexopt::Parser::from_env();
+    let (mut keep, mut name) = (false, None);
+    while let Some(arg) = p.next().map_err(|e| e.to_string())? {
+        match arg {
+            Short('k') => keep = true,
+            Short('h') | Long("help") => return Ok(Args::Help),
+            Value(v) if name.is_none() => name = Some(v.string().map_err(|e| e.to_string())?),
+            a => return Err(a.unexpected().to_string()),
+        }
+    }
+    let name = name.ok_or("no guest name given")?;
+    Ok(Args::Send { keep, name })
+}
+
+fn send(keep: bool, name: &str) -> Result<(), ClientError> {
+    let dir = vm_run::control::rundir().map_err(|e| ClientError::Refused(name.into(), e))?;
+    let g = Guest::named(&dir, name)?;
+    let req = if keep {
+        Request::Checkpoint
+    } else {
+        Request::Send
+    };
+    let (_, s) = g.request(req)?;
+    let out = io::stdout();
+    let fds = [out.as_raw_fd()];
+    sendmsg::<()>(
+        s.as_raw_fd(),
+        &[IoSlice::new(b"F")],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .map_err(|e| ClientError::Os(g.path.display().to_string(), e.into()))?;
+    let mut s = s;
+    g.reply(&mut s).map(|_| ())
+}
 
 fn main() {
-    eprintln!("{USAGE}");
-    eprintln!("vm-send: not implemented yet");
-    std::process::exit(64);
+    let code = match parse() {
+        Ok(Args::Help) => {
+            println!("{USAGE}");
+            exit::OK
+        }
+        Ok(Args::Send { keep, name }) => {
+            if io::stdout().is_terminal() {
+                eprintln!(
+                    "vm-send: the standard output is a terminal; redirect it to a file or pipe"
+                );
+                exit::USAGE
+            } else {
+                match send(keep, &name) {
+                    Ok(()) => exit::OK,
+                    Err(e) => {
+                        eprintln!("vm-send: {e}");
+                        e.exit_status()
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("vm-send: {e}\n{USAGE}");
+            exit::USAGE
+        }
+    };
+    std::process::exit(code);
 }

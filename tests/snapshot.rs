@@ -1,0 +1,259 @@
+//! vm-send and vm-receive with tiny guests on this machine's /dev/kvm: a
+//! guest sent mid-echo goes on echoing where it stopped, wherever the
+//! stream went (a pipe through gzip, a file received twice), and every
+//! way a send or a stream can go wrong leaves the guests as they were.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use vm_run::snapshot::stream::{Reader, Tag, Writer};
+use vm_run::snapshot::GuestConfig;
+use vm_tests::named::{Console, Tiny};
+use vm_tests::{bin, target_dir, wait_output, Output};
+
+fn rundir(test: &str) -> PathBuf {
+    let d = target_dir().join("tmp").join(format!("snap-{test}"));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("mkdir");
+    d
+}
+
+fn sh(dir: &Path, script: &str) -> Output {
+    let child = Command::new("sh")
+        .args(["-c", script])
+        .env("VM_RUNDIR", dir)
+        .env("PATH", path_with_bins())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sh");
+    wait_output(child, Duration::from_secs(30))
+}
+
+fn path_with_bins() -> String {
+    let bins = bin("vm-run");
+    let bins = bins.parent().expect("bin dir").display().to_string();
+    format!("{bins}:{}", std::env::var("PATH").unwrap_or_default())
+}
+
+/// vm-receive -N `name` with `stdin` as the stream, run through sh.
+fn receive(dir: &Path, name: &str, from: &str) -> Tiny {
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", &format!("{from} | vm-receive -N {name}")])
+        .env("PATH", path_with_bins())
+        .stdin(Stdio::null());
+    Tiny::spawn(cmd, dir, name)
+}
+
+/// A tiny guest that has echoed `typed`, with a console attached to it.
+fn echoing(dir: &Path, name: &str, extra: &[&str], typed: &str) -> (Tiny, Console) {
+    let g = Tiny::start(dir, name, extra);
+    let mut con = Console::attach(dir, name);
+    con.type_in(typed);
+    assert!(con.wait_for(typed, Duration::from_secs(5)), "no echo");
+    (g, con)
+}
+
+/// Types `typed` into `name`'s console and expects it back.
+fn echoes(dir: &Path, name: &str, typed: &str) -> bool {
+    let mut con = Console::attach(dir, name);
+    con.type_in(typed);
+    con.wait_for(typed, Duration::from_secs(5))
+}
+
+#[test]
+fn a_guest_sent_through_a_pipe_goes_on_where_it_stopped() {
+    let dir = rundir("pipe");
+    let (src, _con) = echoing(&dir, "src", &[], "before-");
+    let mut dst = receive(&dir, "dst", "vm-send src | gzip -1 | gunzip");
+    // vmctl send ends the sent guest.
+    assert_eq!(src.end().status, 0);
+    assert!(dst.running());
+    let mut con = Console::attach(&dir, "dst");
+    con.type_in("after.");
+    assert!(
+        con.wait_for("after.", Duration::from_secs(5)),
+        "{}",
+        con.seen()
+    );
+    // '.' resets the tiny guest: the received guest ran to its own end.
+    let out = dst.end();
+    assert_eq!(out.status, 75, "{out:?}");
+    assert!(out.stdout.contains("after."), "{out:?}");
+    assert_eq!(out.stderr, "");
+}
+
+#[test]
+fn a_checkpoint_keeps_the_guest_and_clones_from_one_file() {
+    let dir = rundir("clone");
+    let (mut src, mut con) = echoing(&dir, "src", &[], "x");
+    let file = dir.join("snap");
+    let o = sh(&dir, &format!("vm-send -k src > {}", file.display()));
+    assert_eq!((o.status, o.stderr.as_str()), (0, ""), "{o:?}");
+    assert!(src.running());
+    con.type_in("still-here");
+    assert!(con.wait_for("still-here", Duration::from_secs(5)));
+    let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+    // 16 MiB of guest memory, almost all of it never touched: zero pages
+    // are not in the stream.
+    assert!(size > 0 && size < 1 << 20, "stream of {size} bytes");
+
+    let cat = format!("cat {}", file.display());
+    let a = receive(&dir, "clone-a", &cat);
+    let b = receive(&dir, "clone-b", &cat);
+    assert!(echoes(&dir, "clone-a", "from-a"));
+    assert!(echoes(&dir, "clone-b", "from-b"));
+    let o = sh(&dir, "vm-ctl status | awk 'NR > 1 { print $9 }'");
+    assert_eq!(o.stdout, "clone-a\nclone-b\nsrc\n");
+    assert_eq!(sh(&dir, "vm-ctl stop -afw").status, 0);
+    for g in [src, a, b] {
+        assert_eq!(g.end().status, 0);
+    }
+}
+
+#[test]
+fn a_failed_send_leaves_the_guest_running() {
+    let dir = rundir("fail");
+    // 8 MiB of random initrd: more stream than a pipe buffer holds.
+    let big = dir.join("initrd");
+    let mut rnd = vec![0u8; 8 << 20];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut rnd))
+        .expect("urandom");
+    std::fs::write(&big, &rnd).expect("write initrd");
+    let (mut src, mut con) = echoing(
+        &dir,
+        "src",
+        &["-m", "32M", "-i", big.to_str().unwrap()],
+        "a",
+    );
+
+    // The reader goes away after a few bytes.
+    let mut send = Command::new(bin("vm-send"))
+        .arg("src")
+        .env("VM_RUNDIR", &dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("vm-send");
+    let mut first = [0u8; 1000];
+    send.stdout
+        .take()
+        .expect("stdout")
+        .read_exact(&mut first)
+        .expect("the stream starts");
+    assert_eq!(&first[..8], b"VMSNAP\r\n");
+    let o = wait_output(send, Duration::from_secs(20));
+    assert_eq!(o.status, 69, "{o:?}");
+    assert_eq!(
+        o.stderr,
+        "vm-send: src: send failed, guest resumed: Broken pipe (os error 32)\n"
+    );
+    assert!(src.running());
+    con.type_in("b");
+    assert!(con.wait_for("ab", Duration::from_secs(5)));
+
+    // A full disk.
+    let o = sh(&dir, "vm-send src > /dev/full");
+    assert_eq!(o.status, 69, "{o:?}");
+    assert!(o.stderr.contains("No space left on device"), "{o:?}");
+    con.type_in("c");
+    assert!(con.wait_for("abc", Duration::from_secs(5)));
+
+    // A terminal is no place for a stream; no such guest; a bad name.
+    let o = sh(&dir, "vm-send nobody-here > /dev/null");
+    assert_eq!(
+        (o.status, o.stderr.as_str()),
+        (69, "vm-send: nobody-here: no such guest running\n")
+    );
+    let o = sh(&dir, "vm-send ../x > /dev/null");
+    assert_eq!(o.status, 64, "{o:?}");
+    assert_eq!(sh(&dir, "vm-ctl stop -f src").status, 0);
+    assert_eq!(src.end().status, 0);
+}
+
+/// A good stream of a small guest, from a checkpoint.
+fn good_stream(dir: &Path) -> Vec<u8> {
+    let (src, _con) = echoing(dir, "src", &[], "z");
+    let file = dir.join("good");
+    let o = sh(dir, &format!("vm-send src > {}", file.display()));
+    assert_eq!(o.status, 0, "{o:?}");
+    assert_eq!(src.end().status, 0);
+    std::fs::read(&file).expect("stream")
+}
+
+/// vm-receive on `stream`: it must fail before any guest runs.
+fn refused(dir: &Path, stream: &[u8]) -> Output {
+    let file = dir.join("bad");
+    std::fs::write(&file, stream).expect("write");
+    let o = sh(dir, &format!("vm-receive -N victim < {}", file.display()));
+    assert!(!dir.join("victim.sock").exists(), "socket left behind");
+    assert_eq!(o.stdout, "", "the guest ran: {o:?}");
+    assert_eq!(o.stderr.lines().count(), 1, "{o:?}");
+    o
+}
+
+#[test]
+fn bad_streams_are_refused_before_any_guest_runs() {
+    let dir = rundir("bad");
+    let good = good_stream(&dir);
+    for cut in [0, 5, 12, 40, good.len() / 2, good.len() - 1] {
+        let o = refused(&dir, &good[..cut]);
+        assert_eq!(o.status, 65, "cut at {cut}: {o:?}");
+        assert!(
+            o.stderr.starts_with("vm-receive: snapshot stream: "),
+            "{o:?}"
+        );
+    }
+    let mut flipped = good.clone();
+    let mid = good.len() / 2;
+    flipped[mid] ^= 1;
+    let o = refused(&dir, &flipped);
+    assert_eq!(o.status, 65);
+    assert!(o.stderr.contains("checksum mismatch"), "{o:?}");
+    let mut v2 = good.clone();
+    v2[8] = 2;
+    let o = refused(&dir, &v2);
+    assert_eq!(
+        o.stderr,
+        "vm-receive: snapshot stream: snapshot stream version 2, this vm-run reads 1\n"
+    );
+    let o = refused(&dir, b"#!/bin/sh\necho not a snapshot\n");
+    assert_eq!(
+        o.stderr,
+        "vm-receive: snapshot stream: not a vm-run snapshot stream\n"
+    );
+}
+
+#[test]
+fn a_cpu_without_the_guests_features_is_named_and_refused() {
+    let dir = rundir("cpu");
+    let good = good_stream(&dir);
+    // Rewrite CONF as if the guest had been given a CPUID bit no KVM
+    // offers (leaf 7, EBX bit 22, reserved), the sections after it as they are.
+    let mut r = Reader::new(good.as_slice()).expect("header");
+    let mut w = Writer::new(Vec::new()).expect("writer");
+    while let Some((tag, payload)) = r.next(64 << 20).expect("section") {
+        if tag == Tag::Config {
+            let mut c = GuestConfig::decode(&payload).expect("CONF");
+            let leaf7 = c
+                .cpuid
+                .iter_mut()
+                .find(|e| e.function == 7 && e.index == 0)
+                .expect("leaf 7");
+            leaf7.ebx |= 1 << 22;
+            w.section(tag, &[&c.encode()]).expect("write");
+        } else {
+            w.section(tag, &[&payload]).expect("write");
+        }
+    }
+    let o = refused(&dir, &w.finish().expect("finish"));
+    assert_eq!(o.status, 69, "{o:?}");
+    assert_eq!(
+        o.stderr,
+        "vm-receive: snapshot: this host's CPU lacks CPUID.0x7.0:ebx[22]\n"
+    );
+}

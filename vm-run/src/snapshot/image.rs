@@ -1,0 +1,172 @@
+//! A whole snapshot, in stream order: CONF, DEVS, one VCPU per vCPU,
+//! VMST, the MEM runs, END. Written by a paused vm-run, read by
+//! vm-receive before its guest runs.
+
+use std::io::{self, Read, Write};
+
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_superio::serial::SerialState;
+
+use super::stream::{Dec, Enc, Reader, StreamError, Tag, Writer};
+use super::{GuestConfig, VcpuState, VmState, MEM_RUN_PAGES, PAGE};
+use crate::memory::GuestMemory;
+
+/// The devices' state that lives in vm-run (the in-kernel ones are VMST).
+pub struct DeviceState {
+    pub serial: SerialState,
+    pub acpi_pm: [u16; 3],
+}
+
+impl DeviceState {
+    fn encode(&self) -> Vec<u8> {
+        let s = &self.serial;
+        let mut e = Enc::default();
+        for b in [
+            s.baud_divisor_low,
+            s.baud_divisor_high,
+            s.interrupt_enable,
+            s.interrupt_identification,
+            s.line_control,
+            s.line_status,
+            s.modem_control,
+            s.modem_status,
+            s.scratch,
+        ] {
+            e.u8(b);
+        }
+        e.bytes(&s.in_buffer);
+        for r in self.acpi_pm {
+            e.u16(r);
+        }
+        e.0
+    }
+
+    fn decode(payload: &[u8]) -> Result<DeviceState, StreamError> {
+        let mut d = Dec::new(Tag::Devices, payload);
+        let mut r = [0u8; 9];
+        for b in &mut r {
+            *b = d.u8()?;
+        }
+        let in_buffer = d.bytes()?.to_vec();
+        if in_buffer.len() > 64 {
+            return Err(d.bad("UART FIFO over 64 bytes"));
+        }
+        let acpi_pm = [d.u16()?, d.u16()?, d.u16()?];
+        d.end()?;
+        Ok(DeviceState {
+            serial: SerialState {
+                baud_divisor_low: r[0],
+                baud_divisor_high: r[1],
+                interrupt_enable: r[2],
+                interrupt_identification: r[3],
+                line_control: r[4],
+                line_status: r[5],
+                modem_control: r[6],
+                modem_status: r[7],
+                scratch: r[8],
+                in_buffer,
+            },
+            acpi_pm,
+        })
+    }
+}
+
+pub struct Snapshot<'a> {
+    pub config: &'a GuestConfig,
+    pub devices: DeviceState,
+    pub vcpus: Vec<VcpuState>,
+    pub vm: VmState,
+    pub mem: &'a GuestMemory,
+}
+
+impl Snapshot<'_> {
+    /// Writes the stream; guest memory must not change meanwhile (the
+    /// guest is paused).
+    pub fn write<W: Write>(&self, out: W) -> io::Result<W> {
+        let mut w = Writer::new(out)?;
+        w.section(Tag::Config, &[&self.config.encode()])?;
+        w.section(Tag::Devices, &[&self.devices.encode()])?;
+        for v in &self.vcpus {
+            w.section(Tag::Vcpu, &[&v.encode()])?;
+        }
+        w.section(Tag::Vm, &[&self.vm.encode()])?;
+        for region in self.mem.iter() {
+            let base = region.start_addr().0;
+            let host = region
+                .get_host_address(vm_memory::MemoryRegionAddress(0))
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            // SAFETY: the region's mapping is len bytes at host and lives
+            // as long as self.mem; the paused guest does not write to it.
+            let bytes = unsafe { std::slice::from_raw_parts(host, region.len() as usize) };
+            write_runs(&mut w, base, bytes)?;
+        }
+        w.finish()
+    }
+}
+
+/// Runs of non-zero pages, at most MEM_RUN_PAGES each: a zero page costs
+/// nothing in the stream, so its size follows what the guest touched.
+fn write_runs<W: Write>(w: &mut Writer<W>, base: u64, bytes: &[u8]) -> io::Result<()> {
+    let zero = |p: &[u8]| p.iter().all(|b| *b == 0);
+    let pages = bytes.len() / PAGE;
+    let mut i = 0;
+    while i < pages {
+        if zero(&bytes[i * PAGE..(i + 1) * PAGE]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < pages && i - start < MEM_RUN_PAGES && !zero(&bytes[i * PAGE..(i + 1) * PAGE]) {
+            i += 1;
+        }
+        let addr = (base + (start * PAGE) as u64).to_le_bytes();
+        w.section(Tag::Memory, &[&addr, &bytes[start * PAGE..i * PAGE]])?;
+    }
+    Ok(())
+}
+
+/// What a stream brings besides memory, which goes straight into `mem`.
+pub struct Loaded {
+    pub devices: DeviceState,
+    pub vcpus: Vec<VcpuState>,
+    pub vm: VmState,
+}
+
+/// Reads the rest of a stream whose CONF has been read, checking order,
+/// sizes and checksums; memory runs are written into `mem` as they come.
+pub fn load<R: Read>(
+    r: &mut Reader<R>,
+    mem: &GuestMemory,
+    vcpus: usize,
+) -> Result<Loaded, StreamError> {
+    let small = 1 << 20;
+    let expect = |got: Option<(Tag, Vec<u8>)>, want: Tag| match got {
+        Some((t, p)) if t == want => Ok(p),
+        Some((t, _)) => Err(StreamError::Order(t, "out of order")),
+        None => Err(StreamError::Order(want, "missing")),
+    };
+    let devices = DeviceState::decode(&expect(r.next(small)?, Tag::Devices)?)?;
+    let mut states = Vec::with_capacity(vcpus);
+    for _ in 0..vcpus {
+        states.push(VcpuState::decode(&expect(r.next(small)?, Tag::Vcpu)?)?);
+    }
+    let vm = VmState::decode(&expect(r.next(small)?, Tag::Vm)?)?;
+    let max_run = (8 + MEM_RUN_PAGES * PAGE) as u64;
+    while let Some((tag, payload)) = r.next(max_run)? {
+        if tag != Tag::Memory {
+            return Err(StreamError::Order(tag, "out of order"));
+        }
+        let bad = |why: &str| StreamError::Bad(Tag::Memory, why.to_string());
+        if payload.len() < 8 + PAGE || (payload.len() - 8) % PAGE != 0 {
+            return Err(bad("not whole pages"));
+        }
+        let addr = u64::from_le_bytes(payload[..8].try_into().unwrap_or_default());
+        mem.write_slice(&payload[8..], GuestAddress(addr))
+            .map_err(|_| bad(&format!("pages at {addr:#x} outside guest memory")))?;
+    }
+    Ok(Loaded {
+        devices,
+        vcpus: states,
+        vm,
+    })
+}
