@@ -257,3 +257,177 @@ fn a_cpu_without_the_guests_features_is_named_and_refused() {
         "vm-receive: snapshot: this host's CPU lacks CPUID.0x7.0:ebx[22]\n"
     );
 }
+
+// Linux guests in the emulated test host: virtio devices in use, a disk,
+// the clock. (busybox nc ends when its stdin does: the listener gets one
+// that never ends.)
+
+use std::sync::OnceLock;
+use vm_tests::testhost::{self, guest, Case, Report, Scenario};
+
+/// Counts on the console, reading the start of its disk each time (past
+/// the page cache). A line ends with END: one the pause cut in two is
+/// not counted.
+const COUNTER: &str = "run=\"echo xxxxxxxx | dd of=/dev/vda conv=fsync 2>/dev/null; i=0; \
+    while :; do i=$((i+1)); echo 3 > /proc/sys/vm/drop_caches; \
+    echo COUNT $i DISK=$(head -c 4 /dev/vda) END; sleep 0.3; done\"";
+
+fn await_in(file: &str, what: &str, secs: u32) -> String {
+    format!(
+        "i=0; until grep -q '{what}' {file}; do i=$((i+1)); [ $i -gt {} ] && break; sleep 0.2; done",
+        secs * 5
+    )
+}
+
+fn linux_scenarios() -> Vec<Scenario> {
+    let counter = |name: &str| {
+        guest(
+            &format!("-N {name} -m 128M -d /tmp/{name}.img"),
+            "bzImage",
+            COUNTER,
+        )
+    };
+    vec![
+        Scenario {
+            name: "pipe",
+            script: format!(
+                "dd if=/dev/zero of=/tmp/c.img bs=1M count=8 2>/dev/null\n\
+                 {} > /tmp/c1.log 2>&1 &\n{}\n\
+                 vm-send c | gzip -1 | gunzip | vm-receive -N c > /tmp/c2.log 2>&1 &\n\
+                 {}\nsleep 2\nvm-ctl stop -f -w c\n\
+                 echo SRC-LAST $(grep '^COUNT.*END' /tmp/c1.log | tail -n1)\n\
+                 echo DST-FIRST $(grep '^COUNT.*END' /tmp/c2.log | head -n1)\n\
+                 echo DST-LAST $(grep '^COUNT.*END' /tmp/c2.log | tail -n1)\ncat /tmp/c2.log | head -n 5",
+                counter("c"),
+                await_in("/tmp/c1.log", "COUNT 5 ", 60),
+                await_in("/tmp/c2.log", "COUNT", 60),
+            ),
+        },
+        Scenario {
+            name: "tcp-and-cycles",
+            script: format!(
+                "ip link set lo up; ip addr add 127.0.0.1/8 dev lo 2>/dev/null\n\
+                 dd if=/dev/zero of=/tmp/t.img bs=1M count=8 2>/dev/null\n\
+                 {} > /tmp/t0.log 2>&1 &\n{}\n\
+                 (tail -f /dev/null | nc -l -p 9999 | vm-receive -N t > /tmp/t1.log 2>&1) &\nsleep 1\n\
+                 vm-send t | nc 127.0.0.1 9999; echo TCP-SEND-RC=$?\n{}\n\
+                 for n in 2 3 4 5 6 7 8 9 10 11; do\n\
+                 vm-send t | vm-receive -N t > /tmp/t$n.log 2>&1 &\n{}\ndone\n\
+                 sleep 1\nvm-ctl stop -f -w t\n\
+                 for n in 0 1 2 3 4 5 6 7 8 9 10 11; do g=\"grep ^COUNT.*END /tmp/t$n.log\"; \
+                 echo CYCLE $n $($g | wc -l) $($g | head -n1 | cut -d' ' -f2) \
+                 $($g | tail -n1 | cut -d' ' -f2); done",
+                counter("t"),
+                await_in("/tmp/t0.log", "COUNT 3 ", 60),
+                await_in("/tmp/t1.log", "COUNT", 60),
+                await_in("/tmp/t$n.log", "COUNT", 30),
+            ),
+        },
+        Scenario {
+            name: "clock",
+            script: format!(
+                "{} > /tmp/k0.log 2>&1 &\n{}\n\
+                 vm-send k > /tmp/k.snap; echo SEND-RC=$? SIZE=$(stat -c %s /tmp/k.snap)\n\
+                 sleep 60\n\
+                 vm-receive -N k < /tmp/k.snap > /tmp/k1.log 2>&1 &\n{}\nsleep 2\n\
+                 H=$(date +%s); L=$(grep '^COUNT.*END' /tmp/k1.log | tail -n1 | tr -d '\\r')\n\
+                 echo LINE $L\nT=${{L##*T=}}; echo SKEW $(( ${{T% END}} - H ))\n\
+                 vm-ctl stop -f -w k",
+                guest(
+                    "-N k -m 256M",
+                    "bzImage",
+                    "run=\"i=0; while :; do i=$((i+1)); echo COUNT $i T=$(date +%s) END; sleep 0.5; done\""
+                ),
+                await_in("/tmp/k0.log", "COUNT 3 ", 60),
+                await_in("/tmp/k1.log", "COUNT", 60),
+            ),
+        },
+    ]
+}
+
+fn case(name: &str) -> &'static Case {
+    static REPORT: OnceLock<Report> = OnceLock::new();
+    REPORT
+        .get_or_init(|| testhost::run("snapshot", &linux_scenarios(), false))
+        .case(name)
+}
+
+fn count(line: &str) -> u64 {
+    line.split_whitespace()
+        .skip_while(|w| *w != "COUNT")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+fn field<'a>(c: &'a Case, key: &str) -> &'a str {
+    c.output
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} in:\n{}", c.output))
+}
+
+#[test]
+fn linux_guest_sent_through_gzip_counts_on_with_its_disk() {
+    let c = case("pipe");
+    let (last, first) = (count(field(c, "SRC-LAST ")), count(field(c, "DST-FIRST ")));
+    assert!(last >= 5, "{}", c.output);
+    // The received guest goes on from the next number (or the one after,
+    // if the pause cut a line in two).
+    assert!(first == last + 1 || first == last + 2, "{}", c.output);
+    assert!(count(field(c, "DST-LAST ")) > first + 2, "{}", c.output);
+    // Written before the send, read after the receive.
+    assert!(
+        field(c, "DST-FIRST ").contains("DISK=xxxx END"),
+        "{}",
+        c.output
+    );
+}
+
+#[test]
+fn linux_guest_over_tcp_and_ten_cycles() {
+    let c = case("tcp-and-cycles");
+    assert!(c.output.contains("TCP-SEND-RC=0"), "{}", c.output);
+    let cycles: Vec<(u64, u64, u64)> = c
+        .output
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<u64> = l
+                .strip_prefix("CYCLE ")?
+                .split(' ')
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            Some((*w.get(1)?, *w.get(2)?, *w.get(3)?))
+        })
+        .collect();
+    assert_eq!(cycles.len(), 12, "{}", c.output);
+    for pair in cycles.windows(2) {
+        let ((n0, _, last), (n1, first, _)) = (pair[0], pair[1]);
+        assert!(
+            n0 > 0 && n1 > 0,
+            "a cycle that never counted:\n{}",
+            c.output
+        );
+        // +2 when the pause cut a line in two.
+        assert!(
+            first == last + 1 || first == last + 2,
+            "count broke between cycles:\n{}",
+            c.output
+        );
+    }
+}
+
+#[test]
+fn linux_guest_clock_is_right_after_a_minute_on_disk() {
+    let c = case("clock");
+    assert!(c.output.contains("SEND-RC=0"), "{}", c.output);
+    let skews: Vec<i64> = c
+        .output
+        .lines()
+        .filter_map(|l| l.strip_prefix("SKEW ")?.trim().parse().ok())
+        .collect();
+    assert!(!skews.is_empty(), "{}", c.output);
+    for s in skews {
+        assert!(s.abs() <= 1, "guest clock off by {s} s:\n{}", c.output);
+    }
+}

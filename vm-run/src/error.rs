@@ -15,6 +15,8 @@ pub enum Error {
     Open(PathBuf, io::Error),
     /// A disk image another process holds locked.
     Locked(PathBuf),
+    /// A guest of this name is running.
+    NameInUse(String),
     /// A file was read but is not what it should be (not a kernel, ...).
     Format(PathBuf, String),
     /// /dev/kvm is missing or refuses us.
@@ -39,7 +41,7 @@ impl Error {
             Error::Open(_, e) if e.kind() == io::ErrorKind::PermissionDenied => exit::NOPERM,
             Error::Open(..) => exit::NOINPUT,
             Error::Format(..) => exit::DATAERR,
-            Error::Locked(_) => exit::UNAVAILABLE,
+            Error::Locked(_) | Error::NameInUse(_) => exit::UNAVAILABLE,
             Error::Kvm(_, e) if matches!(e.errno(), libc::EACCES | libc::EPERM) => exit::NOPERM,
             Error::Kvm(_, e) if e.errno() == libc::ENOENT || e.errno() == libc::ENXIO => {
                 exit::UNAVAILABLE
@@ -61,6 +63,7 @@ impl fmt::Display for Error {
             Error::Open(p, e) => write!(f, "{}: {}", p.display(), strip_os(e)),
             Error::Format(p, s) => write!(f, "{}: {}", p.display(), s),
             Error::Locked(p) => write!(f, "{}: in use by another process", p.display()),
+            Error::NameInUse(n) => write!(f, "{n}: a guest of this name is running"),
             Error::Kvm(what, e) => {
                 write!(
                     f,

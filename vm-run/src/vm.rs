@@ -20,7 +20,7 @@ use crate::memory::{PCI_MMIO_END, PCI_MMIO_START};
 use crate::outcome::{self, Outcome};
 use crate::pci::root::{self, MmioView, PciRoot, PioView};
 use crate::snapshot::image::{self, DeviceState, Snapshot};
-use crate::snapshot::stream::Reader;
+use crate::snapshot::stream::{Dec, Enc, Reader, Tag};
 use crate::snapshot::{self, DiskRecord, GuestConfig, VmState};
 use crate::vcpu::{self, Pauser, Vcpu};
 use crate::virtio::pci::{Placement, VirtioPci, BAR_SIZE};
@@ -62,10 +62,13 @@ fn start(cfg: &Config, incoming: Option<Incoming>) -> Result<Outcome> {
         Some(_) => Some(control::rundir().map_err(Error::Unavailable)?),
         None => None,
     };
-    let mut control = match (&cfg.name, &rundir) {
-        (Some(name), Some(dir)) => Some(Control::bind(dir, name, cfg.owner)?),
-        _ => None,
+    let receiving = incoming.is_some();
+    let bind = || match (&cfg.name, &rundir) {
+        (Some(name), Some(dir)) => Control::bind(dir, name, cfg.owner).map(Some),
+        _ => Ok(None),
     };
+    // A received guest binds its name once the stream is in (see below).
+    let mut control = if receiving { None } else { bind()? };
     let kvm = Kvm::new().map_err(|e| Error::Kvm("/dev/kvm".into(), e))?;
     let max = kvm.get_max_vcpus().min(MAX_VCPUS);
     if usize::from(cfg.vcpus) > max {
@@ -107,6 +110,12 @@ fn start(cfg: &Config, incoming: Option<Incoming>) -> Result<Outcome> {
             (None, Some(loaded), base)
         }
     };
+    if receiving {
+        // The guest it continues may be on this host, ending now that the
+        // stream is written: give it a moment to let go of its name and
+        // its disks.
+        control = patiently(bind)?;
+    }
     if cfg.verbose {
         eprintln!(
             "vm-run: {} MiB, {} vCPUs, entry {entry:x?}",
@@ -160,7 +169,12 @@ fn start(cfg: &Config, incoming: Option<Incoming>) -> Result<Outcome> {
         power.clone(),
     );
     let mut mmio = Bus::default();
-    let pci = Arc::new(Mutex::new(pci_devices(cfg, &vm, mem)?));
+    let pci = if receiving {
+        patiently(|| pci_devices(cfg, &vm, mem))?
+    } else {
+        pci_devices(cfg, &vm, mem)?
+    };
+    let pci = Arc::new(Mutex::new(pci));
     let pci_root = pci.clone();
     pio.insert(
         root::CONFIG_PORT.into(),
@@ -175,6 +189,11 @@ fn start(cfg: &Config, incoming: Option<Incoming>) -> Result<Outcome> {
     let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
 
     if let Some(l) = &loaded {
+        let mut d = Dec::new(Tag::Devices, &l.devices.pci);
+        lock(&pci_root)
+            .restore(&mut d)
+            .and_then(|()| d.end())
+            .map_err(|e| Error::Snapshot(e.to_string()))?;
         lock(&power).set_registers(l.devices.acpi_pm);
         l.vm.restore(&vm).map_err(Error::Snapshot)?;
     }
@@ -237,23 +256,30 @@ fn start(cfg: &Config, incoming: Option<Incoming>) -> Result<Outcome> {
     let snap_vm = vm.clone();
     let (snap_pauser, snap_com1, snap_power) = (pauser.clone(), com1.clone(), power.clone());
     let write_snapshot = move |out: &mut dyn Write| -> std::result::Result<(), String> {
-        if let Some(slot) = lock(&pci_root).in_use() {
-            return Err(format!(
-                "PCI device 00:{slot:02x}.0 is in use by the guest: virtio state cannot be sent yet"
-            ));
-        }
         let clock = snap_pauser.clock().ok_or("the guest is not paused")?;
-        let snap = Snapshot {
-            config: &guest_config,
-            devices: DeviceState {
-                serial: lock(&snap_com1).state(),
-                acpi_pm: lock(&snap_power).registers(),
-            },
-            vcpus: snap_pauser.save_vcpus()?,
-            vm: VmState::save(&snap_vm, clock)?,
-            mem,
-        };
-        snap.write(out).map(|_| ()).map_err(|e| e.to_string())
+        // The device threads stop after their current request, so that
+        // queues and memory hold still; they go on afterwards in any case
+        // (a guest that ends after the send does not mind).
+        let mut pci = lock(&pci_root);
+        pci.quiesce(true);
+        let written = (|| {
+            let mut pci_state = Enc::default();
+            pci.save(&mut pci_state);
+            let snap = Snapshot {
+                config: &guest_config,
+                devices: DeviceState {
+                    serial: lock(&snap_com1).state(),
+                    acpi_pm: lock(&snap_power).registers(),
+                    pci: pci_state.0,
+                },
+                vcpus: snap_pauser.save_vcpus()?,
+                vm: VmState::save(&snap_vm, clock)?,
+                mem,
+            };
+            snap.write(out).map(|_| ()).map_err(|e| e.to_string())
+        })();
+        pci.quiesce(false);
+        written
     };
     if let (Some(c), Some(name)) = (control.as_mut(), &cfg.name) {
         c.serve(control::Guest {
@@ -285,6 +311,20 @@ fn start(cfg: &Config, incoming: Option<Incoming>) -> Result<Outcome> {
     }
     // vCPU threads may still be in KVM_RUN: the process exit ends them.
     Ok(outcome)
+}
+
+/// Retries `f` while what it needs is held by another vm-run, for up to
+/// five seconds.
+fn patiently<T>(mut f: impl FnMut() -> Result<T>) -> Result<T> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match f() {
+            Err(Error::Locked(_) | Error::NameInUse(_)) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(50))
+            }
+            r => return r,
+        }
+    }
 }
 
 /// The PCI bus: the disks in the order given (vda, vdb, ...), then the

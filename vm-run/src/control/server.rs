@@ -82,7 +82,7 @@ impl Control {
         let path = super::socket_path(dir, name);
         let os = |e: io::Error| Error::Os(path.display().to_string(), e);
         super::make_rundir(dir).map_err(|e| Error::Os(dir.display().to_string(), e))?;
-        let in_use = || Error::Unavailable(format!("{name}: a guest of this name is running"));
+        let in_use = || Error::NameInUse(name.to_string());
         match UnixStream::connect(&path) {
             Ok(_) => return Err(in_use()),
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {

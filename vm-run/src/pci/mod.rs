@@ -5,6 +5,8 @@
 pub mod msix;
 pub mod root;
 
+use crate::snapshot::stream::{Dec, Enc, StreamError};
+
 /// Type 0 header registers.
 pub const VENDOR_ID: usize = 0x00;
 pub const DEVICE_ID: usize = 0x02;
@@ -133,6 +135,21 @@ impl ConfigSpace {
         }
     }
 
+    /// The whole configuration space, for a snapshot.
+    pub fn raw(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Puts back a snapshot's configuration space: only into a function
+    /// of the same vendor, device and size.
+    pub fn set_raw(&mut self, b: &[u8]) -> std::result::Result<(), String> {
+        if b.len() != CONFIG_SIZE || b[..4] != self.bytes[..4] {
+            return Err("a different PCI function".into());
+        }
+        self.bytes.copy_from_slice(b);
+        Ok(())
+    }
+
     pub fn u16_at(&self, at: usize) -> u16 {
         u16::from_le_bytes([self.bytes[at], self.bytes[at + 1]])
     }
@@ -170,10 +187,18 @@ pub trait PciDevice: Send {
     /// An access to memory BAR `bar` at `offset` into it.
     fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]);
     fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]);
-    /// Whether the guest has started using the function (a snapshot
-    /// cannot carry a function's run-time state yet).
-    fn in_use(&self) -> bool {
-        false
+    /// Stops the function's own threads, so that its state holds still
+    /// while a snapshot is taken; `resume` starts them again.
+    fn quiesce(&mut self) {}
+    fn resume(&mut self) {}
+    /// The function's state for a snapshot (while quiesced): by default
+    /// its configuration space.
+    fn save(&self, e: &mut Enc) {
+        e.bytes(self.config().raw());
+    }
+    fn restore(&mut self, d: &mut Dec) -> std::result::Result<(), StreamError> {
+        let b = d.bytes()?;
+        self.config_mut().set_raw(b).map_err(|e| d.bad(e))
     }
 }
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::error::{Error, Result};
+use crate::snapshot::stream::{Dec, Enc, StreamError};
 use crate::x86::irqchip::GsiRouter;
 
 pub const CAP_ID: u8 = 0x11;
@@ -206,6 +207,37 @@ impl Msix {
                 let _ = self.irqfds[i].write(1);
             }
         }
+    }
+
+    /// The table and pending bits, for a snapshot; enable and mask live in
+    /// the capability, in configuration space.
+    pub fn save(&self, e: &mut Enc) {
+        e.u16(self.vectors());
+        for (x, p) in self.entries.iter().zip(&self.pending) {
+            e.u64(x.addr).u32(x.data).u32(x.control).u8((*p).into());
+        }
+    }
+
+    /// Puts back a snapshot's table and the capability's `control`,
+    /// routing every unmasked vector anew.
+    pub fn restore(&mut self, d: &mut Dec, control: u16) -> std::result::Result<(), StreamError> {
+        if d.u16()? != self.vectors() {
+            return Err(d.bad("MSI-X vector count differs"));
+        }
+        for i in 0..self.entries.len() {
+            self.entries[i] = Entry {
+                addr: d.u64()?,
+                data: d.u32()?,
+                control: d.u32()? & VECTOR_MASKED,
+            };
+            self.pending[i] = d.u8()? != 0;
+            self.routed[i] = None;
+            if !self.entries[i].masked() {
+                self.route(i);
+            }
+        }
+        self.set_control(control);
+        Ok(())
     }
 
     pub fn read_pba(&self, offset: u64, data: &mut [u8]) {

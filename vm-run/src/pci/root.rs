@@ -4,6 +4,7 @@
 //! memory BARs live. Only bus 0 and function 0 of each slot exist.
 
 use crate::devices::BusDevice;
+use crate::snapshot::stream::{Dec, Enc, StreamError};
 
 use super::{BarMove, ConfigSpace, PciDevice};
 
@@ -56,11 +57,50 @@ impl PciRoot {
     }
 
     /// The next free slot, or None when all 32 are taken.
-    /// The first function the guest has started using, by name.
-    pub fn in_use(&self) -> Option<usize> {
-        self.slots
+    /// Every function's threads stopped (true) or started again (false).
+    pub fn quiesce(&mut self, stop: bool) {
+        for d in self.slots.iter_mut().flatten() {
+            if stop {
+                d.quiesce()
+            } else {
+                d.resume()
+            }
+        }
+    }
+
+    /// The bus for a snapshot: the config address latch, then each
+    /// function's state by slot.
+    pub fn save(&self, e: &mut Enc) {
+        e.u32(self.address);
+        let present: Vec<_> = self
+            .slots
             .iter()
-            .position(|s| s.as_ref().is_some_and(|d| d.in_use()))
+            .enumerate()
+            .filter_map(|(i, s)| s.as_ref().map(|d| (i, d)))
+            .collect();
+        e.u8(present.len() as u8);
+        for (slot, d) in present {
+            e.u8(slot as u8);
+            d.save(e);
+        }
+    }
+
+    /// Puts back a snapshot's bus onto one built with the same functions.
+    pub fn restore(&mut self, d: &mut Dec) -> std::result::Result<(), StreamError> {
+        self.address = d.u32()?;
+        let n = d.u8()?;
+        let present = self.slots.iter().filter(|s| s.is_some()).count();
+        if usize::from(n) != present {
+            return Err(d.bad(format!("{n} PCI functions, this guest has {present}")));
+        }
+        for _ in 0..n {
+            let slot = usize::from(d.u8()?);
+            let Some(Some(dev)) = self.slots.get_mut(slot) else {
+                return Err(d.bad(format!("no PCI function in slot {slot}")));
+            };
+            dev.restore(d)?;
+        }
+        Ok(())
     }
 
     pub fn free_slot(&self) -> Option<usize> {

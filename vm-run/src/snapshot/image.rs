@@ -15,6 +15,8 @@ use crate::memory::GuestMemory;
 pub struct DeviceState {
     pub serial: SerialState,
     pub acpi_pm: [u16; 3],
+    /// The PCI bus as `PciRoot::save` wrote it.
+    pub pci: Vec<u8>,
 }
 
 impl DeviceState {
@@ -38,6 +40,7 @@ impl DeviceState {
         for r in self.acpi_pm {
             e.u16(r);
         }
+        e.bytes(&self.pci);
         e.0
     }
 
@@ -52,6 +55,7 @@ impl DeviceState {
             return Err(d.bad("UART FIFO over 64 bytes"));
         }
         let acpi_pm = [d.u16()?, d.u16()?, d.u16()?];
+        let pci = d.bytes()?.to_vec();
         d.end()?;
         Ok(DeviceState {
             serial: SerialState {
@@ -67,6 +71,7 @@ impl DeviceState {
                 in_buffer,
             },
             acpi_pm,
+            pci,
         })
     }
 }

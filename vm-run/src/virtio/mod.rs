@@ -115,6 +115,20 @@ impl Interrupt {
     pub fn reset(&self) {
         self.read_isr();
     }
+
+    /// The ISR, for a snapshot.
+    pub fn isr_value(&self) -> u8 {
+        *self.isr()
+    }
+
+    /// Puts back a snapshot's ISR, and the INTx line with it.
+    pub fn set_isr(&self, v: u8) {
+        let mut isr = self.isr();
+        *isr = v;
+        if !self.msix().enabled() {
+            self.set_line(v != 0);
+        }
+    }
 }
 
 /// One queue as the worker serves it.
@@ -128,7 +142,7 @@ pub struct ActiveQueue {
 /// A device's worker thread; dropping it does not stop it, stop() does.
 pub struct Worker {
     stop: Arc<EventFd>,
-    thread: std::thread::JoinHandle<Box<dyn VirtioDevice>>,
+    thread: std::thread::JoinHandle<(Box<dyn VirtioDevice>, Vec<ActiveQueue>)>,
 }
 
 /// What the worker shares with the transport.
@@ -153,13 +167,14 @@ impl Worker {
             .name(dev.name().to_string())
             .spawn(move || {
                 serve(dev.as_mut(), &mut queues, &shared, &stop_rx, mem);
-                dev
+                (dev, queues)
             })?;
         Ok(Worker { stop, thread })
     }
 
-    /// Stops the thread after the chain it is on, and returns the device.
-    pub fn stop(self) -> Option<Box<dyn VirtioDevice>> {
+    /// Stops the thread after the chain it is on, and returns the device
+    /// and its queues (where the rings are and how far it got in them).
+    pub fn stop(self) -> Option<(Box<dyn VirtioDevice>, Vec<ActiveQueue>)> {
         let _ = self.stop.write(1);
         self.thread.join().ok()
     }
