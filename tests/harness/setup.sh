@@ -11,8 +11,9 @@ for pair in qemu-system-x86_64:qemu-system-x86 busybox:busybox-static cpio:cpio 
 	command -v "${pair%%:*}" >/dev/null 2>&1 || need="$need ${pair#*:}"
 done
 [ -e /usr/share/seabios/bios-256k.bin ] || need="$need seabios"
-# systemd-analyze checks docs/vm@.service.
+# systemd-analyze checks docs/vm@.service; ip runs vm-net's tests.
 command -v systemd-analyze >/dev/null 2>&1 || need="$need systemd"
+command -v ip >/dev/null 2>&1 || need="$need iproute2"
 [ -z "$need" ] && exit 0
 echo "setup: installing$need" >&2
 export DEBIAN_FRONTEND=noninteractive
