@@ -38,6 +38,7 @@ use crate::error::{Error, Result};
 /// signals and timed waits.
 const SYSCALLS: &[i64] = &[
     libc::SYS_read,
+    libc::SYS_readv,
     libc::SYS_write,
     libc::SYS_writev,
     libc::SYS_poll,

@@ -17,6 +17,7 @@ use crate::devices::{acpi_pm, i8042, serial};
 use crate::error::{Error, Result};
 use crate::memory::{self, GuestMemory};
 use crate::memory::{PCI_MMIO_END, PCI_MMIO_START};
+use crate::net::tap;
 use crate::outcome::{self, Outcome};
 use crate::pci::root::{self, MmioView, PciRoot, PioView};
 use crate::snapshot::image::{self, DeviceState, Snapshot};
@@ -24,7 +25,7 @@ use crate::snapshot::stream::{Dec, Enc, Reader, Tag};
 use crate::snapshot::{self, DiskRecord, GuestConfig, VmState};
 use crate::vcpu::{self, Pauser, Vcpu};
 use crate::virtio::pci::{Placement, VirtioPci, BAR_SIZE};
-use crate::virtio::{block::Block, rng::Rng, VirtioDevice};
+use crate::virtio::{block::Block, net::Net, rng::Rng, VirtioDevice};
 use crate::x86::irqchip::GsiRouter;
 use crate::x86::{acpi, cpuid, irqchip, msrs, regs};
 use crate::{boot, disk, sandbox, signals};
@@ -313,6 +314,26 @@ fn start(cfg: &Config, incoming: Option<Incoming>) -> Result<Outcome> {
     Ok(outcome)
 }
 
+/// A NIC's MAC when none is given: stable for a named guest (FNV-1a of
+/// the name and the NIC's index), random otherwise; locally administered.
+fn mac_for(name: Option<&str>, index: usize) -> [u8; 6] {
+    let mut bytes = [0u8; 8];
+    match name {
+        Some(n) => {
+            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+            for b in n.bytes().chain((index as u64).to_le_bytes()) {
+                h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+            }
+            bytes = h.to_le_bytes();
+        }
+        None => {
+            // SAFETY: getrandom writes at most 8 bytes into bytes.
+            unsafe { libc::syscall(libc::SYS_getrandom, bytes.as_mut_ptr(), 8, 0) };
+        }
+    }
+    [0xfe, bytes[0], bytes[1], bytes[2], bytes[3], bytes[4]]
+}
+
 /// Retries `f` while what it needs is held by another vm-run, for up to
 /// five seconds.
 fn patiently<T>(mut f: impl FnMut() -> Result<T>) -> Result<T> {
@@ -340,6 +361,13 @@ fn pci_devices(cfg: &Config, vm: &Arc<VmFd>, mem: &'static GuestMemory) -> Resul
             spec.read_only,
             spec.serial.clone(),
         )));
+    }
+    for (i, nic) in cfg.nics.iter().enumerate() {
+        let tap = tap::adopt(nic.fd).map_err(Error::Usage)?;
+        let mac = nic
+            .lladdr
+            .unwrap_or_else(|| mac_for(cfg.name.as_deref(), i));
+        devices.push(Box::new(Net::new(tap, mac, nic.lease)));
     }
     devices.push(Box::<Rng>::default());
     for dev in devices {

@@ -8,10 +8,11 @@
 pub mod block;
 #[cfg(any(test, fuzzing))]
 pub mod fuzz;
+pub mod net;
 pub mod pci;
 pub mod rng;
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -44,6 +45,29 @@ pub trait VirtioDevice: Send + 'static {
     /// Serves one chain from queue `queue`; returns how many bytes it
     /// wrote into the chain's device-writable buffers.
     fn handle(&mut self, queue: usize, chain: Chain<'_>, mem: &GuestMemory) -> u32;
+
+    /// A host fd whose readability is work for the device (a NIC's tap).
+    fn host_fd(&self) -> Option<RawFd> {
+        None
+    }
+    /// Queues whose chains the device takes when it has something for
+    /// them (a NIC's receive queue), not on every kick.
+    fn on_demand(&self, _queue: usize) -> bool {
+        false
+    }
+    /// The host fd is readable, or a kick came: fill what on-demand
+    /// buffers the device can. Returns whether it used any, and whether it
+    /// wants the host fd polled (not while it has no buffers to fill).
+    fn host_ready(&mut self, _queues: &mut [ActiveQueue], _mem: &GuestMemory) -> HostWork {
+        HostWork::default()
+    }
+}
+
+#[derive(Default)]
+pub struct HostWork {
+    /// Indexes into the queues slice of those that got used entries.
+    pub used: Vec<usize>,
+    pub poll_host: bool,
 }
 
 /// How a device tells the driver that it used buffers: MSI-X when the
@@ -190,17 +214,36 @@ fn serve(
     let mut broken = vec![false; queues.len()];
     // The driver may have queued buffers before it set DRIVER_OK.
     for (i, q) in queues.iter_mut().enumerate() {
-        broken[i] = !serve_queue(dev, q, shared, mem);
+        if !dev.on_demand(q.index) {
+            broken[i] = !serve_queue(dev, q, shared, mem);
+        }
     }
     let mut fds: Vec<libc::pollfd> = std::iter::once(stop.as_raw_fd())
         .chain(queues.iter().map(|q| q.kick.as_raw_fd()))
+        .chain(dev.host_fd())
         .map(|fd| libc::pollfd {
             fd,
             events: libc::POLLIN,
             revents: 0,
         })
         .collect();
+    let host = dev.host_fd().map(|_| fds.len() - 1);
+    let mut host_work = host.is_some();
     loop {
+        if let Some(h) = host {
+            if host_work {
+                let work = dev.host_ready(queues, mem);
+                for i in work.used {
+                    if let Some(q) = queues.get_mut(i) {
+                        if q.queue.needs_notification(mem).unwrap_or(true) {
+                            shared.interrupt.signal(q.vector, ISR_QUEUE);
+                        }
+                    }
+                }
+                fds[h].events = if work.poll_host { libc::POLLIN } else { 0 };
+                host_work = false;
+            }
+        }
         // SAFETY: fds is a valid array of pollfd of the given length.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
         if n < 0 {
@@ -215,9 +258,17 @@ fn serve(
                 continue;
             }
             let _ = q.kick.read();
-            if !broken[i] && !serve_queue(dev, q, shared, mem) {
+            if dev.on_demand(q.index) {
+                host_work = true;
+            } else if !broken[i] && !serve_queue(dev, q, shared, mem) {
                 broken[i] = true;
             }
+            // What a queue served may have made work for the host side
+            // (a NIC answering the guest itself).
+            host_work |= host.is_some();
+        }
+        if host.is_some_and(|h| fds[h].revents != 0) {
+            host_work = true;
         }
     }
 }

@@ -118,6 +118,7 @@ fn incoming(a: Args) -> Result<(Config, Incoming), Error> {
         verbose: a.verbose,
         name: a.name,
         owner: a.owner,
+        nics: config::nics_from_env()?,
     };
     Ok((
         cfg,
