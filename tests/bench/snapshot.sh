@@ -1,0 +1,106 @@
+#!/bin/sh
+# Usage: tests/bench/snapshot.sh [OUT.md]
+# Snapshots on this machine's /dev/kvm (make bench; runs alone too): the
+# tiny PVH guest given a random initrd, so that a known amount of its
+# memory is touched, is sent with vm-send and with QEMU's
+# `migrate exec:cat > file` (bandwidth limit lifted), and received with
+# vm-receive and with QEMU's -incoming, in the same run. Stream size,
+# time to send, throughput, and time from the receiver's start to a
+# running guest. Needs python3 for QEMU's QMP.
+set -eu
+root=$(cd "$(dirname "$0")/../.." && pwd)
+out=${1:-/dev/stdout}
+bin=$root/target/x86_64-unknown-linux-musl/release
+tiny=$root/target/tiny-guest/tiny.elf
+[ -x "$bin/vm-send" ] || { echo "snapshot.sh: build first (make)" >&2; exit 1; }
+if [ ! -f "$tiny" ]; then
+	mkdir -p "${tiny%/*}"
+	cc -c "$root/tests/tiny-guest/tiny.S" -o "${tiny%.elf}.o"
+	ld -m elf_x86_64 -n --no-warn-rwx-segments -T "$root/tests/tiny-guest/tiny.ld" "${tiny%.elf}.o" -o "$tiny"
+fi
+tmp=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$tmp"' EXIT
+export VM_RUNDIR=$tmp/run PATH=$bin:$PATH
+now() { date +%s%N; }
+ms() { echo $(( ($2 - $1) / 1000000 )); }
+mib() { echo $(( $1 / 1048576 )); }
+# QMP: one command after the handshake, or poll until the answer matches.
+qmp() {
+	python3 - "$@" <<'PY'
+import json, socket, sys, time
+path, cmd, args, want = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
+for _ in range(500):
+    try:
+        s = socket.socket(socket.AF_UNIX); s.connect(path); break
+    except OSError:
+        time.sleep(0.01)
+f = s.makefile("rw")
+f.readline()
+def call(c, a):
+    f.write(json.dumps({"execute": c, "arguments": a}) + "\n"); f.flush()
+    while True:
+        r = json.loads(f.readline())
+        if "return" in r or "error" in r:
+            return r
+call("qmp_capabilities", {})
+while True:
+    r = call(cmd, args)
+    if not want or want in json.dumps(r):
+        break
+    time.sleep(0.002)
+PY
+}
+qemu() {
+	qemu-system-x86_64 -M microvm -enable-kvm -cpu host,-arch-capabilities -m "$1" \
+		-nodefaults -no-user-config -nographic -serial null -monitor none \
+		-qmp unix:"$tmp/q.sock",server=on,wait=off -kernel "$tiny" -initrd "$tmp/initrd" -append echo "$@"
+}
+
+{
+echo "| guest | touched | VMM | stream | send | MB/s | receive to running |"
+echo "| --- | --- | --- | --- | --- | --- | --- |"
+} > "$tmp/table"
+for c in 256M:64 1G:256 4G:1024; do
+	mem=${c%:*} touched=${c#*:}
+	head -c "${touched}M" /dev/urandom > "$tmp/initrd"
+	echo "bench: snapshot of a $mem guest with $touched MiB touched" >&2
+
+	vm-run -N b -m "$mem" -b "$tiny" -i "$tmp/initrd" -a echo < /dev/null > /dev/null &
+	until vm-ctl status b > /dev/null 2>&1; do sleep 0.01; done
+	t0=$(now); vm-send b > "$tmp/snap"; t1=$(now)
+	size=$(stat -c %s "$tmp/snap"); wait
+	t2=$(now); vm-receive -N b < "$tmp/snap" > /dev/null &
+	until vm-ctl status b > /dev/null 2>&1; do sleep 0.001; done; t3=$(now)
+	vm-ctl stop -f -w b; wait
+	echo "| $mem | $touched MiB | vm-run | $(mib "$size") MiB | $(ms "$t0" "$t1") ms | $(( size * 1000 / ($(ms "$t0" "$t1") + 1) / 1000000 )) | $(ms "$t2" "$t3") ms |" >> "$tmp/table"
+	vsend=$(ms "$t0" "$t1"); vrecv=$(ms "$t2" "$t3")
+
+	rm -f "$tmp/q.sock"; qemu "$mem" & qpid=$!
+	qmp "$tmp/q.sock" migrate-set-parameters '{"max-bandwidth": 107374182400}' ""
+	t0=$(now)
+	qmp "$tmp/q.sock" migrate "{\"uri\": \"exec:cat > $tmp/qsnap\"}" ""
+	qmp "$tmp/q.sock" query-migrate '{}' '"completed"'
+	t1=$(now); kill $qpid; wait $qpid 2>/dev/null || :
+	size=$(stat -c %s "$tmp/qsnap")
+	rm -f "$tmp/q.sock"; t2=$(now); qemu "$mem" -incoming "exec:cat $tmp/qsnap" & qpid=$!
+	qmp "$tmp/q.sock" query-status '{}' '"running"'
+	qmp "$tmp/q.sock" cont '{}' ""
+	t3=$(now); kill $qpid; wait $qpid 2>/dev/null || :
+	echo "| $mem | $touched MiB | QEMU | $(mib "$size") MiB | $(ms "$t0" "$t1") ms | $(( size * 1000 / ($(ms "$t0" "$t1") + 1) / 1000000 )) | $(ms "$t2" "$t3") ms |" >> "$tmp/table"
+	echo "vm-run/QEMU $mem: send $vsend/$(ms "$t0" "$t1") ms, receive $vrecv/$(ms "$t2" "$t3") ms" >&2
+done
+
+{
+cat <<HEAD
+## Snapshots on this machine's /dev/kvm
+
+The tiny guest with a random initrd (so much of its memory is touched and
+incompressible), sent to a file: \`vm-send\` against QEMU
+$(qemu-system-x86_64 --version | head -n1 | awk '{print $4}') \`-M microvm\`
+\`migrate exec:cat > file\` with max-bandwidth lifted; received with
+\`vm-receive\` (until its control socket answers) against \`-incoming
+exec:cat file\` (until QMP says running). Stop-and-copy: the guest's pause
+is the whole send. One run each.
+
+HEAD
+cat "$tmp/table"
+} > "$out"
