@@ -7,7 +7,9 @@
 #  3. disk I/O with fio (tests/bench/disk.sh, which runs alone too): the
 #     host on the image file, a guest of vm-run and a guest of QEMU
 #     (virtio-blk-pci) on that same file, in the test host;
-#  4. binary sizes.
+#  4. snapshots (tests/bench/snapshot.sh, alone too): vm-send/vm-receive
+#     against QEMU's migrate exec: on this machine's /dev/kvm;
+#  5. binary sizes.
 set -eu
 root=$(cd "$(dirname "$0")/../.." && pwd)
 out=${1:-$root/docs/BENCHMARKS.md}
@@ -42,6 +44,7 @@ sed -n '/^BOOT-TABLE-BEGIN/,/^BOOT-TABLE-END/p' "$tmp/host.log" | tr -d '\r' |
 	grep '^|' > "$tmp/boot" || { cat "$tmp/host.log" >&2; exit 1; }
 
 "$root/tests/bench/disk.sh" "$tmp/disk"
+"$root/tests/bench/snapshot.sh" "$tmp/snapshot"
 
 {
 cat <<HEAD
@@ -74,6 +77,8 @@ MID
 cat "$tmp/boot"
 echo
 cat "$tmp/disk"
+echo
+cat "$tmp/snapshot"
 cat <<TAIL
 
 ## Binary sizes (static, stripped)

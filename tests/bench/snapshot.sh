@@ -4,7 +4,8 @@
 # tiny PVH guest given a random initrd, so that a known amount of its
 # memory is touched, is sent with vm-send and with QEMU's
 # `migrate exec:cat > file` (bandwidth limit lifted), and received with
-# vm-receive and with QEMU's -incoming, in the same run. Stream size,
+# vm-receive and with QEMU's -incoming, in the same run, through files in
+# /dev/shm. Stream size,
 # time to send, throughput, and time from the receiver's start to a
 # running guest. Needs python3 for QEMU's QMP.
 set -eu
@@ -18,7 +19,8 @@ if [ ! -f "$tiny" ]; then
 	cc -c "$root/tests/tiny-guest/tiny.S" -o "${tiny%.elf}.o"
 	ld -m elf_x86_64 -n --no-warn-rwx-segments -T "$root/tests/tiny-guest/tiny.ld" "${tiny%.elf}.o" -o "$tiny"
 fi
-tmp=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$tmp"' EXIT
+# Streams go to tmpfs: the bench is about the VMMs, not the disk.
+tmp=$(mktemp -d -p /dev/shm); trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$tmp"' EXIT
 export VM_RUNDIR=$tmp/run PATH=$bin:$PATH
 now() { date +%s%N; }
 ms() { echo $(( ($2 - $1) / 1000000 )); }
@@ -50,7 +52,9 @@ while True:
 PY
 }
 qemu() {
-	qemu-system-x86_64 -M microvm -enable-kvm -cpu host,-arch-capabilities -m "$1" \
+	m=$1; shift
+	# exec, so that $! of `qemu ... &` is QEMU itself.
+	exec qemu-system-x86_64 -M microvm -enable-kvm -cpu host,-arch-capabilities -m "$m" \
 		-nodefaults -no-user-config -nographic -serial null -monitor none \
 		-qmp unix:"$tmp/q.sock",server=on,wait=off -kernel "$tiny" -initrd "$tmp/initrd" -append echo "$@"
 }
@@ -82,7 +86,7 @@ for c in 256M:64 1G:256 4G:1024; do
 	t1=$(now); kill $qpid; wait $qpid 2>/dev/null || :
 	size=$(stat -c %s "$tmp/qsnap")
 	rm -f "$tmp/q.sock"; t2=$(now); qemu "$mem" -incoming "exec:cat $tmp/qsnap" & qpid=$!
-	qmp "$tmp/q.sock" query-status '{}' '"running"'
+	qmp "$tmp/q.sock" query-status '{}' '"status": "running"'
 	qmp "$tmp/q.sock" cont '{}' ""
 	t3=$(now); kill $qpid; wait $qpid 2>/dev/null || :
 	echo "| $mem | $touched MiB | QEMU | $(mib "$size") MiB | $(ms "$t0" "$t1") ms | $(( size * 1000 / ($(ms "$t0" "$t1") + 1) / 1000000 )) | $(ms "$t2" "$t3") ms |" >> "$tmp/table"

@@ -116,6 +116,28 @@ pub fn resident(mem: &GuestMemory) -> u64 {
     pages * PAGE as u64
 }
 
+/// Whether the host can swap guest pages out: then a page that is not
+/// resident may still hold data. Unknown counts as yes.
+pub fn host_swaps() -> bool {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            let line = m.lines().find(|l| l.starts_with("SwapTotal:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .is_none_or(|kb| kb > 0)
+}
+
+/// mincore(2) of `len` bytes at `addr` (page-aligned): a byte a page,
+/// bit 0 set where the page is resident.
+pub fn residency(addr: *const u8, len: usize) -> Option<Vec<u8>> {
+    let mut vec = vec![0u8; len.div_ceil(4096)];
+    // SAFETY: the caller passes a live mapping of len bytes at addr; vec
+    // has a byte for each of its pages.
+    let rc = unsafe { libc::mincore(addr as *mut libc::c_void, len, vec.as_mut_ptr()) };
+    (rc == 0).then_some(vec)
+}
+
 /// MemTotal + SwapTotal: what the host could ever give a guest.
 fn host_memory() -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;

@@ -254,6 +254,7 @@ fn start(cfg: &Config, incoming: Option<Incoming>) -> Result<Outcome> {
             })
             .collect(),
     };
+    let skip_absent = !memory::host_swaps();
     let snap_vm = vm.clone();
     let (snap_pauser, snap_com1, snap_power) = (pauser.clone(), com1.clone(), power.clone());
     let write_snapshot = move |out: &mut dyn Write| -> std::result::Result<(), String> {
@@ -267,6 +268,7 @@ fn start(cfg: &Config, incoming: Option<Incoming>) -> Result<Outcome> {
             let mut pci_state = Enc::default();
             pci.save(&mut pci_state);
             let snap = Snapshot {
+                skip_absent,
                 config: &guest_config,
                 devices: DeviceState {
                     serial: lock(&snap_com1).state(),

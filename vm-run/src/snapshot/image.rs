@@ -77,6 +77,9 @@ impl DeviceState {
 }
 
 pub struct Snapshot<'a> {
+    /// Pages the host never gave the guest are zero: skip them unseen
+    /// (only when the host has no swap, where absent could mean swapped).
+    pub skip_absent: bool,
     pub config: &'a GuestConfig,
     pub devices: DeviceState,
     pub vcpus: Vec<VcpuState>,
@@ -103,7 +106,16 @@ impl Snapshot<'_> {
             // SAFETY: the region's mapping is len bytes at host and lives
             // as long as self.mem; the paused guest does not write to it.
             let bytes = unsafe { std::slice::from_raw_parts(host, region.len() as usize) };
-            write_runs(&mut w, base, bytes)?;
+            // In chunks, so that the residency vector stays small.
+            const CHUNK: usize = 64 << 20;
+            for (i, chunk) in bytes.chunks(CHUNK).enumerate() {
+                let present = if self.skip_absent {
+                    crate::memory::residency(chunk.as_ptr(), chunk.len())
+                } else {
+                    None
+                };
+                write_runs(&mut w, base + (i * CHUNK) as u64, chunk, present.as_deref())?;
+            }
         }
         w.finish()
     }
@@ -111,17 +123,25 @@ impl Snapshot<'_> {
 
 /// Runs of non-zero pages, at most MEM_RUN_PAGES each: a zero page costs
 /// nothing in the stream, so its size follows what the guest touched.
-fn write_runs<W: Write>(w: &mut Writer<W>, base: u64, bytes: &[u8]) -> io::Result<()> {
-    let zero = |p: &[u8]| p.iter().all(|b| *b == 0);
+fn write_runs<W: Write>(
+    w: &mut Writer<W>,
+    base: u64,
+    bytes: &[u8],
+    present: Option<&[u8]>,
+) -> io::Result<()> {
+    let zero = |i: usize| {
+        present.is_some_and(|p| p.get(i).is_some_and(|b| b & 1 == 0))
+            || bytes[i * PAGE..(i + 1) * PAGE].iter().all(|b| *b == 0)
+    };
     let pages = bytes.len() / PAGE;
     let mut i = 0;
     while i < pages {
-        if zero(&bytes[i * PAGE..(i + 1) * PAGE]) {
+        if zero(i) {
             i += 1;
             continue;
         }
         let start = i;
-        while i < pages && i - start < MEM_RUN_PAGES && !zero(&bytes[i * PAGE..(i + 1) * PAGE]) {
+        while i < pages && i - start < MEM_RUN_PAGES && !zero(i) {
             i += 1;
         }
         let addr = (base + (start * PAGE) as u64).to_le_bytes();
