@@ -12,7 +12,7 @@ use std::thread;
 use std::time::Duration;
 
 use vm_tests::named::{Console, Tiny};
-use vm_tests::testhost::{self, guest, Case, Report, Scenario};
+use vm_tests::testhost::{self, await_in, guest, Case, Report, Scenario};
 use vm_tests::{bin, target_dir, tiny_guest, wait_output, Output};
 
 fn rundir(test: &str) -> PathBuf {
@@ -354,13 +354,6 @@ const ACPID: &str = "mkdir -p /etc/acpi/PWRF; F=/etc/acpi/PWRF/00000080; \
     echo poweroff -f >> $F; chmod +x $F; mkdir -p /var/log /var/run; acpid; echo ACPID-UP";
 
 /// Waits in the test host for `what` in `file`, at most `secs`.
-fn await_in(file: &str, what: &str, secs: u32) -> String {
-    format!(
-        "i=0; until grep -q {what} {file}; do i=$((i+1)); [ $i -gt {} ] && break; sleep 0.2; done",
-        secs * 5
-    )
-}
-
 fn scenarios() -> Vec<Scenario> {
     let acpi = guest(
         "-N acpi -m 256M",

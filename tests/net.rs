@@ -5,7 +5,7 @@
 
 use std::sync::OnceLock;
 
-use vm_tests::testhost::{self, guest, Case, Report, Scenario};
+use vm_tests::testhost::{self, await_in, guest, Case, Report, Scenario};
 
 /// busybox udhcpc's script: configure the interface it was given.
 const DHCP: &str = "echo \\#!/bin/sh > /tmp/u; \
@@ -14,13 +14,6 @@ const DHCP: &str = "echo \\#!/bin/sh > /tmp/u; \
     echo echo LEASE \\$ip \\$subnet \\$router \\$dns \\> /dev/console >> /tmp/u; \
     echo echo \\$router \\> /tmp/gw >> /tmp/u; chmod +x /tmp/u; \
     ifconfig eth0 up; udhcpc -i eth0 -n -q -s /tmp/u; G=$(cat /tmp/gw)";
-
-fn await_in(file: &str, what: &str, secs: u32) -> String {
-    format!(
-        "i=0; until grep -q '{what}' {file}; do i=$((i+1)); [ $i -gt {} ] && break; sleep 0.2; done",
-        secs * 5
-    )
-}
 
 fn scenarios() -> Vec<Scenario> {
     let local = guest(
@@ -50,10 +43,10 @@ fn scenarios() -> Vec<Scenario> {
                 "ip link set lo up\n\
                  (tail -f /dev/null | nc -l -p 9000 > /tmp/recv) &\n\
                  vm-net -L {local} > /tmp/l.log 2>&1 &\nP=$!\n\
-                 {}\nnc -l -p 9001 < /tmp/recv\n\
+                 {}\ntimeout 120 nc -l -p 9001 < /tmp/recv\n\
                  echo HOST-GOT $(sha256sum < /tmp/recv)\n\
                  wait $P; echo VMRUN-RC=$?\ncat /tmp/l.log",
-                await_in("/tmp/l.log", "SENT", 240),
+                await_in("/tmp/l.log", "SENT", 180),
             ),
         },
         Scenario {

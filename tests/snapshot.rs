@@ -6,11 +6,13 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use vm_run::snapshot::stream::{Reader, Tag, Writer};
 use vm_run::snapshot::GuestConfig;
 use vm_tests::named::{Console, Tiny};
+use vm_tests::testhost::{self, await_in, guest, Case, Report, Scenario};
 use vm_tests::{bin, target_dir, wait_output, Output};
 
 fn rundir(test: &str) -> PathBuf {
@@ -96,6 +98,13 @@ fn a_checkpoint_keeps_the_guest_and_clones_from_one_file() {
     assert!(src.running());
     con.type_in("still-here");
     assert!(con.wait_for("still-here", Duration::from_secs(5)));
+    // A guest paused by vm-ctl is checkpointed as it is, and stays paused.
+    assert_eq!(sh(&dir, "vm-ctl pause src").status, 0);
+    let o = sh(&dir, &format!("vm-send -k src > {}.paused", file.display()));
+    assert_eq!(o.status, 0, "{o:?}");
+    let o = sh(&dir, "vm-ctl status src | awk 'NR == 2 { print $8 }'");
+    assert_eq!(o.stdout, "paused\n");
+    assert_eq!(sh(&dir, "vm-ctl unpause src").status, 0);
     let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
     // 16 MiB of guest memory, almost all of it never touched: zero pages
     // are not in the stream.
@@ -262,22 +271,12 @@ fn a_cpu_without_the_guests_features_is_named_and_refused() {
 // the clock. (busybox nc ends when its stdin does: the listener gets one
 // that never ends.)
 
-use std::sync::OnceLock;
-use vm_tests::testhost::{self, guest, Case, Report, Scenario};
-
 /// Counts on the console, reading the start of its disk each time (past
 /// the page cache). A line ends with END: one the pause cut in two is
 /// not counted.
 const COUNTER: &str = "run=\"echo xxxxxxxx | dd of=/dev/vda conv=fsync 2>/dev/null; i=0; \
     while :; do i=$((i+1)); echo 3 > /proc/sys/vm/drop_caches; \
     echo COUNT $i DISK=$(head -c 4 /dev/vda) END; sleep 0.3; done\"";
-
-fn await_in(file: &str, what: &str, secs: u32) -> String {
-    format!(
-        "i=0; until grep -q '{what}' {file}; do i=$((i+1)); [ $i -gt {} ] && break; sleep 0.2; done",
-        secs * 5
-    )
-}
 
 fn linux_scenarios() -> Vec<Scenario> {
     let counter = |name: &str| {

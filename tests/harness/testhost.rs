@@ -56,6 +56,15 @@ pub fn guest(opts: &str, kernel: &str, params: &str) -> String {
     )
 }
 
+/// A shell loop for a scenario: wait until `what` (a grep pattern) is in
+/// `file`, at most `secs` seconds.
+pub fn await_in(file: &str, what: &str, secs: u32) -> String {
+    format!(
+        "i=0; until grep -q '{what}' {file}; do i=$((i+1)); [ $i -gt {} ] && break; sleep 0.2; done",
+        secs * 5
+    )
+}
+
 const BEGIN: &str = "@@@ BEGIN ";
 const END: &str = "@@@ END ";
 

@@ -6,7 +6,7 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kvm_bindings::{kvm_clock_data, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
@@ -130,20 +130,15 @@ impl Pauser {
             // lock) before it exits, so every pthread_t here is alive.
             unsafe { libc::pthread_kill(*t as libc::pthread_t, KICK) };
         }
-        let deadline = Instant::now() + limit;
-        while st.parked + st.gone < self.vcpus {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                st.paused = false;
-                self.requested.store(false, Ordering::SeqCst);
-                self.changed.notify_all();
-                return Err("the vCPUs did not stop".into());
-            }
-            st = self
-                .changed
-                .wait_timeout(st, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+        let (mut st, wait) = self
+            .changed
+            .wait_timeout_while(st, limit, |st| st.parked + st.gone < self.vcpus)
+            .unwrap_or_else(|e| e.into_inner());
+        if wait.timed_out() {
+            st.paused = false;
+            self.requested.store(false, Ordering::SeqCst);
+            self.changed.notify_all();
+            return Err("the vCPUs did not stop".into());
         }
         Ok(())
     }
@@ -162,25 +157,17 @@ impl Pauser {
         }
         st.saving = Some((0..self.vcpus).map(|_| None).collect());
         self.changed.notify_all();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let done = st
-                .saving
-                .as_ref()
-                .is_some_and(|s| s.iter().all(Option::is_some));
-            if done {
-                break;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                st.saving = None;
-                return Err("the vCPUs did not give their state".into());
-            }
-            st = self
-                .changed
-                .wait_timeout(st, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+        let (mut st, wait) = self
+            .changed
+            .wait_timeout_while(st, Duration::from_secs(5), |st| {
+                !st.saving
+                    .as_ref()
+                    .is_some_and(|s| s.iter().all(Option::is_some))
+            })
+            .unwrap_or_else(|e| e.into_inner());
+        if wait.timed_out() {
+            st.saving = None;
+            return Err("the vCPUs did not give their state".into());
         }
         st.saving
             .take()

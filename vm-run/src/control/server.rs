@@ -291,9 +291,20 @@ fn send(g: &Guest, mut stream: UnixStream, keep: bool) {
         Ok(f) => f,
         Err(e) => return reply(&mut stream, Reply::error(format!("no fd to write to: {e}"))),
     };
-    if let Err(e) = g.pauser.pause() {
-        return reply(&mut stream, Reply::error(e));
+    // A guest paused by vm-ctl is sent as it is and stays paused.
+    let was_paused = g.pauser.is_paused();
+    if !was_paused {
+        if let Err(e) = g.pauser.pause() {
+            return reply(&mut stream, Reply::error(e));
+        }
     }
+    let resume = || {
+        if was_paused {
+            Ok(())
+        } else {
+            g.pauser.resume()
+        }
+    };
     let sent = (g.snapshot)(&mut out);
     drop(out);
     match sent {
@@ -301,15 +312,12 @@ fn send(g: &Guest, mut stream: UnixStream, keep: bool) {
             reply(&mut stream, Reply::ok());
             g.reporter.report(Outcome::Sent);
         }
-        Ok(()) => {
-            let r = g
-                .pauser
-                .resume()
-                .map_or_else(Reply::error, |()| Reply::ok());
-            reply(&mut stream, r);
-        }
+        Ok(()) => reply(
+            &mut stream,
+            resume().map_or_else(Reply::error, |()| Reply::ok()),
+        ),
         Err(e) => {
-            let _ = g.pauser.resume();
+            let _ = resume();
             reply(
                 &mut stream,
                 Reply::error(format!("send failed, guest resumed: {e}")),

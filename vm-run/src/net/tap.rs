@@ -52,6 +52,7 @@ pub fn adopt(fd: RawFd) -> Result<Tap, String> {
         let rc = if req == TUNSETVNETHDRSZ {
             unsafe { libc::ioctl(owned.as_raw_fd(), req as _, &v as *const libc::c_int) }
         } else {
+            // SAFETY: as above.
             unsafe { libc::ioctl(owned.as_raw_fd(), req as _, v as libc::c_ulong) }
         };
         if rc < 0 {

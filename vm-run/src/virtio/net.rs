@@ -179,17 +179,31 @@ impl VirtioDevice for Net {
             return work;
         };
         let mut used = false;
+        // One more look after enable_notification says buffers came; a
+        // ring that says so and yields none (a broken or hostile driver)
+        // must not keep this thread spinning.
+        let mut looked_again = false;
         loop {
             let q = &mut queues[qi].queue;
-            let next = q.iter(mem).ok().and_then(|mut i| i.next());
+            let next = match q.iter(mem) {
+                Ok(mut i) => i.next(),
+                Err(e) => {
+                    self.tell("receive queue", io::Error::other(e.to_string()));
+                    break;
+                }
+            };
             let Some(chain) = next else {
                 // No buffers: the guest kicks when it adds some. A buffer
                 // added meanwhile shows as enable_notification's true.
                 match q.enable_notification(mem) {
-                    Ok(true) => continue,
+                    Ok(true) if !looked_again => {
+                        looked_again = true;
+                        continue;
+                    }
                     _ => break,
                 }
             };
+            looked_again = false;
             let head = chain.head_index();
             let bufs: Vec<(u64, u32)> = chain.writable().map(|d| (d.addr().0, d.len())).collect();
             let n = if let Some(frame) = self.pending.pop_front() {
@@ -363,6 +377,27 @@ mod tests {
             .read_obj(GuestAddress(mock.used_addr().0 + 4 + 4))
             .unwrap();
         assert_eq!(used, 72);
+    }
+
+    #[test]
+    fn a_hostile_receive_ring_does_not_keep_the_thread_spinning() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM as usize)]).unwrap();
+        let (mut dev, far) = net(None);
+        let frame = [7u8; 64];
+        // SAFETY: frame is readable for its length.
+        unsafe { libc::send(far.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+        let mock = MockSplitQueue::new(&mem, 16);
+        let mut queues = vec![active(&mem, &mock)];
+        // An avail index far past anything the queue can hold.
+        mock.avail().idx().store(0x8000);
+        let w = dev.host_ready(&mut queues, &mem);
+        assert!(w.used.is_empty() && !w.poll_host);
+        // Buffers at addresses outside guest memory are returned empty.
+        mock.avail().idx().store(0);
+        let mut queues = vec![active(&mem, &mock)];
+        mock.add_desc_chains(&[desc(MEM + 4096, 2048, W)], 0).unwrap();
+        let w = dev.host_ready(&mut queues, &mem);
+        assert_eq!(w.used, [0]);
     }
 
     #[test]
