@@ -85,23 +85,32 @@ pub fn run(batch: &str, scenarios: &[Scenario], with_qemu: bool) -> Report {
     let path = dir.join("scenario.sh");
     fs::write(&path, script).expect("write scenario");
 
-    let mut cmd = Command::new(root().join("tests/harness/run-host.sh"));
-    if with_qemu {
-        cmd.arg("-q");
+    // A boot whose kernel locked up (run-host.sh's status 3, an
+    // environment fault, see its comment) is tried once more.
+    let mut console = String::new();
+    for attempt in 1..=2 {
+        let mut cmd = Command::new(root().join("tests/harness/run-host.sh"));
+        if with_qemu {
+            cmd.arg("-q");
+        }
+        let child = cmd
+            .process_group(0)
+            .arg("-b")
+            .arg(bin_dir())
+            .arg(&path)
+            .current_dir(root())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run tests/harness/run-host.sh");
+        let out = wait_output(child, Duration::from_secs(1500));
+        console = format!("{}{}", out.stdout, out.stderr);
+        if out.status != 3 {
+            break;
+        }
+        eprintln!("testhost {batch}: the test host locked up (attempt {attempt})");
     }
-    let child = cmd
-        .process_group(0)
-        .arg("-b")
-        .arg(bin_dir())
-        .arg(&path)
-        .current_dir(root())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run tests/harness/run-host.sh");
-    let out = wait_output(child, Duration::from_secs(1500));
-    let console = format!("{}{}", out.stdout, out.stderr);
     fs::write(dir.join("console.log"), &console).ok();
     Report {
         cases: parse(&console),

@@ -395,7 +395,8 @@ mod tests {
         // Buffers at addresses outside guest memory are returned empty.
         mock.avail().idx().store(0);
         let mut queues = vec![active(&mem, &mock)];
-        mock.add_desc_chains(&[desc(MEM + 4096, 2048, W)], 0).unwrap();
+        mock.add_desc_chains(&[desc(MEM + 4096, 2048, W)], 0)
+            .unwrap();
         let w = dev.host_ready(&mut queues, &mem);
         assert_eq!(w.used, [0]);
     }
