@@ -7,9 +7,10 @@ use nix::unistd::{Gid, Group, Uid, User};
 
 use crate::disk::DiskSpec;
 use crate::error::{Error, Result};
+use crate::net::{self, NicSpec, MAX_NICS};
 
 pub const USAGE: &str = "usage: vm-run [-pv] [-a cmdline] [-c ncpus] [-d [raw:]disk[,ro]] ... \
-[-i initrd] [-m size] [-N name [-o user[:group]]] -b kernel";
+[-i initrd] [-m size] [-n fd[,lladdr=mac]] ... [-N name [-o user[:group]]] -b kernel";
 
 /// Disks a guest may have: vmd allows 4, PCI slots allow 30 with room
 /// for the RNG and a NIC or two.
@@ -38,6 +39,8 @@ pub struct Config {
     pub kernel: PathBuf,
     pub initrd: Option<PathBuf>,
     pub disks: Vec<DiskSpec>,
+    /// NICs: VM_NET_FDS's (vm-net) in order, then -n's.
+    pub nics: Vec<NicSpec>,
     pub cmdline: String,
     pub vcpus: u8,
     pub mem_size: u64,
@@ -63,6 +66,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed> {
     let mut kernel = None;
     let mut initrd = None;
     let mut disks = Vec::new();
+    let mut nics = net::from_env(|k| std::env::var(k).ok()).map_err(Error::Usage)?;
     let mut cmdline = None;
     let mut vcpus = 1u8;
     let mut mem_size = DEFAULT_MEM;
@@ -88,6 +92,10 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed> {
             Short('a') => cmdline = Some(string(p.value().map_err(usage)?, "-a")?),
             Short('c') => vcpus = parse_vcpus(&string(p.value().map_err(usage)?, "-c")?)?,
             Short('m') => mem_size = parse_size(&string(p.value().map_err(usage)?, "-m")?)?,
+            Short('n') => {
+                let v = string(p.value().map_err(usage)?, "-n")?;
+                nics.push(net::parse_option(&v).map_err(|e| Error::Usage(format!("-n {e}")))?);
+            }
             Short('N') => {
                 let v = string(p.value().map_err(usage)?, "-N")?;
                 check_name(&v).map_err(|e| Error::Usage(format!("-N {v}: {e}")))?;
@@ -98,6 +106,14 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed> {
             Short('v') => verbose = true,
             Short('h') | Long("help") => return Ok(Parsed::Help),
             _ => return Err(usage(arg.unexpected())),
+        }
+    }
+    if nics.len() > MAX_NICS {
+        return Err(Error::Usage(format!("at most {MAX_NICS} NICs")));
+    }
+    for (i, n) in nics.iter().enumerate() {
+        if nics[..i].iter().any(|m| m.fd == n.fd) {
+            return Err(Error::Usage(format!("fd {}: given for two NICs", n.fd)));
         }
     }
     let kernel = kernel.ok_or_else(|| Error::Usage("no kernel given (-b kernel)".into()))?;
@@ -123,6 +139,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed> {
         kernel,
         initrd,
         disks,
+        nics,
         cmdline: cmdline.unwrap_or_else(|| DEFAULT_CMDLINE.into()),
         vcpus,
         mem_size,

@@ -11,6 +11,7 @@ pub mod disk;
 pub mod error;
 pub mod exit;
 pub mod memory;
+pub mod net;
 pub mod outcome;
 pub mod pci;
 pub mod sandbox;

@@ -133,6 +133,10 @@ fn ioctls() -> Vec<u64> {
         TCGETS,
         TCSETS,
     ]
+    .into_iter()
+    // The NICs' offloads, set when the guest negotiates them.
+    .chain(crate::net::tap::RUNTIME_IOCTLS.iter().copied())
+    .collect()
 }
 
 fn filter() -> std::result::Result<BpfProgram, seccompiler::BackendError> {

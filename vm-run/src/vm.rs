@@ -2,6 +2,7 @@
 //! starts it, and waits for the first report of its end.
 
 use std::io::{Read, Write};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use kvm_bindings::{kvm_userspace_memory_region, CpuId};
@@ -17,12 +18,15 @@ use crate::devices::{acpi_pm, i8042, serial};
 use crate::error::{Error, Result};
 use crate::memory::{self, GuestMemory};
 use crate::memory::{PCI_MMIO_END, PCI_MMIO_START};
+use crate::net::tap::{Tap, TapError};
+use crate::net::NicSpec;
 use crate::outcome::{self, Outcome};
 use crate::pci::root::{self, MmioView, PciRoot, PioView};
 use crate::snapshot::image::{self, DeviceState, Snapshot};
 use crate::snapshot::stream::{Dec, Enc, Reader, Tag};
 use crate::snapshot::{self, DiskRecord, GuestConfig, VmState};
 use crate::vcpu::{self, Pauser, Vcpu};
+use crate::virtio::net::{self, Net};
 use crate::virtio::pci::{Placement, VirtioPci, BAR_SIZE};
 use crate::virtio::{block::Block, rng::Rng, VirtioDevice};
 use crate::x86::irqchip::GsiRouter;
@@ -253,9 +257,14 @@ fn start(cfg: &Config, incoming: Option<Incoming>) -> Result<Outcome> {
             })
             .collect(),
     };
+    let has_nics = !cfg.nics.is_empty();
     let snap_vm = vm.clone();
     let (snap_pauser, snap_com1, snap_power) = (pauser.clone(), com1.clone(), power.clone());
     let write_snapshot = move |out: &mut dyn Write| -> std::result::Result<(), String> {
+        if has_nics {
+            // Their taps are fds of this host's; vm-receive has none.
+            return Err("a guest with NICs cannot be sent (yet)".into());
+        }
         let clock = snap_pauser.clock().ok_or("the guest is not paused")?;
         // The device threads stop after their current request, so that
         // queues and memory hold still; they go on afterwards in any case
@@ -341,6 +350,9 @@ fn pci_devices(cfg: &Config, vm: &Arc<VmFd>, mem: &'static GuestMemory) -> Resul
             spec.serial.clone(),
         )));
     }
+    for (i, nic) in cfg.nics.iter().enumerate() {
+        devices.push(Box::new(nic_device(cfg, i, nic)?));
+    }
     devices.push(Box::<Rng>::default());
     for dev in devices {
         let slot = pci
@@ -357,6 +369,21 @@ fn pci_devices(cfg: &Config, vm: &Arc<VmFd>, mem: &'static GuestMemory) -> Resul
     }
     router.install()?;
     Ok(pci)
+}
+
+/// A NIC on the tap vm-net (or -n) gave us.
+fn nic_device(cfg: &Config, index: usize, spec: &NicSpec) -> Result<Net> {
+    let what = || PathBuf::from(format!("fd {}", spec.fd));
+    let tap = Tap::from_fd(spec.fd, net::HDR_LEN).map_err(|e| match e {
+        TapError::NotOpen(_, e) => Error::Open(what(), e),
+        TapError::NotTap(_, why) => Error::Format(what(), why),
+        TapError::Setup(_, call, e) => Error::Os(format!("fd {}: {call}", spec.fd), e),
+    })?;
+    let mac = spec
+        .lladdr
+        .unwrap_or_else(|| net::default_mac(cfg.name.as_deref(), index));
+    let name = format!("virtio-net {}", tap.name());
+    Ok(Net::new(Box::new(tap), name, mac, spec.lease.clone()))
 }
 
 fn register_memory(vm: &VmFd, mem: &'static GuestMemory) -> Result<()> {
