@@ -295,6 +295,8 @@ mod tests {
         assert_eq!(c.console, Console::Pty);
         assert_eq!(c.cmdline, "quiet");
         assert_eq!(c.name, None);
+        let c = config("-b k -n 3 -n 4,lladdr=fe:e1:ba:d0:00:02");
+        assert_eq!(c.nics.iter().map(|n| n.fd).collect::<Vec<_>>(), [3, 4]);
         assert_eq!(
             config("-b k -N web-1.a_b").name.as_deref(),
             Some("web-1.a_b")
@@ -318,6 +320,10 @@ mod tests {
             "-b k -N a/b",
             "-b k -N é",
             "-b k -o root",
+            "-b k -n",
+            "-b k -n x",
+            "-b k -n 3,lladdr=zz",
+            "-b k -n 3 -n 3",
             "-b k -N w -o no-such-user-here",
             "-b k -N w -o root:no-such-group-here",
         ] {
