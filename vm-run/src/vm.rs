@@ -19,7 +19,6 @@ use crate::error::{Error, Result};
 use crate::memory::{self, GuestMemory};
 use crate::memory::{PCI_MMIO_END, PCI_MMIO_START};
 use crate::net::tap::{Tap, TapError};
-use crate::net::NicSpec;
 use crate::outcome::{self, Outcome};
 use crate::pci::root::{self, MmioView, PciRoot, PioView};
 use crate::snapshot::image::{self, DeviceState, Snapshot};
@@ -60,6 +59,9 @@ pub fn receive(cfg: &Config, incoming: Incoming) -> Result<Outcome> {
 
 fn start(cfg: &Config, incoming: Option<Incoming>) -> Result<Outcome> {
     signals::block()?;
+    // Before vm-run opens anything: a number in VM_NET_FDS or -n that is
+    // not open must not name one of our own files by then.
+    let mut taps = open_taps(cfg)?;
     // First, so that a second guest of the same name fails before it
     // takes anything else (disk locks, memory).
     let rundir = match &cfg.name {
@@ -174,9 +176,10 @@ fn start(cfg: &Config, incoming: Option<Incoming>) -> Result<Outcome> {
     );
     let mut mmio = Bus::default();
     let pci = if receiving {
-        patiently(|| pci_devices(cfg, &vm, mem))?
+        // vm-receive gives no NICs.
+        patiently(|| pci_devices(cfg, &vm, mem, Vec::new()))?
     } else {
-        pci_devices(cfg, &vm, mem)?
+        pci_devices(cfg, &vm, mem, std::mem::take(&mut taps))?
     };
     let pci = Arc::new(Mutex::new(pci));
     let pci_root = pci.clone();
@@ -338,7 +341,12 @@ fn patiently<T>(mut f: impl FnMut() -> Result<T>) -> Result<T> {
 
 /// The PCI bus: the disks in the order given (vda, vdb, ...), then the
 /// RNG, one slot each from slot 1.
-fn pci_devices(cfg: &Config, vm: &Arc<VmFd>, mem: &'static GuestMemory) -> Result<PciRoot> {
+fn pci_devices(
+    cfg: &Config,
+    vm: &Arc<VmFd>,
+    mem: &'static GuestMemory,
+    taps: Vec<Tap>,
+) -> Result<PciRoot> {
     let router = Arc::new(GsiRouter::new(vm.clone()));
     let mut pci = PciRoot::new(PCI_MMIO_START);
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
@@ -350,8 +358,17 @@ fn pci_devices(cfg: &Config, vm: &Arc<VmFd>, mem: &'static GuestMemory) -> Resul
             spec.serial.clone(),
         )));
     }
-    for (i, nic) in cfg.nics.iter().enumerate() {
-        devices.push(Box::new(nic_device(cfg, i, nic)?));
+    for (i, (nic, tap)) in cfg.nics.iter().zip(taps).enumerate() {
+        let mac = nic
+            .lladdr
+            .unwrap_or_else(|| net::default_mac(cfg.name.as_deref(), i));
+        let name = format!("virtio-net {}", tap.name());
+        devices.push(Box::new(Net::new(
+            Box::new(tap),
+            name,
+            mac,
+            nic.lease.clone(),
+        )));
     }
     devices.push(Box::<Rng>::default());
     for dev in devices {
@@ -371,19 +388,19 @@ fn pci_devices(cfg: &Config, vm: &Arc<VmFd>, mem: &'static GuestMemory) -> Resul
     Ok(pci)
 }
 
-/// A NIC on the tap vm-net (or -n) gave us.
-fn nic_device(cfg: &Config, index: usize, spec: &NicSpec) -> Result<Net> {
-    let what = || PathBuf::from(format!("fd {}", spec.fd));
-    let tap = Tap::from_fd(spec.fd, net::HDR_LEN).map_err(|e| match e {
-        TapError::NotOpen(_, e) => Error::Open(what(), e),
-        TapError::NotTap(_, why) => Error::Format(what(), why),
-        TapError::Setup(_, call, e) => Error::Os(format!("fd {}: {call}", spec.fd), e),
-    })?;
-    let mac = spec
-        .lladdr
-        .unwrap_or_else(|| net::default_mac(cfg.name.as_deref(), index));
-    let name = format!("virtio-net {}", tap.name());
-    Ok(Net::new(Box::new(tap), name, mac, spec.lease.clone()))
+/// The taps vm-net (or -n) gave us, checked and taken over.
+fn open_taps(cfg: &Config) -> Result<Vec<Tap>> {
+    cfg.nics
+        .iter()
+        .map(|spec| {
+            let what = || PathBuf::from(format!("fd {}", spec.fd));
+            Tap::from_fd(spec.fd, net::HDR_LEN).map_err(|e| match e {
+                TapError::NotOpen(_, e) => Error::Open(what(), e),
+                TapError::NotTap(_, why) => Error::Format(what(), why),
+                TapError::Setup(_, call, e) => Error::Os(format!("fd {}: {call}", spec.fd), e),
+            })
+        })
+        .collect()
 }
 
 fn register_memory(vm: &VmFd, mem: &'static GuestMemory) -> Result<()> {

@@ -107,6 +107,8 @@ fn incoming(a: Args) -> Result<(Config, Incoming), Error> {
         kernel: PathBuf::new(),
         initrd: None,
         disks,
+        // vm-send refuses guests with NICs: their taps stay behind.
+        nics: Vec::new(),
         cmdline: String::new(),
         vcpus: conf.vcpus,
         mem_size: conf.mem_size,
