@@ -7,12 +7,10 @@ use nix::unistd::{Gid, Group, Uid, User};
 
 use crate::disk::DiskSpec;
 use crate::error::{Error, Result};
+use crate::net::{self, NicSpec, MAX_NICS};
 
 pub const USAGE: &str = "usage: vm-run [-pv] [-a cmdline] [-c ncpus] [-d [raw:]disk[,ro]] ... \
 [-i initrd] [-m size] [-n fd[,lladdr=mac]] ... [-N name [-o user[:group]]] -b kernel";
-
-/// Network interfaces a guest may have (vmd: 4).
-pub const MAX_NICS: usize = 8;
 
 /// Disks a guest may have: vmd allows 4, PCI slots allow 30 with room
 /// for the RNG and a NIC or two.
@@ -41,6 +39,8 @@ pub struct Config {
     pub kernel: PathBuf,
     pub initrd: Option<PathBuf>,
     pub disks: Vec<DiskSpec>,
+    /// NICs: VM_NET_FDS's (vm-net) in order, then -n's.
+    pub nics: Vec<NicSpec>,
     pub cmdline: String,
     pub vcpus: u8,
     pub mem_size: u64,
@@ -52,77 +52,6 @@ pub struct Config {
     /// Who may use the control socket besides root and us (vm.conf's
     /// `owner user:group`).
     pub owner: Option<(Uid, Option<Gid>)>,
-    /// Taps from VM_NET_FDS (vm-net), then those of -n.
-    pub nics: Vec<NicSpec>,
-}
-
-/// A tap fd to attach a virtio-net interface to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NicSpec {
-    pub fd: i32,
-    pub lladdr: Option<[u8; 6]>,
-    /// vmd's local interface (vm-net -L): the DHCP server's addresses.
-    pub lease: Option<crate::net::dhcp::Lease>,
-}
-
-impl NicSpec {
-    /// `fd` with VM_NET_<fd>'s `key=value` items, as vm-net sets them;
-    /// unknown keys are skipped.
-    pub fn from_items(fd: i32, items: &str) -> std::result::Result<NicSpec, String> {
-        let mut n = NicSpec {
-            fd,
-            lladdr: None,
-            lease: None,
-        };
-        let (mut host, mut guest, mut dns) = (None, None, None);
-        for item in items.split_whitespace() {
-            let (k, v) = item.split_once('=').unwrap_or((item, ""));
-            let ip = |v: &str| {
-                v.parse()
-                    .map_err(|_| format!("{k}={v}: not an IPv4 address"))
-            };
-            match k {
-                "lladdr" => n.lladdr = Some(parse_mac(v).ok_or(format!("lladdr={v}: not a MAC"))?),
-                "host" => host = Some(ip(v)?),
-                "guest" => guest = Some(ip(v)?),
-                "dns" => dns = Some(ip(v)?),
-                _ => {}
-            }
-        }
-        if let (Some(host), Some(guest)) = (host, guest) {
-            n.lease = Some(crate::net::dhcp::Lease { host, guest, dns });
-        }
-        Ok(n)
-    }
-}
-
-fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let v: Vec<u8> = s
-        .split(':')
-        .map(|o| {
-            if o.len() == 2 {
-                u8::from_str_radix(o, 16).ok()
-            } else {
-                None
-            }
-        })
-        .collect::<Option<_>>()?;
-    let mac: [u8; 6] = v.try_into().ok()?;
-    (mac[0] & 1 == 0).then_some(mac)
-}
-
-/// The taps vm-net announced in the environment (VM_NET_FDS).
-pub fn nics_from_env() -> Result<Vec<NicSpec>> {
-    let fds = std::env::var("VM_NET_FDS").unwrap_or_default();
-    fds.split_whitespace()
-        .map(|f| {
-            let fd: i32 = f
-                .parse()
-                .map_err(|_| Error::Usage(format!("VM_NET_FDS: {f}: not a file descriptor")))?;
-            let items = std::env::var(format!("VM_NET_{fd}")).unwrap_or_default();
-            NicSpec::from_items(fd, &items).map_err(|e| Error::Usage(format!("VM_NET_{fd}: {e}")))
-        })
-        .collect()
 }
 
 pub enum Parsed {
@@ -137,6 +66,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed> {
     let mut kernel = None;
     let mut initrd = None;
     let mut disks = Vec::new();
+    let mut nics = net::from_env(|k| std::env::var(k).ok()).map_err(Error::Usage)?;
     let mut cmdline = None;
     let mut vcpus = 1u8;
     let mut mem_size = DEFAULT_MEM;
@@ -144,7 +74,6 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed> {
     let mut verbose = false;
     let mut name = None;
     let mut owner = None;
-    let mut nics = nics_from_env()?;
 
     while let Some(arg) = p.next().map_err(usage)? {
         match arg {
@@ -163,26 +92,28 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed> {
             Short('a') => cmdline = Some(string(p.value().map_err(usage)?, "-a")?),
             Short('c') => vcpus = parse_vcpus(&string(p.value().map_err(usage)?, "-c")?)?,
             Short('m') => mem_size = parse_size(&string(p.value().map_err(usage)?, "-m")?)?,
+            Short('n') => {
+                let v = string(p.value().map_err(usage)?, "-n")?;
+                nics.push(net::parse_option(&v).map_err(|e| Error::Usage(format!("-n {e}")))?);
+            }
             Short('N') => {
                 let v = string(p.value().map_err(usage)?, "-N")?;
                 check_name(&v).map_err(|e| Error::Usage(format!("-N {v}: {e}")))?;
                 name = Some(v);
             }
             Short('o') => owner = Some(parse_owner(&string(p.value().map_err(usage)?, "-o")?)?),
-            Short('n') => {
-                let v = string(p.value().map_err(usage)?, "-n")?;
-                let (fd, items) = v.split_once(',').unwrap_or((&v, ""));
-                let fd = fd
-                    .parse()
-                    .map_err(|_| Error::Usage(format!("-n {v}: not a file descriptor")))?;
-                let nic = NicSpec::from_items(fd, &items.replace(',', " "))
-                    .map_err(|e| Error::Usage(format!("-n {v}: {e}")))?;
-                nics.push(nic);
-            }
             Short('p') => console = Console::Pty,
             Short('v') => verbose = true,
             Short('h') | Long("help") => return Ok(Parsed::Help),
             _ => return Err(usage(arg.unexpected())),
+        }
+    }
+    if nics.len() > MAX_NICS {
+        return Err(Error::Usage(format!("at most {MAX_NICS} NICs")));
+    }
+    for (i, n) in nics.iter().enumerate() {
+        if nics[..i].iter().any(|m| m.fd == n.fd) {
+            return Err(Error::Usage(format!("fd {}: given for two NICs", n.fd)));
         }
     }
     let kernel = kernel.ok_or_else(|| Error::Usage("no kernel given (-b kernel)".into()))?;
@@ -208,6 +139,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed> {
         kernel,
         initrd,
         disks,
+        nics,
         cmdline: cmdline.unwrap_or_else(|| DEFAULT_CMDLINE.into()),
         vcpus,
         mem_size,
@@ -215,22 +147,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed> {
         verbose,
         name,
         owner,
-        nics: check_nics(nics)?,
     }))
-}
-
-fn check_nics(nics: Vec<NicSpec>) -> Result<Vec<NicSpec>> {
-    if nics.len() > MAX_NICS {
-        return Err(Error::Usage(format!(
-            "at most {MAX_NICS} network interfaces"
-        )));
-    }
-    for (i, n) in nics.iter().enumerate() {
-        if nics[..i].iter().any(|m| m.fd == n.fd) {
-            return Err(Error::Usage(format!("fd {}: named twice", n.fd)));
-        }
-    }
-    Ok(nics)
 }
 
 /// `user[:group]`, by name or number.
@@ -378,29 +295,12 @@ mod tests {
         assert_eq!(c.console, Console::Pty);
         assert_eq!(c.cmdline, "quiet");
         assert_eq!(c.name, None);
+        let c = config("-b k -n 3 -n 4,lladdr=fe:e1:ba:d0:00:02");
+        assert_eq!(c.nics.iter().map(|n| n.fd).collect::<Vec<_>>(), [3, 4]);
         assert_eq!(
             config("-b k -N web-1.a_b").name.as_deref(),
             Some("web-1.a_b")
         );
-    }
-
-    #[test]
-    fn nics_from_vm_net_items() {
-        let n = NicSpec::from_items(
-            4,
-            "lladdr=FE:E1:ba:d0:00:01 host=100.64.0.2 guest=100.64.0.3 dns=192.0.2.53 future=1",
-        )
-        .unwrap();
-        assert_eq!(n.lladdr, Some([0xfe, 0xe1, 0xba, 0xd0, 0, 1]));
-        let lease = n.lease.unwrap();
-        assert_eq!(lease.guest, std::net::Ipv4Addr::new(100, 64, 0, 3));
-        assert_eq!(lease.dns, Some(std::net::Ipv4Addr::new(192, 0, 2, 53)));
-        assert_eq!(NicSpec::from_items(4, "").unwrap().lease, None);
-        assert!(NicSpec::from_items(4, "lladdr=01:00:5e:00:00:01").is_err());
-        assert!(NicSpec::from_items(4, "host=banana guest=1.2.3.4").is_err());
-        let c = config("-b k -n 5,lladdr=fe:00:00:00:00:01 -n 6");
-        assert_eq!(c.nics.len(), 2);
-        assert_eq!(c.nics[1].fd, 6);
     }
 
     #[test]
@@ -420,10 +320,12 @@ mod tests {
             "-b k -N a/b",
             "-b k -N é",
             "-b k -o root",
+            "-b k -n",
+            "-b k -n x",
+            "-b k -n 3,lladdr=zz",
+            "-b k -n 3 -n 3",
             "-b k -N w -o no-such-user-here",
             "-b k -N w -o root:no-such-group-here",
-            "-b k -n x",
-            "-b k -n 5 -n 5",
         ] {
             match parse(args(bad)) {
                 Err(e @ Error::Usage(_)) => assert_eq!(e.exit_status(), 64),

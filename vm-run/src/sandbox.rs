@@ -38,7 +38,6 @@ use crate::error::{Error, Result};
 /// signals and timed waits.
 const SYSCALLS: &[i64] = &[
     libc::SYS_read,
-    libc::SYS_readv,
     libc::SYS_write,
     libc::SYS_writev,
     libc::SYS_poll,
@@ -92,6 +91,8 @@ const SYSCALLS: &[i64] = &[
     libc::SYS_unlinkat,
     // vm-send passes the fd to write the snapshot to.
     libc::SYS_recvmsg,
+    // NICs: frames from the tap (writev is there for the console).
+    libc::SYS_readv,
 ];
 
 /// An ioctl request number as <asm-generic/ioctl.h> builds it, spelled
@@ -134,6 +135,10 @@ fn ioctls() -> Vec<u64> {
         TCGETS,
         TCSETS,
     ]
+    .into_iter()
+    // The NICs' offloads, set when the guest negotiates them.
+    .chain(crate::net::tap::RUNTIME_IOCTLS.iter().copied())
+    .collect()
 }
 
 fn filter() -> std::result::Result<BpfProgram, seccompiler::BackendError> {
@@ -215,6 +220,14 @@ mod tests {
         assert_eq!(ioctls()[3], 0x4008_ae6a);
         assert_eq!(ioctls()[4], 0x4040_ae79);
         assert_eq!(ioctls()[5], 0x4008_ae61);
+    }
+
+    #[test]
+    fn the_nic_data_path_is_allowed() {
+        for s in [libc::SYS_readv, libc::SYS_writev, libc::SYS_poll] {
+            assert!(SYSCALLS.contains(&s), "{s}");
+        }
+        assert!(ioctls().contains(&0x4004_54d0), "TUNSETOFFLOAD");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! starts it, and waits for the first report of its end.
 
 use std::io::{Read, Write};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use kvm_bindings::{kvm_userspace_memory_region, CpuId};
@@ -17,15 +18,16 @@ use crate::devices::{acpi_pm, i8042, serial};
 use crate::error::{Error, Result};
 use crate::memory::{self, GuestMemory};
 use crate::memory::{PCI_MMIO_END, PCI_MMIO_START};
-use crate::net::tap;
+use crate::net::tap::{Tap, TapError};
 use crate::outcome::{self, Outcome};
 use crate::pci::root::{self, MmioView, PciRoot, PioView};
 use crate::snapshot::image::{self, DeviceState, Snapshot};
 use crate::snapshot::stream::{Dec, Enc, Reader, Tag};
 use crate::snapshot::{self, DiskRecord, GuestConfig, VmState};
 use crate::vcpu::{self, Pauser, Vcpu};
+use crate::virtio::net::{self, Net};
 use crate::virtio::pci::{Placement, VirtioPci, BAR_SIZE};
-use crate::virtio::{block::Block, net::Net, rng::Rng, VirtioDevice};
+use crate::virtio::{block::Block, rng::Rng, VirtioDevice};
 use crate::x86::irqchip::GsiRouter;
 use crate::x86::{acpi, cpuid, irqchip, msrs, regs};
 use crate::{boot, disk, sandbox, signals};
@@ -57,6 +59,9 @@ pub fn receive(cfg: &Config, incoming: Incoming) -> Result<Outcome> {
 
 fn start(cfg: &Config, incoming: Option<Incoming>) -> Result<Outcome> {
     signals::block()?;
+    // Before vm-run opens anything: a number in VM_NET_FDS or -n that is
+    // not open must not name one of our own files by then.
+    let mut taps = open_taps(cfg)?;
     // First, so that a second guest of the same name fails before it
     // takes anything else (disk locks, memory).
     let rundir = match &cfg.name {
@@ -171,9 +176,10 @@ fn start(cfg: &Config, incoming: Option<Incoming>) -> Result<Outcome> {
     );
     let mut mmio = Bus::default();
     let pci = if receiving {
-        patiently(|| pci_devices(cfg, &vm, mem))?
+        // vm-receive gives no NICs.
+        patiently(|| pci_devices(cfg, &vm, mem, Vec::new()))?
     } else {
-        pci_devices(cfg, &vm, mem)?
+        pci_devices(cfg, &vm, mem, std::mem::take(&mut taps))?
     };
     let pci = Arc::new(Mutex::new(pci));
     let pci_root = pci.clone();
@@ -255,9 +261,14 @@ fn start(cfg: &Config, incoming: Option<Incoming>) -> Result<Outcome> {
             .collect(),
     };
     let skip_absent = !memory::host_swaps();
+    let has_nics = !cfg.nics.is_empty();
     let snap_vm = vm.clone();
     let (snap_pauser, snap_com1, snap_power) = (pauser.clone(), com1.clone(), power.clone());
     let write_snapshot = move |out: &mut dyn Write| -> std::result::Result<(), String> {
+        if has_nics {
+            // Their taps are fds of this host's; vm-receive has none.
+            return Err("a guest with NICs cannot be sent (yet)".into());
+        }
         let clock = snap_pauser.clock().ok_or("the guest is not paused")?;
         // The device threads stop after their current request, so that
         // queues and memory hold still; they go on afterwards in any case
@@ -316,26 +327,6 @@ fn start(cfg: &Config, incoming: Option<Incoming>) -> Result<Outcome> {
     Ok(outcome)
 }
 
-/// A NIC's MAC when none is given: stable for a named guest (FNV-1a of
-/// the name and the NIC's index), random otherwise; locally administered.
-fn mac_for(name: Option<&str>, index: usize) -> [u8; 6] {
-    let mut bytes = [0u8; 8];
-    match name {
-        Some(n) => {
-            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-            for b in n.bytes().chain((index as u64).to_le_bytes()) {
-                h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-            }
-            bytes = h.to_le_bytes();
-        }
-        None => {
-            // SAFETY: getrandom writes at most 8 bytes into bytes.
-            unsafe { libc::syscall(libc::SYS_getrandom, bytes.as_mut_ptr(), 8, 0) };
-        }
-    }
-    [0xfe, bytes[0], bytes[1], bytes[2], bytes[3], bytes[4]]
-}
-
 /// Retries `f` while what it needs is held by another vm-run, for up to
 /// five seconds.
 fn patiently<T>(mut f: impl FnMut() -> Result<T>) -> Result<T> {
@@ -352,7 +343,12 @@ fn patiently<T>(mut f: impl FnMut() -> Result<T>) -> Result<T> {
 
 /// The PCI bus: the disks in the order given (vda, vdb, ...), then the
 /// RNG, one slot each from slot 1.
-fn pci_devices(cfg: &Config, vm: &Arc<VmFd>, mem: &'static GuestMemory) -> Result<PciRoot> {
+fn pci_devices(
+    cfg: &Config,
+    vm: &Arc<VmFd>,
+    mem: &'static GuestMemory,
+    taps: Vec<Tap>,
+) -> Result<PciRoot> {
     let router = Arc::new(GsiRouter::new(vm.clone()));
     let mut pci = PciRoot::new(PCI_MMIO_START);
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
@@ -364,12 +360,17 @@ fn pci_devices(cfg: &Config, vm: &Arc<VmFd>, mem: &'static GuestMemory) -> Resul
             spec.serial.clone(),
         )));
     }
-    for (i, nic) in cfg.nics.iter().enumerate() {
-        let tap = tap::adopt(nic.fd).map_err(Error::Usage)?;
+    for (i, (nic, tap)) in cfg.nics.iter().zip(taps).enumerate() {
         let mac = nic
             .lladdr
-            .unwrap_or_else(|| mac_for(cfg.name.as_deref(), i));
-        devices.push(Box::new(Net::new(tap, mac, nic.lease)));
+            .unwrap_or_else(|| net::default_mac(cfg.name.as_deref(), i));
+        let name = format!("virtio-net {}", tap.name());
+        devices.push(Box::new(Net::new(
+            Box::new(tap),
+            name,
+            mac,
+            nic.lease.clone(),
+        )));
     }
     devices.push(Box::<Rng>::default());
     for dev in devices {
@@ -387,6 +388,21 @@ fn pci_devices(cfg: &Config, vm: &Arc<VmFd>, mem: &'static GuestMemory) -> Resul
     }
     router.install()?;
     Ok(pci)
+}
+
+/// The taps vm-net (or -n) gave us, checked and taken over.
+fn open_taps(cfg: &Config) -> Result<Vec<Tap>> {
+    cfg.nics
+        .iter()
+        .map(|spec| {
+            let what = || PathBuf::from(format!("fd {}", spec.fd));
+            Tap::from_fd(spec.fd, net::HDR_LEN).map_err(|e| match e {
+                TapError::NotOpen(_, e) => Error::Open(what(), e),
+                TapError::NotTap(_, why) => Error::Format(what(), why),
+                TapError::Setup(_, call, e) => Error::Os(format!("fd {}: {call}", spec.fd), e),
+            })
+        })
+        .collect()
 }
 
 fn register_memory(vm: &VmFd, mem: &'static GuestMemory) -> Result<()> {

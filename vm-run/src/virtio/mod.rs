@@ -46,28 +46,33 @@ pub trait VirtioDevice: Send + 'static {
     /// wrote into the chain's device-writable buffers.
     fn handle(&mut self, queue: usize, chain: Chain<'_>, mem: &GuestMemory) -> u32;
 
-    /// A host fd whose readability is work for the device (a NIC's tap).
-    fn host_fd(&self) -> Option<RawFd> {
+    /// The features the driver accepted, told before the worker starts.
+    fn activate(&mut self, _features: u64) {}
+
+    /// A file the worker polls besides the kicks (a tap), while the
+    /// device wants to hear from it; `None` stops polling it.
+    fn poll_fd(&self) -> Option<RawFd> {
         None
     }
-    /// Queues whose chains the device takes when it has something for
-    /// them (a NIC's receive queue), not on every kick.
-    fn on_demand(&self, _queue: usize) -> bool {
-        false
-    }
-    /// The host fd is readable, or a kick came: fill what on-demand
-    /// buffers the device can. Returns whether it used any, and whether it
-    /// wants the host fd polled (not while it has no buffers to fill).
-    fn host_ready(&mut self, _queues: &mut [ActiveQueue], _mem: &GuestMemory) -> HostWork {
-        HostWork::default()
-    }
-}
 
-#[derive(Default)]
-pub struct HostWork {
-    /// Indexes into the queues slice of those that got used entries.
-    pub used: Vec<usize>,
-    pub poll_host: bool,
+    /// Serves queue `kicked` after its kick, or with `None` what came on
+    /// `poll_fd`; returns the queues (by bit) that used buffers. Devices
+    /// that move data between queues (net) override it; the others serve
+    /// one chain at a time through `handle`.
+    fn serve(
+        &mut self,
+        kicked: Option<usize>,
+        queues: &mut [ActiveQueue],
+        mem: &GuestMemory,
+    ) -> std::result::Result<u64, (usize, virtio_queue::Error)> {
+        let Some(q) = queues.iter_mut().find(|q| Some(q.index) == kicked) else {
+            return Ok(0);
+        };
+        match drain_queue(self, q.index, &mut q.queue, mem) {
+            Ok(used) => Ok(u64::from(used) << q.index),
+            Err(e) => Err((q.index, e)),
+        }
+    }
 }
 
 /// How a device tells the driver that it used buffers: MSI-X when the
@@ -211,39 +216,27 @@ fn serve(
     stop: &EventFd,
     mem: &'static GuestMemory,
 ) {
-    let mut broken = vec![false; queues.len()];
+    let mut broken = 0u64;
     // The driver may have queued buffers before it set DRIVER_OK.
-    for (i, q) in queues.iter_mut().enumerate() {
-        if !dev.on_demand(q.index) {
-            broken[i] = !serve_queue(dev, q, shared, mem);
-        }
+    for i in 0..queues.len() {
+        let index = queues[i].index;
+        let r = dev.serve(Some(index), queues, mem);
+        notify(dev, r, queues, shared, mem, &mut broken);
     }
     let mut fds: Vec<libc::pollfd> = std::iter::once(stop.as_raw_fd())
         .chain(queues.iter().map(|q| q.kick.as_raw_fd()))
-        .chain(dev.host_fd())
+        .chain(std::iter::once(-1))
         .map(|fd| libc::pollfd {
             fd,
             events: libc::POLLIN,
             revents: 0,
         })
         .collect();
-    let host = dev.host_fd().map(|_| fds.len() - 1);
-    let mut host_work = host.is_some();
+    let own = fds.len() - 1;
     loop {
-        if let Some(h) = host {
-            if host_work {
-                let work = dev.host_ready(queues, mem);
-                for i in work.used {
-                    if let Some(q) = queues.get_mut(i) {
-                        if q.queue.needs_notification(mem).unwrap_or(true) {
-                            shared.interrupt.signal(q.vector, ISR_QUEUE);
-                        }
-                    }
-                }
-                fds[h].events = if work.poll_host { libc::POLLIN } else { 0 };
-                host_work = false;
-            }
-        }
+        // A negative fd is skipped by poll: the device pauses its input
+        // this way (a NIC whose guest has no receive buffers).
+        fds[own].fd = dev.poll_fd().unwrap_or(-1);
         // SAFETY: fds is a valid array of pollfd of the given length.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
         if n < 0 {
@@ -253,56 +246,56 @@ fn serve(
             let _ = stop.read();
             return;
         }
-        for (i, q) in queues.iter_mut().enumerate() {
+        for i in 0..queues.len() {
             if fds[1 + i].revents == 0 {
                 continue;
             }
-            let _ = q.kick.read();
-            if dev.on_demand(q.index) {
-                host_work = true;
-            } else if !broken[i] && !serve_queue(dev, q, shared, mem) {
-                broken[i] = true;
+            let _ = queues[i].kick.read();
+            let index = queues[i].index;
+            if broken & 1 << index == 0 {
+                let r = dev.serve(Some(index), queues, mem);
+                notify(dev, r, queues, shared, mem, &mut broken);
             }
-            // What a queue served may have made work for the host side
-            // (a NIC answering the guest itself).
-            host_work |= host.is_some();
         }
-        if host.is_some_and(|h| fds[h].revents != 0) {
-            host_work = true;
+        if fds[own].fd >= 0 && fds[own].revents != 0 {
+            let r = dev.serve(None, queues, mem);
+            notify(dev, r, queues, shared, mem, &mut broken);
         }
     }
 }
 
-/// Serves every chain the driver made available; false when the queue is
-/// unusable (its rings are not where they should be), after telling the
-/// driver the device needs a reset.
-fn serve_queue(
-    dev: &mut dyn VirtioDevice,
-    q: &mut ActiveQueue,
+/// Interrupts the driver for the queues that used buffers and wait for
+/// it; a queue whose rings are not where they should be is marked broken
+/// after telling the driver the device needs a reset.
+fn notify(
+    dev: &dyn VirtioDevice,
+    r: std::result::Result<u64, (usize, virtio_queue::Error)>,
+    queues: &mut [ActiveQueue],
     shared: &Shared,
     mem: &'static GuestMemory,
-) -> bool {
-    match drain_queue(dev, q.index, &mut q.queue, mem) {
-        Ok(false) => true,
-        Ok(true) => {
-            if q.queue.needs_notification(mem).unwrap_or(true) {
-                shared.interrupt.signal(q.vector, ISR_QUEUE);
+    broken: &mut u64,
+) {
+    match r {
+        Ok(used) => {
+            for q in queues.iter_mut().filter(|q| used & 1 << q.index != 0) {
+                if q.queue.needs_notification(mem).unwrap_or(true) {
+                    shared.interrupt.signal(q.vector, ISR_QUEUE);
+                }
             }
-            true
         }
-        Err(e) => {
-            eprintln!("vm-run: {}: queue {}: {e}", dev.name(), q.index);
+        Err((index, e)) => {
+            eprintln!("vm-run: {}: queue {index}: {e}", dev.name());
+            *broken |= 1 << index;
             shared.needs_reset.store(true, Ordering::SeqCst);
             shared.interrupt.signal(shared.config_vector, ISR_CONFIG);
-            false
         }
     }
 }
 
 /// Pops and serves chains until the ring is empty with notifications on
 /// (so a kick racing the last pop is not lost); true if any was used.
-pub fn drain_queue(
-    dev: &mut dyn VirtioDevice,
+pub fn drain_queue<D: VirtioDevice + ?Sized>(
+    dev: &mut D,
     index: usize,
     queue: &mut Queue,
     mem: &GuestMemory,

@@ -142,6 +142,7 @@ impl VirtioPci {
 
         let class = match dev.device_type() {
             virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK => (0x01, 0x00, 0x00),
+            virtio_bindings::virtio_ids::VIRTIO_ID_NET => (0x02, 0x00, 0x00),
             _ => (0xff, 0x00, 0x00),
         };
         let mut pci = ConfigSpace::new(
@@ -402,9 +403,10 @@ impl VirtioPci {
 
     fn spawn(
         &mut self,
-        dev: Box<dyn VirtioDevice>,
+        mut dev: Box<dyn VirtioDevice>,
         active: Vec<ActiveQueue>,
     ) -> std::result::Result<(), String> {
+        dev.activate(self.driver_features);
         let shared = Shared {
             interrupt: self.interrupt.clone(),
             needs_reset: self.needs_reset.clone(),

@@ -107,6 +107,8 @@ fn incoming(a: Args) -> Result<(Config, Incoming), Error> {
         kernel: PathBuf::new(),
         initrd: None,
         disks,
+        // vm-send refuses guests with NICs: their taps stay behind.
+        nics: Vec::new(),
         cmdline: String::new(),
         vcpus: conf.vcpus,
         mem_size: conf.mem_size,
@@ -118,7 +120,6 @@ fn incoming(a: Args) -> Result<(Config, Incoming), Error> {
         verbose: a.verbose,
         name: a.name,
         owner: a.owner,
-        nics: config::nics_from_env()?,
     };
     Ok((
         cfg,
