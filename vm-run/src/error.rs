@@ -76,11 +76,5 @@ impl fmt::Display for Error {
     }
 }
 
-/// io::Error's Display appends " (os error N)", which is noise to a user.
-fn strip_os(e: &io::Error) -> String {
-    let s = e.to_string();
-    match s.find(" (os error") {
-        Some(i) => s[..i].to_string(),
-        None => s,
-    }
-}
+/// io::Error's Display without the " (os error N)" noise.
+pub use vm_img::error::strip_os;

@@ -76,6 +76,12 @@ const SYSCALLS: &[i64] = &[
     libc::SYS_fdatasync,
     libc::SYS_fallocate,
     libc::SYS_getrandom,
+    // qcow2 (imago): metadata in place, fsync for a guest's flush, the
+    // file grown as clusters are allocated.
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_fsync,
+    libc::SYS_ftruncate,
     // The control socket: connections, peer credentials, timeouts, the
     // console's non-blocking sends, curmem, and the socket's removal.
     libc::SYS_accept4,

@@ -175,12 +175,13 @@ fn start(cfg: &Config, incoming: Option<Incoming>) -> Result<Outcome> {
         power.clone(),
     );
     let mut mmio = Bus::default();
-    let pci = if receiving {
+    let (pci, flushers) = if receiving {
         // vm-receive gives no NICs.
         patiently(|| pci_devices(cfg, &vm, mem, Vec::new()))?
     } else {
         pci_devices(cfg, &vm, mem, std::mem::take(&mut taps))?
     };
+    let flushers = Arc::new(flushers);
     let pci = Arc::new(Mutex::new(pci));
     let pci_root = pci.clone();
     pio.insert(
@@ -264,6 +265,7 @@ fn start(cfg: &Config, incoming: Option<Incoming>) -> Result<Outcome> {
     let has_nics = !cfg.nics.is_empty();
     let snap_vm = vm.clone();
     let (snap_pauser, snap_com1, snap_power) = (pauser.clone(), com1.clone(), power.clone());
+    let snap_flushers = flushers.clone();
     let write_snapshot = move |out: &mut dyn Write| -> std::result::Result<(), String> {
         if has_nics {
             // Their taps are fds of this host's; vm-receive has none.
@@ -276,6 +278,9 @@ fn start(cfg: &Config, incoming: Option<Incoming>) -> Result<Outcome> {
         let mut pci = lock(&pci_root);
         pci.quiesce(true);
         let written = (|| {
+            // The receiving vm-run reopens the disks: what vm-run caches
+            // of a qcow2 image must be in the file first.
+            flush_disks(&snap_flushers)?;
             let mut pci_state = Enc::default();
             pci.save(&mut pci_state);
             let snap = Snapshot {
@@ -318,6 +323,9 @@ fn start(cfg: &Config, incoming: Option<Incoming>) -> Result<Outcome> {
         .recv()
         .unwrap_or_else(|_| Outcome::Failed("every vCPU thread is gone".into()));
     pauser.stop_all();
+    if let Err(e) = flush_disks(&flushers) {
+        eprintln!("vm-run: {e}");
+    }
     crate::console::restore_terminal();
     if let Some(c) = control {
         c.finish(outcome.exit_status());
@@ -341,19 +349,33 @@ fn patiently<T>(mut f: impl FnMut() -> Result<T>) -> Result<T> {
     }
 }
 
+/// Writes out what vm-run caches of its qcow2 disks. The guest's own
+/// flushes make its data durable; this keeps an image whose guest never
+/// flushed (vm-run killed by a signal, a guest without flush) free of
+/// leaked clusters.
+fn flush_disks(flushers: &[disk::Flusher]) -> std::result::Result<(), String> {
+    for f in flushers {
+        f.flush()
+            .map_err(|e| format!("{}: {}", f.path().display(), crate::error::strip_os(&e)))?;
+    }
+    Ok(())
+}
+
 /// The PCI bus: the disks in the order given (vda, vdb, ...), then the
-/// RNG, one slot each from slot 1.
+/// RNG, one slot each from slot 1; and the disks that need a flush on exit.
 fn pci_devices(
     cfg: &Config,
     vm: &Arc<VmFd>,
     mem: &'static GuestMemory,
     taps: Vec<Tap>,
-) -> Result<PciRoot> {
+) -> Result<(PciRoot, Vec<disk::Flusher>)> {
     let router = Arc::new(GsiRouter::new(vm.clone()));
     let mut pci = PciRoot::new(PCI_MMIO_START);
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    let mut flushers = Vec::new();
     for spec in &cfg.disks {
         let disk = disk::open(spec)?;
+        flushers.extend(disk.flusher());
         devices.push(Box::new(Block::new(
             disk,
             spec.read_only,
@@ -387,7 +409,7 @@ fn pci_devices(
         );
     }
     router.install()?;
-    Ok(pci)
+    Ok((pci, flushers))
 }
 
 /// The taps vm-net (or -n) gave us, checked and taken over.

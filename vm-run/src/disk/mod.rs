@@ -1,29 +1,26 @@
 //! Disk images as the block device sees them: a size and positioned,
 //! vectored reads and writes straight into guest memory, plus flush,
 //! discard and write zeroes. raw.rs serves raw files and block devices;
-//! qcow2 comes as another implementation of the same trait.
+//! qcow2.rs serves qcow2 images and their bases through vm-img's library,
+//! which owns the disk formats.
 //!
 //! Opening takes the lock vmd takes with O_EXLOCK: exclusive for an image
 //! the guest may write, shared for a read-only one, so two guests never
 //! write one image and base images can be shared.
 
+pub mod qcow2;
 pub mod raw;
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, Read};
-use std::os::fd::AsRawFd;
+use std::io;
 use std::path::{Path, PathBuf};
+
+use vm_img::image;
+pub use vm_img::image::{Flusher, Format};
 
 use crate::error::{Error, Result};
 
 /// A buffer in guest memory: the iovec that preadv/pwritev take.
 pub type IoVec = libc::iovec;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    Raw,
-    Qcow2,
-}
 
 /// A disk as the command line gives it: `[raw:|qcow2:]path[,ro][,serial=ID]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,48 +43,43 @@ pub trait Disk: Send {
     fn discard(&mut self, offset: u64, len: u64) -> io::Result<()>;
     /// The range must read as zeroes; `unmap` allows freeing it.
     fn write_zeroes(&mut self, offset: u64, len: u64, unmap: bool) -> io::Result<()>;
+    /// For an image that caches metadata in vm-run (qcow2): a handle that
+    /// writes it out from another thread, as vm-run exits or sends the
+    /// guest. A raw image has nothing of its own to write.
+    fn flusher(&self) -> Option<Flusher> {
+        None
+    }
 }
 
-const QCOW2_MAGIC: &[u8; 4] = b"QFI\xfb";
-
-/// Opens and locks the image `spec` names.
+/// Opens and locks the image `spec` names: the format comes from the
+/// header (never from the name) unless `raw:` or `qcow2:` says it.
 pub fn open(spec: &DiskSpec) -> Result<Box<dyn Disk>> {
     let path = &spec.path;
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(!spec.read_only)
-        .open(path)
-        .map_err(|e| Error::Open(path.clone(), e))?;
-    lock(&file, path, spec.read_only)?;
-    let mut magic = [0u8; 4];
-    let looks_qcow2 = file.read_exact(&mut magic).is_ok() && &magic == QCOW2_MAGIC;
-    match spec.format {
-        Some(Format::Qcow2) => Err(Error::Format(
-            path.clone(),
-            "qcow2 images are not supported yet".into(),
-        )),
-        // A raw image whose guest wrote a qcow2 header must not turn into
-        // a qcow2 image (with a backing file of the guest's choosing): the
-        // format comes from the header only when the user did not say.
-        None if looks_qcow2 => Err(Error::Format(
-            path.clone(),
-            "a qcow2 image; vm-run reads raw images only (raw: forces raw)".into(),
-        )),
-        _ => Ok(Box::new(raw::Raw::new(file, path.clone())?)),
+    let file = image::open_file(path, !spec.read_only, true).map_err(from_img)?;
+    let (format, _, _) = image::probe(&file, path, spec.format).map_err(from_img)?;
+    match format {
+        Format::Raw => Ok(Box::new(raw::Raw::new(file, path.clone())?)),
+        Format::Qcow2 => {
+            let opts = image::OpenOptions {
+                write: !spec.read_only,
+                format: Some(format),
+                lock: true,
+            };
+            let img = vm_img::Image::from_file(file, path, &opts).map_err(from_img)?;
+            Ok(Box::new(qcow2::Qcow2::new(img)))
+        }
     }
 }
 
-fn lock(file: &File, path: &Path, shared: bool) -> Result<()> {
-    let how = if shared { libc::LOCK_SH } else { libc::LOCK_EX };
-    // SAFETY: flock takes a valid fd and integer flags.
-    if unsafe { libc::flock(file.as_raw_fd(), how | libc::LOCK_NB) } == 0 {
-        return Ok(());
-    }
-    let e = io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        Err(Error::Locked(path.to_path_buf()))
-    } else {
-        Err(Error::Open(path.to_path_buf(), e))
+/// vm-img's errors as vm-run reports them (with the same exit statuses).
+fn from_img(e: vm_img::Error) -> Error {
+    match e {
+        vm_img::Error::Open(p, e) | vm_img::Error::Io(p, e) | vm_img::Error::Create(p, e) => {
+            Error::Open(p, e)
+        }
+        vm_img::Error::Format(p, s) => Error::Format(p, s),
+        vm_img::Error::Locked(p) => Error::Locked(p),
+        vm_img::Error::Usage(s) => Error::Usage(s),
     }
 }
 

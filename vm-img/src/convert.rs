@@ -1,0 +1,104 @@
+//! `vm-img convert`: any image (with its bases) to a new raw or qcow2
+//! image holding the same guest data. Zero runs are skipped, so the
+//! result is sparse; on any error the half-written output is removed.
+
+use std::fs;
+use std::io::{IoSlice, IoSliceMut, Write};
+use std::path::Path;
+
+use crate::create::{format_qcow2, new_file};
+use crate::error::{Error, Result};
+use crate::image::{Format, Image, OpenOptions};
+
+/// Bytes read and written at a time.
+const CHUNK: usize = 2 << 20;
+/// The unit of the zero test: a run of zeroes this long is not written.
+const BLOCK: usize = 64 << 10;
+
+pub fn convert(
+    input: &Path,
+    output: &Path,
+    format: Format,
+    cluster_size: u64,
+    progress: bool,
+) -> Result<()> {
+    let src = Image::open(
+        input,
+        &OpenOptions {
+            lock: true,
+            ..Default::default()
+        },
+    )?;
+    let size = src.size();
+    let file = new_file(output)?;
+    let done = (|| {
+        crate::image::lock_file(&file, output, false)?;
+        match format {
+            Format::Raw => file
+                .set_len(size)
+                .map_err(|e| Error::Io(output.to_path_buf(), e))?,
+            Format::Qcow2 => format_qcow2(
+                file.try_clone()
+                    .map_err(|e| Error::Io(output.to_path_buf(), e))?,
+                output,
+                size,
+                cluster_size,
+                None,
+            )?,
+        }
+        let dst = Image::from_file(
+            file,
+            output,
+            &OpenOptions {
+                write: true,
+                lock: true,
+                format: Some(format),
+            },
+        )?;
+        copy(&src, &dst, size, progress, output)
+    })();
+    if done.is_err() {
+        let _ = fs::remove_file(output);
+    }
+    done
+}
+
+fn copy(src: &Image, dst: &Image, size: u64, progress: bool, output: &Path) -> Result<()> {
+    let out = |e| Error::Io(output.to_path_buf(), e);
+    let mut buf = vec![0u8; CHUNK];
+    let mut shown = None;
+    let mut offset = 0u64;
+    while offset < size {
+        let n = (size - offset).min(CHUNK as u64) as usize;
+        src.read(offset, &mut [IoSliceMut::new(&mut buf[..n])])
+            .map_err(|e| Error::Io(src.path().to_path_buf(), e))?;
+        let mut at = 0;
+        while at < n {
+            // The next run that holds data, in whole blocks.
+            let len = BLOCK.min(n - at);
+            if buf[at..at + len].iter().all(|&b| b == 0) {
+                at += len;
+                continue;
+            }
+            let start = at;
+            while at < n && !buf[at..at + BLOCK.min(n - at)].iter().all(|&b| b == 0) {
+                at += BLOCK.min(n - at);
+            }
+            dst.write(offset + start as u64, &[IoSlice::new(&buf[start..at])])
+                .map_err(out)?;
+        }
+        offset += n as u64;
+        if progress {
+            let pct = offset * 100 / size.max(1);
+            if shown != Some(pct) {
+                shown = Some(pct);
+                eprint!("\rvm-img: {}: {pct:3}%", output.display());
+                let _ = std::io::stderr().flush();
+            }
+        }
+    }
+    if progress {
+        eprintln!();
+    }
+    dst.flush().map_err(out)
+}
