@@ -266,6 +266,16 @@ pub fn walk(top: File, path: &Path, opts: &OpenOptions) -> Result<(Vec<Layer>, V
             })?),
         };
         let next = resolve_backing(&path, &base);
+        // Before opening it: our own lock on an image further up would
+        // make a loop look like another process's.
+        if let Ok(m) = std::fs::metadata(&next) {
+            if seen.contains(&(m.dev(), m.ino())) {
+                return Err(Error::Format(
+                    path,
+                    format!("the backing chain loops back to {base}"),
+                ));
+            }
+        }
         file = open_file(&next, false, opts.lock)?;
         (path, name) = (next, base);
     }

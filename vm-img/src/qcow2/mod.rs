@@ -3,6 +3,8 @@
 //! Reading and writing go through imago (see `image.rs`).
 
 pub mod check;
+#[cfg(any(test, fuzzing))]
+pub mod fuzz;
 pub mod header;
 
 pub use header::Header;
