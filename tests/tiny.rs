@@ -356,6 +356,58 @@ fn a_writable_image_serves_one_guest_at_a_time() {
 }
 
 #[test]
+fn qcow2_overlays_share_their_base_but_not_themselves() {
+    let dir = target_dir().join("tiny-guest").join("qcow2");
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    let img = |args: &[&str]| {
+        let out = Command::new(bin("vm-img"))
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "vm-img {args:?}: {out:?}");
+    };
+    img(&["create", "-s", "16M", "base.qcow2"]);
+    img(&["create", "-b", "base.qcow2", "a.qcow2"]);
+    img(&["create", "-b", "base.qcow2", "b.qcow2"]);
+    let path = |f: &str| dir.join(f).to_str().unwrap().to_string();
+    let k = tiny_guest().to_str().unwrap();
+    let (a, b, base) = (path("a.qcow2"), path("b.qcow2"), path("base.qcow2"));
+    let mut first = echo_guest(&["-d", &a], Stdio::piped());
+    let _stdout = wait_for_banner(&mut first);
+    // A second overlay on the same base runs beside the first.
+    let second = vm_run(&["-b", k, "-d", &b, "-a", "poweroff"]);
+    assert_eq!(second.status, 0, "{second:?}");
+    // Neither the overlay in use nor its base can be written meanwhile.
+    assert_fails(
+        &vm_run(&["-b", k, "-d", &a, "-a", "poweroff"]),
+        69,
+        "a.qcow2: in use",
+    );
+    assert_fails(
+        &vm_run(&["-b", k, "-d", &base, "-a", "poweroff"]),
+        69,
+        "base.qcow2: in use",
+    );
+    let ro = vm_run(&["-b", k, "-d", &format!("{base},ro"), "-a", "poweroff"]);
+    assert_eq!(ro.status, 0, "{ro:?}");
+    drop(first.stdin.take());
+    kill(Pid::from_raw(first.id() as i32), Signal::SIGTERM).unwrap();
+    assert_eq!(wait_output(first, Duration::from_secs(10)).status, 0);
+    assert_eq!(vm_run(&["-b", k, "-d", &base, "-a", "poweroff"]).status, 0);
+    // `qcow2:` insists; the file name never decides.
+    fs::write(dir.join("plain.qcow2"), vec![0u8; 1 << 20]).unwrap();
+    let plain = path("plain.qcow2");
+    assert_eq!(vm_run(&["-b", k, "-d", &plain, "-a", "poweroff"]).status, 0);
+    assert_fails(
+        &vm_run(&["-b", k, "-d", &format!("qcow2:{plain}"), "-a", "poweroff"]),
+        65,
+        "plain.qcow2: not a qcow2 image",
+    );
+}
+
+#[test]
 fn bad_disks_are_refused_before_the_guest_starts() {
     let k = tiny_guest().to_str().unwrap();
     let dir = target_dir().join("tiny-guest");
@@ -370,13 +422,13 @@ fn bad_disks_are_refused_before_the_guest_starts() {
     let mut args = vec!["-b", k];
     args.extend(many.iter().map(String::as_str));
     assert_fails(&vm_run(&args), 64, "at most 16 disks");
-    // A qcow2 header: not taken for raw unless the user says raw.
+    // A broken qcow2 header is refused; `raw:` takes the file as raw.
     let q = dir.join("fake.qcow2");
     let mut header = b"QFI\xfb\0\0\0\x03".to_vec();
     header.resize(1 << 16, 0);
     fs::write(&q, header).unwrap();
     let q = q.to_str().unwrap();
-    assert_fails(&vm_run(&["-b", k, "-d", q]), 65, "a qcow2 image");
+    assert_fails(&vm_run(&["-b", k, "-d", q]), 65, "fake.qcow2: cluster size");
     let forced = vm_run(&["-b", k, "-d", &format!("raw:{q}"), "-a", "poweroff"]);
     assert_eq!(forced.status, 0, "{forced:?}");
     // Permission to write is checked up front, not when the guest writes.

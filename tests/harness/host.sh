@@ -4,7 +4,8 @@
 # Builds the emulated test host (see /work/shared/notes/kvm-on-this-machine.md):
 #   OUTDIR/vmlinuz       Debian's cloud kernel, the fixture's bzImage
 #   OUTDIR/host.cpio.gz  busybox, kvm-amd & co, /guest/{bzImage,vmlinux,initrd.gz}, /init
-#   OUTDIR/qemu.cpio.gz  qemu-system-x86_64, its libraries and firmware, to append
+#   OUTDIR/qemu.cpio.gz  qemu-system-x86_64, qemu-img, qemu-io, their libraries
+#                        and QEMU's firmware, to append
 # Both archives are cached, keyed on this script and what goes into them.
 set -eu
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -62,13 +63,20 @@ command -v qemu-system-x86_64 >/dev/null || {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-x86 >/dev/null
 }
 q=$(command -v qemu-system-x86_64)
-sum=$(cat "$me" "$q" | sha256sum)
+# qemu-img and qemu-io too: the qcow2 tests check and make images with
+# them inside the host.
+command -v qemu-img >/dev/null || {
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-utils >/dev/null
+}
+qi=$(command -v qemu-img); qio=$(command -v qemu-io)
+sum=$(cat "$me" "$q" "$qi" "$qio" | sha256sum)
 [ -f "$out/qemu.cpio.gz" ] && [ "$(cat "$out/qemu.stamp" 2>/dev/null)" = "$sum" ] && exit 0
 r=$tmp/qemu
 # QEMU finds firmware relative to its binary (/usr/bin/../share/qemu, ../share/seabios,
 # ../lib/ipxe/qemu). This set is what -M microvm, pc and q35 open with -nodefaults
 # and -kernel, plus pvh.bin (ELF vmlinux) and the virtio-net option ROM.
-for f in "$q" $(ldd "$q" | grep -o '/[^ ]*') \
+for f in "$q" "$qi" "$qio" $(ldd "$q" "$qi" "$qio" | grep -o '/[^ :]*' | sort -u) \
     /usr/share/qemu/bios-microvm.bin /usr/share/qemu/linuxboot_dma.bin \
     /usr/share/qemu/kvmvapic.bin /usr/share/qemu/pvh.bin \
     /usr/share/seabios/bios-256k.bin /usr/share/seabios/vgabios-stdvga.bin \

@@ -16,7 +16,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
-use imago::file::File as Storage;
+use imago::file::File as ImagoFile;
 use imago::io_buffers::{IoVector, IoVectorMut};
 use imago::qcow2::Qcow2;
 use imago::raw::Raw;
@@ -25,6 +25,7 @@ use imago::{DenyImplicitOpenGate, FormatAccess, FormatDriverBuilder};
 use crate::error::{Error, Result};
 use crate::qcow2::check::read_upto;
 use crate::qcow2::header::{self, Header};
+use crate::qcow2::ordered::{self, Held, HeldL1, Ordered};
 
 /// Images in one chain, the top one included (vmd allows 4 bases).
 pub const MAX_CHAIN: usize = 16;
@@ -92,10 +93,12 @@ impl Layer {
     }
 }
 
-type Access = FormatAccess<Storage>;
+type Access = FormatAccess<Ordered>;
 
 pub struct Image {
     layers: Vec<Layer>,
+    /// The top image's L1 table, held back between flushes (ordered.rs).
+    held: Held,
     /// Reads, writes and flushes share the lock; discard and resize, which
     /// imago wants exclusive, take it alone.
     access: Arc<RwLock<Access>>,
@@ -292,9 +295,18 @@ impl Image {
     pub fn from_file(top: File, path: &Path, opts: &OpenOptions) -> Result<Image> {
         let (layers, files) = walk(top, path, opts)?;
         let mut below: Option<Access> = None;
+        let mut top_held = Held::default();
         for (i, (layer, file)) in layers.iter().zip(files).enumerate().rev() {
             let write = opts.write && i == 0;
-            let storage = Storage::try_from(file).map_err(|e| Error::Io(layer.path.clone(), e))?;
+            let io = |e| Error::Io(layer.path.clone(), e);
+            let held = Held::default();
+            if let (true, Some(h)) = (write, &layer.header) {
+                let len = u64::from(h.l1_size) * 8;
+                *ordered::lock(&held) =
+                    Some(HeldL1::load(&file, h.l1_table_offset, len).map_err(io)?);
+                top_held = held.clone();
+            }
+            let storage = Ordered::new(ImagoFile::try_from(file).map_err(io)?, held);
             let gate = DenyImplicitOpenGate::default();
             let access = match layer.format {
                 Format::Raw => Raw::builder(storage)
@@ -314,6 +326,7 @@ impl Image {
             below.ok_or_else(|| Error::Format(layers[0].path.clone(), "no image".into()))?;
         Ok(Image {
             layers,
+            held: top_held,
             access: Arc::new(RwLock::new(access)),
         })
     }
@@ -375,6 +388,9 @@ impl Image {
     }
 
     pub fn resize(&self, size: u64) -> io::Result<()> {
+        // Growing may move the L1 table: no more holding it back.
+        self.flush()?;
+        *ordered::lock(&self.held) = None;
         let mut a = self.access.write().unwrap_or_else(|e| e.into_inner());
         a.resize(size, imago::format::PreallocateMode::None)
     }
