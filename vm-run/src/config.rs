@@ -9,7 +9,8 @@ use crate::disk::DiskSpec;
 use crate::error::{Error, Result};
 use crate::net::{self, NicSpec, MAX_NICS};
 
-pub const USAGE: &str = "usage: vm-run [-pv] [-a cmdline] [-c ncpus] [-d [raw:]disk[,ro]] ... \
+pub const USAGE: &str =
+    "usage: vm-run [-pv] [-a cmdline] [-c ncpus] [-d [raw:|qcow2:]disk[,ro]] ... \
 [-i initrd] [-m size] [-n fd[,lladdr=mac]] ... [-N name [-o user[:group]]] -b kernel";
 
 /// Disks a guest may have: vmd allows 4, PCI slots allow 30 with room

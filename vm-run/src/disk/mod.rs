@@ -58,7 +58,11 @@ pub fn open(spec: &DiskSpec) -> Result<Box<dyn Disk>> {
     let file = image::open_file(path, !spec.read_only, true).map_err(from_img)?;
     let (format, _, _) = image::probe(&file, path, spec.format).map_err(from_img)?;
     match format {
-        Format::Raw => Ok(Box::new(raw::Raw::new(file, path.clone())?)),
+        Format::Raw => Ok(Box::new(raw::Raw::new(
+            file,
+            path.clone(),
+            spec.format.is_none(),
+        )?)),
         Format::Qcow2 => {
             let opts = image::OpenOptions {
                 write: !spec.read_only,
@@ -142,6 +146,40 @@ mod tests {
         ] {
             assert!(bad.parse::<DiskSpec>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_guest_cannot_turn_a_probed_raw_image_into_qcow2() {
+        let dir = std::env::temp_dir().join(format!("vm-run-magic-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("r.img");
+        std::fs::write(&path, b"QFI\0and the rest").unwrap();
+        let spec = |format| DiskSpec {
+            path: path.clone(),
+            format,
+            read_only: false,
+            serial: None,
+        };
+        let write = |disk: &mut Box<dyn Disk>, offset, bytes: &[u8]| {
+            let iov = IoVec {
+                iov_base: bytes.as_ptr() as *mut libc::c_void,
+                iov_len: bytes.len(),
+            };
+            disk.write_at(offset, &[iov])
+        };
+        let mut probed = open(&spec(None)).unwrap();
+        // One byte that completes the magic, and the whole magic at once.
+        let e = write(&mut probed, 3, b"\xfb").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
+        assert!(write(&mut probed, 0, b"QFI\xfb\0\0\0\x03").is_err());
+        write(&mut probed, 0, b"boot").unwrap();
+        write(&mut probed, 3, b"\xfb").unwrap();
+        drop(probed);
+        assert!(std::fs::read(&path).unwrap().starts_with(b"boo\xfb"));
+        // `raw:` says the header is the guest's business.
+        let mut forced = open(&spec(Some(Format::Raw))).unwrap();
+        write(&mut forced, 0, b"QFI\xfb").unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

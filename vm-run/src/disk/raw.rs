@@ -16,15 +16,54 @@ pub struct Raw {
     file: File,
     path: PathBuf,
     size: u64,
+    /// The format was read from the header (no `raw:`): the guest must not
+    /// write a qcow2 header, which would make the next vm-run open the
+    /// image as qcow2, with a base file of the guest's choosing. QEMU
+    /// refuses such writes to probed raw images too.
+    probed: bool,
 }
 
 impl Raw {
-    pub fn new(mut file: File, path: PathBuf) -> Result<Self> {
+    pub fn new(mut file: File, path: PathBuf, probed: bool) -> Result<Self> {
         // Works for block devices too, where metadata says 0.
         let size = file
             .seek(SeekFrom::End(0))
             .map_err(|e| Error::Open(path.clone(), e))?;
-        Ok(Raw { file, path, size })
+        Ok(Raw {
+            file,
+            path,
+            size,
+            probed,
+        })
+    }
+
+    /// Would this write, at `offset`, give the image a qcow2 header?
+    fn makes_qcow2_header(&self, offset: u64, bufs: &[IoVec]) -> io::Result<bool> {
+        let mut head = [0u8; 4];
+        let n = head.len() as u64;
+        if !self.probed || offset >= n {
+            return Ok(false);
+        }
+        transfer(self.file.as_raw_fd(), 0, &[iovec_of(&mut head)], false).or_else(|e| {
+            // A file shorter than a header reads short: zeroes.
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })?;
+        let mut at = offset;
+        for b in bufs {
+            if at >= n {
+                break;
+            }
+            let take = (n - at).min(b.iov_len as u64) as usize;
+            // SAFETY: the buffer is iov_len bytes of guest memory (or ours).
+            let src = unsafe { std::slice::from_raw_parts(b.iov_base as *const u8, take) };
+            head[at as usize..at as usize + take].copy_from_slice(src);
+            at += take as u64;
+        }
+        Ok(vm_img::qcow2::header::is_qcow2(&head))
     }
 
     fn fallocate(&self, mode: i32, offset: u64, len: u64) -> io::Result<()> {
@@ -50,6 +89,13 @@ impl Raw {
             offset += n as u64;
         }
         Ok(())
+    }
+}
+
+fn iovec_of(b: &mut [u8]) -> IoVec {
+    IoVec {
+        iov_base: b.as_mut_ptr().cast(),
+        iov_len: b.len(),
     }
 }
 
@@ -115,6 +161,12 @@ impl Disk for Raw {
     }
 
     fn write_at(&mut self, offset: u64, bufs: &[IoVec]) -> io::Result<()> {
+        if self.makes_qcow2_header(offset, bufs)? {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "the guest wrote a qcow2 header into a raw image (raw: allows it)",
+            ));
+        }
         transfer(self.file.as_raw_fd(), offset, bufs, true)
     }
 

@@ -16,7 +16,7 @@ use vm_run::vm::{self, Incoming};
 use vm_run::{console, control, exit};
 
 const USAGE: &str =
-    "usage: vm-receive [-pv] [-d [raw:]disk[,ro]] ... [-N name [-o user[:group]]] < stream";
+    "usage: vm-receive [-pv] [-d [raw:|qcow2:]disk[,ro]] ... [-N name [-o user[:group]]] < stream";
 
 struct Args {
     disks: Vec<DiskSpec>,
