@@ -365,6 +365,15 @@ fn resize_grows_and_shrinks_only_when_asked() {
     assert_eq!(qemu_check(&d, "r.qcow2"), 0);
 }
 
+/// An overlay whose base qemu-img does not open (it may not exist, or
+/// lead back to the overlay).
+fn unchecked_overlay(dir: &Path, base: &str, format: &str, name: &str) {
+    let args = [
+        "create", "-q", "-f", "qcow2", "-u", "-b", base, "-F", format, name, "1M",
+    ];
+    ok(qemu_img(dir, &args), name);
+}
+
 /// One line on stderr, naming `name`, and the status: never a panic.
 fn refused(out: &Output, tool: &str, name: &str, statuses: &[i32]) {
     assert!(statuses.contains(&out.status), "{name}: {out:?}");
@@ -404,63 +413,9 @@ fn hostile_images_get_one_line_and_no_panic() {
     fs::write(d.join("tables-cut.qcow2"), &good[..good.len() - 4096]).unwrap();
     fs::write(d.join("empty.qcow2"), b"QFI\xfb").unwrap();
     // Chains that loop, are too deep, or lose a base.
-    ok(
-        qemu_img(
-            &d,
-            &[
-                "create",
-                "-q",
-                "-f",
-                "qcow2",
-                "-u",
-                "-b",
-                "loop2.qcow2",
-                "-F",
-                "qcow2",
-                "loop1.qcow2",
-                "1M",
-            ],
-        ),
-        "loop1",
-    );
-    ok(
-        qemu_img(
-            &d,
-            &[
-                "create",
-                "-q",
-                "-f",
-                "qcow2",
-                "-u",
-                "-b",
-                "loop1.qcow2",
-                "-F",
-                "qcow2",
-                "loop2.qcow2",
-                "1M",
-            ],
-        ),
-        "loop2",
-    );
-    ok(
-        qemu_img(
-            &d,
-            &[
-                "create",
-                "-q",
-                "-f",
-                "qcow2",
-                "-u",
-                "-b",
-                "gone.img",
-                "-F",
-                "raw",
-                "orphan.qcow2",
-                "1M",
-            ],
-        ),
-        "orphan",
-    );
+    unchecked_overlay(&d, "loop2.qcow2", "qcow2", "loop1.qcow2");
+    unchecked_overlay(&d, "loop1.qcow2", "qcow2", "loop2.qcow2");
+    unchecked_overlay(&d, "gone.img", "raw", "orphan.qcow2");
     let mut prev = "good.qcow2".to_string();
     for i in 0..16 {
         let next = format!("deep{i}.qcow2");
@@ -589,4 +544,21 @@ fn a_full_disk_is_one_line_and_leaves_nothing_behind() {
         &[74],
     );
     assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn convert_shows_its_progress_on_a_terminal_only() {
+    let d = scratch("progress");
+    pattern(&d.join("p.raw"), 4 << 20, 9);
+    // script(1) gives vm-img a terminal; off one, data_vm_img_writes_is_
+    // what_qemu_img_reads checks that stderr stays empty.
+    let cmd = format!("{} convert p.raw p.qcow2", bin("vm-img").display());
+    let out = ok(
+        run(Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .current_dir(&d)),
+        "script",
+    );
+    assert!(out.stdout.contains("\rvm-img: p.qcow2: 100%"), "{out:?}");
+    assert_eq!(qemu_check(&d, "p.qcow2"), 0);
 }

@@ -1,4 +1,4 @@
-//! Sizes on the command line (`10G`, `512K`, `1048576`) and in output.
+//! Sizes on the command line: `10G`, `512K`, `1048576`.
 
 /// Parses a byte count with an optional K, M, G, T, P or E suffix
 /// (powers of 1024, as vmctl and qemu-img take them).
@@ -27,25 +27,6 @@ pub fn parse(s: &str) -> Option<u64> {
     n.checked_mul(1u64 << shift)
 }
 
-/// A byte count for people: `10 GiB`, `1.5 MiB`, `512 bytes`.
-pub fn human(n: u64) -> String {
-    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-    if n < 1024 {
-        return format!("{n} bytes");
-    }
-    let mut v = n as f64 / 1024.0;
-    let mut i = 0;
-    while v >= 1024.0 && i < UNITS.len() - 1 {
-        v /= 1024.0;
-        i += 1;
-    }
-    if v.fract() == 0.0 {
-        format!("{v} {}", UNITS[i])
-    } else {
-        format!("{v:.1} {}", UNITS[i])
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,8 +40,5 @@ mod tests {
         for bad in ["", "G", "1.5G", "-1", "10X", "99999999999E"] {
             assert_eq!(parse(bad), None, "{bad}");
         }
-        assert_eq!(human(10 << 30), "10 GiB");
-        assert_eq!(human(1536 << 10), "1.5 MiB");
-        assert_eq!(human(100), "100 bytes");
     }
 }
