@@ -12,7 +12,7 @@
 use std::fs::{File, OpenOptions as FsOpenOptions};
 use std::io::{self, IoSlice, IoSliceMut, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
@@ -23,7 +23,7 @@ use imago::raw::Raw;
 use imago::{DenyImplicitOpenGate, FormatAccess, FormatDriverBuilder};
 
 use crate::error::{Error, Result};
-use crate::qcow2::check::read_upto;
+use crate::qcow2::check::{self, read_upto};
 use crate::qcow2::header::{self, Header};
 use crate::qcow2::ordered::{self, Held, HeldL1, Ordered};
 
@@ -127,11 +127,24 @@ fn read_lock(l: &RwLock<Access>) -> RwLockReadGuard<'_, Access> {
 
 /// Opens `path` for reading (and writing), and takes its lock.
 pub fn open_file(path: &Path, write: bool, lock: bool) -> Result<File> {
+    // O_NONBLOCK, so that a name (a base's, from a header) that leads to a
+    // FIFO does not hang the open; nothing but files and disks is taken.
     let file = FsOpenOptions::new()
         .read(true)
         .write(write)
+        .custom_flags(libc::O_NONBLOCK)
         .open(path)
         .map_err(|e| Error::Open(path.to_path_buf(), e))?;
+    let kind = file
+        .metadata()
+        .map_err(|e| Error::Open(path.to_path_buf(), e))?
+        .file_type();
+    if !kind.is_file() && !kind.is_block_device() {
+        return Err(Error::Format(
+            path.to_path_buf(),
+            "not a regular file or block device".into(),
+        ));
+    }
     if lock {
         lock_file(&file, path, !write)?;
     }
@@ -234,9 +247,16 @@ pub fn walk(top: File, path: &Path, opts: &OpenOptions) -> Result<(Vec<Layer>, V
         }
         seen.push((meta.dev(), meta.ino()));
         let (fmt, header, file_len) = probe(&file, &path, format)?;
-        if opts.write && layers.is_empty() {
-            if let Some(why) = header.as_ref().and_then(|h| h.write_refusal()) {
+        if let (true, Some(h)) = (opts.write && layers.is_empty(), &header) {
+            if let Some(why) = h.write_refusal() {
                 return Err(Error::Format(path, why.into()));
+            }
+            if !check::header_is_counted(&file, h).map_err(|e| Error::Io(path.clone(), e))? {
+                return Err(Error::Format(
+                    path,
+                    "its refcounts do not count its header (qemu-img check -r all repairs it)"
+                        .into(),
+                ));
             }
         }
         let backing = header.as_ref().and_then(|h| {
@@ -294,6 +314,12 @@ impl Image {
     /// if it wants locks) already.
     pub fn from_file(top: File, path: &Path, opts: &OpenOptions) -> Result<Image> {
         let (layers, files) = walk(top, path, opts)?;
+        if let Some((l, why)) = layers
+            .iter()
+            .find_map(|l| Some((l, l.header.as_ref()?.open_refusal()?)))
+        {
+            return Err(Error::Format(l.path.clone(), why.into()));
+        }
         let mut below: Option<Access> = None;
         let mut top_held = Held::default();
         for (i, (layer, file)) in layers.iter().zip(files).enumerate().rev() {

@@ -23,9 +23,12 @@ const L1_RESERVED: u64 = 0x7f00_0000_0000_01fe;
 const L2_RESERVED: u64 = 0x3f00_0000_0000_01fe;
 const REFBLOCK_RESERVED: u64 = 0x1ff;
 
-/// More clusters than this in one file are not checked (the counts alone
-/// would take gigabytes).
-const MAX_CLUSTERS: u64 = 1 << 30;
+/// More clusters than this in one file are not checked: the counts take
+/// 8 bytes a cluster (512 MiB here; 4 TiB of 64 KiB clusters).
+const MAX_CLUSTERS: u64 = 1 << 26;
+/// L2 entries walked at most: snapshots may share L2 tables, so a hostile
+/// image could have the walk read one table billions of times.
+const MAX_L2_ENTRIES: u64 = 1 << 31;
 /// Problems listed one by one; the rest are only counted.
 const MAX_LISTED: usize = 50;
 
@@ -76,6 +79,8 @@ struct Walk<'a> {
     /// (host offset, COPIED set, what) of every L2 table and data cluster
     /// of the active L1, to check against the stored refcount.
     copied: Vec<(u64, bool, String)>,
+    /// L2 entries walked so far.
+    l2_entries: u64,
 }
 
 /// Checks the image in `file` (`file_len` bytes) whose header is `h`.
@@ -105,6 +110,7 @@ pub fn check(file: &File, h: &Header, file_len: u64) -> io::Result<Report> {
             ..Report::default()
         },
         copied: Vec::new(),
+        l2_entries: 0,
     };
     w.reference(0, cs, "header");
     let l1_bytes = u64::from(h.l1_size) * 8;
@@ -123,8 +129,12 @@ impl Walk<'_> {
         if len == 0 {
             return;
         }
-        let first = offset / self.cs;
-        let last = (offset + len - 1) / self.cs;
+        let Some(end) = offset.checked_add(len - 1) else {
+            self.report
+                .corrupt(format!("{what} at {offset:#x} is past the end of the file"));
+            return;
+        };
+        let (first, last) = (offset / self.cs, end / self.cs);
         for c in first..=last {
             match self.refs.get_mut(c as usize) {
                 Some(n) => *n = n.saturating_add(1),
@@ -189,6 +199,12 @@ impl Walk<'_> {
 
     fn walk_l2(&mut self, l1_index: u64, l2_offset: u64, active: bool) -> io::Result<()> {
         let h = self.h;
+        self.l2_entries += h.l2_entries();
+        if self.l2_entries > MAX_L2_ENTRIES {
+            return Err(io::Error::other(
+                "the snapshots' tables are too many to walk",
+            ));
+        }
         let entries = self.read_table(l2_offset, h.l2_entries())?;
         let csize_shift = 62 - (h.cluster_bits - 8);
         let csize_mask = (1u64 << (h.cluster_bits - 8)) - 1;
@@ -288,7 +304,7 @@ impl Walk<'_> {
     }
 
     /// Counts the refcount structures and reads every stored refcount.
-    fn walk_refcounts(&mut self) -> io::Result<Vec<u64>> {
+    fn walk_refcounts(&mut self) -> io::Result<Vec<u32>> {
         let h = self.h;
         let rt_entries = u64::from(h.refcount_table_clusters) * self.cs / 8;
         self.reference(
@@ -298,7 +314,7 @@ impl Walk<'_> {
         );
         let rt = self.read_table(h.refcount_table_offset, rt_entries)?;
         let per_block = h.refcounts_per_block();
-        let mut stored = vec![0u64; self.clusters as usize];
+        let mut stored = vec![0u32; self.clusters as usize];
         let mut block = vec![0u8; self.cs as usize];
         for (i, &e) in rt.iter().enumerate() {
             let offset = e & !REFBLOCK_RESERVED;
@@ -325,15 +341,16 @@ impl Walk<'_> {
             block[n..].fill(0);
             let count = per_block.min(self.clusters - first);
             for k in 0..count {
-                stored[(first + k) as usize] = refcount(&block, k, h.refcount_bits());
+                // No count above 2^32 is real; it compares as "too many".
+                let n = refcount(&block, k, h.refcount_bits());
+                stored[(first + k) as usize] = u32::try_from(n).unwrap_or(u32::MAX);
             }
         }
         Ok(stored)
     }
 
-    fn compare(&mut self, stored: &[u64]) {
+    fn compare(&mut self, stored: &[u32]) {
         for (c, (&s, &r)) in stored.iter().zip(self.refs.iter()).enumerate() {
-            let r = u64::from(r);
             if s < r {
                 self.report
                     .corrupt(format!("cluster {c} has refcount {s} but {r} references"));
@@ -347,7 +364,7 @@ impl Walk<'_> {
     /// The COPIED flag says "refcount is exactly 1, write in place": a
     /// wrong one makes a writer overwrite shared data (or copy for
     /// nothing).
-    fn check_copied(&mut self, stored: &[u64]) {
+    fn check_copied(&mut self, stored: &[u32]) {
         for (offset, copied, what) in std::mem::take(&mut self.copied) {
             let Some(&s) = stored.get((offset / self.cs) as usize) else {
                 continue;
@@ -360,6 +377,24 @@ impl Walk<'_> {
             }
         }
     }
+}
+
+/// Does the image count its own header cluster? A writer allocating in
+/// an image whose refcount table has no first block would put that block
+/// at cluster 0, over the header (imago 0.2.6 then loops until its stack
+/// runs out): such an image is not opened for writing.
+pub fn header_is_counted(file: &File, h: &Header) -> io::Result<bool> {
+    let mut e = [0u8; 8];
+    if read_upto(file, &mut e, h.refcount_table_offset)? < 8 {
+        return Ok(false);
+    }
+    let block = u64::from_be_bytes(e) & !REFBLOCK_RESERVED;
+    if block == 0 || !block.is_multiple_of(h.cluster_size()) {
+        return Ok(false);
+    }
+    let mut first = [0u8; 8];
+    let n = read_upto(file, &mut first, block)?;
+    Ok(n == 8 && refcount(&first, 0, h.refcount_bits()) > 0)
 }
 
 /// Entry `k` of a refcount block whose entries are `bits` wide.

@@ -249,10 +249,12 @@ impl Header {
         if len == 0 || len > 1023 {
             return bad(format!("backing file name of {len} bytes"));
         }
-        let end = offset + u64::from(len);
-        if offset < u64::from(self.header_length) || end > cs.min(c0.len() as u64) {
+        let end = offset.checked_add(u64::from(len));
+        if offset < u64::from(self.header_length) || end.is_none_or(|e| e > cs.min(c0.len() as u64))
+        {
             return bad("backing file name is outside the first cluster");
         }
+        let end = end.unwrap_or(offset);
         let name = &c0[offset as usize..end as usize];
         match std::str::from_utf8(name) {
             Ok(s) if !s.contains('\0') => self.backing_file = Some(s.to_string()),
@@ -290,6 +292,10 @@ impl Header {
                 EXT_BITMAPS => self.has_bitmaps = true,
                 EXT_CRYPTO => return bad("encrypted images are not supported"),
                 EXT_DATA_FILE => return bad("images with an external data file are not supported"),
+                // 48-byte entries; imago (0.2.6) panics on a partial one.
+                EXT_FEATURE_NAMES if len % 48 != 0 => {
+                    return bad(format!("feature name table of {len} bytes"));
+                }
                 EXT_FEATURE_NAMES => {}
                 _ => {} // Unknown extensions are to be ignored (the spec says).
             }
@@ -329,14 +335,25 @@ impl Header {
         self.incompatible & INCOMPAT_CORRUPT != 0
     }
 
+    /// What stops imago from opening this image at all: it refuses the
+    /// dirty and corrupt flags even for reading. `info` and `check` (ours)
+    /// still read such an image.
+    pub fn open_refusal(&self) -> Option<&'static str> {
+        if self.is_corrupt() {
+            Some("marked corrupt (qemu-img check -r all repairs it)")
+        } else if self.is_dirty() {
+            Some("dirty with lazy refcounts (qemu-img check -r all repairs it)")
+        } else {
+            None
+        }
+    }
+
     /// What stops vm-run or vm-img from writing this image, if anything.
     pub fn write_refusal(&self) -> Option<&'static str> {
         if self.version < 3 {
             Some("qcow2 version 2 images are read-only here (qemu-img amend -o compat=1.1 upgrades them)")
-        } else if self.is_corrupt() {
-            Some("marked corrupt (qemu-img check -r all repairs it)")
-        } else if self.is_dirty() {
-            Some("dirty with lazy refcounts (qemu-img check -r all repairs it)")
+        } else if let Some(why) = self.open_refusal() {
+            Some(why)
         } else if self.nb_snapshots > 0 {
             Some("has internal snapshots, which are read-only here")
         } else if self.has_bitmaps && self.autoclear & AUTOCLEAR_BITMAPS != 0 {
