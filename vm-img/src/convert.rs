@@ -65,13 +65,25 @@ pub fn convert(
 
 fn copy(src: &Image, dst: &Image, size: u64, progress: bool, output: &Path) -> Result<()> {
     let out = |e| Error::Io(output.to_path_buf(), e);
+    let input = |e| Error::Io(src.path().to_path_buf(), e);
     let mut buf = vec![0u8; CHUNK];
     let mut shown = None;
     let mut offset = 0u64;
+    // What reads as zeroes whatever it holds is skipped unread, as
+    // qemu-img does: unallocated clusters, zero clusters, holes.
+    let mut data_end = 0u64;
     while offset < size {
-        let n = (size - offset).min(CHUNK as u64) as usize;
+        if offset >= data_end {
+            let (data, len) = src.extent(offset, size - offset).map_err(input)?;
+            if !data {
+                offset += len;
+                continue;
+            }
+            data_end = offset + len;
+        }
+        let n = (data_end - offset).min(CHUNK as u64) as usize;
         src.read(offset, &mut [IoSliceMut::new(&mut buf[..n])])
-            .map_err(|e| Error::Io(src.path().to_path_buf(), e))?;
+            .map_err(input)?;
         let mut at = 0;
         while at < n {
             // The next run that holds data, in whole blocks.

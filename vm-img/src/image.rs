@@ -20,7 +20,7 @@ use imago::file::File as ImagoFile;
 use imago::io_buffers::{IoVector, IoVectorMut};
 use imago::qcow2::Qcow2;
 use imago::raw::Raw;
-use imago::{DenyImplicitOpenGate, FormatAccess, FormatDriverBuilder};
+use imago::{DenyImplicitOpenGate, FormatAccess, FormatDriverBuilder, Mapping};
 
 use crate::error::{Error, Result};
 use crate::qcow2::check::{self, read_upto};
@@ -332,7 +332,8 @@ impl Image {
                     Some(HeldL1::load(&file, h.l1_table_offset, len).map_err(io)?);
                 top_held = held.clone();
             }
-            let storage = Ordered::new(ImagoFile::try_from(file).map_err(io)?, held);
+            let fd = file.try_clone().map_err(io)?;
+            let storage = Ordered::new(ImagoFile::try_from(file).map_err(io)?, held, fd);
             let gate = DenyImplicitOpenGate::default();
             let access = match layer.format {
                 Format::Raw => Raw::builder(storage)
@@ -394,6 +395,23 @@ impl Image {
             v.push(&b[..]);
         }
         read_lock(&self.access).writev(v, offset)
+    }
+
+    /// Whether [offset, offset + n) may hold data (false: it reads as
+    /// zeroes: unallocated through the whole chain, zero clusters, holes
+    /// of a raw file), and n: at most `max`, at least 1 when `max` is.
+    pub fn extent(&self, offset: u64, max: u64) -> io::Result<(bool, u64)> {
+        let a = read_lock(&self.access);
+        let (m, len) = a.get_mapping(offset, max)?;
+        Ok(match m {
+            Mapping::Zero { .. } | Mapping::Eof { .. } => (false, if len == 0 { max } else { len }),
+            Mapping::Raw {
+                storage,
+                offset: at,
+                ..
+            } => storage.extent(at, len.max(1)),
+            _ => (true, len.max(1)),
+        })
     }
 
     /// Writes cached metadata and makes every completed write durable.

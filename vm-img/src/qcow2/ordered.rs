@@ -18,6 +18,7 @@
 
 use std::fmt;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -74,11 +75,40 @@ pub fn lock(h: &Held) -> MutexGuard<'_, Option<HeldL1>> {
 pub struct Ordered {
     inner: File,
     held: Held,
+    /// The same file, for lseek(SEEK_DATA): imago's file does not lend
+    /// its descriptor.
+    fd: std::fs::File,
 }
 
 impl Ordered {
-    pub fn new(inner: File, held: Held) -> Self {
-        Ordered { inner, held }
+    pub fn new(inner: File, held: Held, fd: std::fs::File) -> Self {
+        Ordered { inner, held, fd }
+    }
+
+    /// Whether [offset, offset + n) of the file may hold data (false: a
+    /// hole, which reads as zeroes), and n, at most `len` and at least 1.
+    /// Errors, and file systems without SEEK_DATA, say data.
+    pub fn extent(&self, offset: u64, len: u64) -> (bool, u64) {
+        let seek = |whence| {
+            let at = i64::try_from(offset).ok()?;
+            // SAFETY: lseek on our own descriptor; imago reads and writes
+            // at explicit offsets, so the file position is ours to move.
+            let r = unsafe { libc::lseek(self.fd.as_raw_fd(), at, whence) };
+            Some(if r < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(r as u64)
+            })
+        };
+        match seek(libc::SEEK_DATA) {
+            Some(Ok(data)) if data > offset => (false, (data - offset).min(len)),
+            Some(Err(e)) if e.raw_os_error() == Some(libc::ENXIO) => (false, len),
+            Some(Ok(_)) => match seek(libc::SEEK_HOLE) {
+                Some(Ok(hole)) if hole > offset => (true, (hole - offset).min(len)),
+                _ => (true, len),
+            },
+            _ => (true, len),
+        }
     }
 
     /// Writes the held-back part of the L1 table, once what it points at
