@@ -562,3 +562,31 @@ fn convert_shows_its_progress_on_a_terminal_only() {
     assert!(out.stdout.contains("\rvm-img: p.qcow2: 100%"), "{out:?}");
     assert_eq!(qemu_check(&d, "p.qcow2"), 0);
 }
+
+#[test]
+fn convert_skips_holes_and_unallocated_clusters_but_not_data() {
+    use std::os::unix::fs::FileExt;
+    let d = scratch("sparse");
+    // 1 GiB with data at three places, the rest holes.
+    let f = fs::File::create(d.join("s.raw")).unwrap();
+    f.set_len(1 << 30).unwrap();
+    for (at, byte) in [(0u64, 1u8), (300 << 20, 2), ((1 << 30) - 4096, 3)] {
+        f.write_all_at(&[byte; 4096], at).unwrap();
+    }
+    drop(f);
+    ok(vm_img(&d, &["convert", "s.raw", "s.qcow2"]), "to qcow2");
+    ok(qemu_img(&d, &["compare", "s.raw", "s.qcow2"]), "compare");
+    // An overlay that zeroes part of what its base has.
+    ok(
+        vm_img(&d, &["create", "-b", "s.qcow2", "o.qcow2"]),
+        "overlay",
+    );
+    qemu_io(
+        &d,
+        &["-c", "write -z 0 4k", "-c", "write -P 7 512M 4k", "o.qcow2"],
+    );
+    ok(vm_img(&d, &["convert", "o.qcow2", "o.raw"]), "to raw");
+    ok(qemu_img(&d, &["compare", "o.qcow2", "o.raw"]), "compare");
+    let used = fs::metadata(d.join("o.raw")).unwrap().blocks() * 512;
+    assert!(used <= 64 << 10, "o.raw takes {used} bytes");
+}
