@@ -76,8 +76,6 @@ pub struct OpenOptions {
 #[derive(Debug, Clone)]
 pub struct Layer {
     pub path: PathBuf,
-    /// The name as the image above wrote it (the path itself for the top).
-    pub name: String,
     pub format: Format,
     /// For qcow2 images.
     pub header: Option<Header>,
@@ -235,16 +233,10 @@ pub fn walk(top: File, path: &Path, opts: &OpenOptions) -> Result<(Vec<Layer>, V
     let mut layers: Vec<Layer> = Vec::new();
     let mut files: Vec<File> = Vec::new();
     let mut seen: Vec<(u64, u64)> = Vec::new();
-    let (mut file, mut path, mut name) = (top, path.to_path_buf(), path.display().to_string());
+    let (mut file, mut path) = (top, path.to_path_buf());
     let mut format = opts.format;
     loop {
         let meta = file.metadata().map_err(|e| Error::Io(path.clone(), e))?;
-        if seen.contains(&(meta.dev(), meta.ino())) {
-            return Err(Error::Format(
-                path,
-                "the backing chain loops back to this image".into(),
-            ));
-        }
         seen.push((meta.dev(), meta.ino()));
         let (fmt, header, file_len) = probe(&file, &path, format)?;
         if let (true, Some(h)) = (opts.write && layers.is_empty(), &header) {
@@ -266,7 +258,6 @@ pub fn walk(top: File, path: &Path, opts: &OpenOptions) -> Result<(Vec<Layer>, V
         });
         layers.push(Layer {
             path: path.clone(),
-            name,
             format: fmt,
             header,
             file_len,
@@ -290,7 +281,8 @@ pub fn walk(top: File, path: &Path, opts: &OpenOptions) -> Result<(Vec<Layer>, V
         };
         let next = resolve_backing(&path, &base);
         // Before opening it: our own lock on an image further up would
-        // make a loop look like another process's.
+        // make a loop look like another process's. (A file swapped in
+        // between is stopped by MAX_CHAIN.)
         if let Ok(m) = std::fs::metadata(&next) {
             if seen.contains(&(m.dev(), m.ino())) {
                 return Err(Error::Format(
@@ -300,7 +292,7 @@ pub fn walk(top: File, path: &Path, opts: &OpenOptions) -> Result<(Vec<Layer>, V
             }
         }
         file = open_file(&next, false, opts.lock)?;
-        (path, name) = (next, base);
+        path = next;
     }
 }
 
