@@ -5,10 +5,17 @@
  * a command line starting with "poweroff" writes S5 to the ACPI PM1
  * control register (port 0x604, as vm-run's FADT says); one starting
  * with "echo" first echoes what COM1 receives, up to a '.'; anything
+ * one starting with "dirty" writes memory for ever, for live migration:
+ * in rounds over 1024 pages from 2 MiB up, each page gets the round's
+ * number after it was checked to hold the last round's ("BAD" on COM1 and
+ * a halt if not), a '.' every 8 rounds; anything
  * else resets at once through the i8042 (0xfe to port 0x64), and should
  * that be ignored, triple-faults. Port 0xf4 ends QEMU when it is given
  * -device isa-debug-exit; QEMU's microvm has no i8042.
  */
+#define DIRTY_START 0x200000
+#define DIRTY_END (DIRTY_START + 1024 * 4096)
+
 	.section .note.pvh, "a"
 	.balign 4
 	.long 4			/* name size */
@@ -47,7 +54,9 @@ echo:	add	$5, %dx			/* line status register */
 	jne	echo
 	jmp	reset
 
-2:	cmpl	$0x65776f70, (%esi)	/* "powe" */
+2:	cmpl	$0x74726964, (%esi)	/* "dirt" */
+	je	dirty
+	cmpl	$0x65776f70, (%esi)	/* "powe" */
 	jne	reset
 	mov	$0x604, %dx
 	mov	$0x3401, %ax		/* SLP_TYP=5 << 10 | SLP_EN | SCI_EN */
@@ -61,6 +70,29 @@ reset:
 	int3
 	hlt
 
+dirty:	mov	$1, %ebp		/* this round */
+	xor	%edi, %edi		/* the last one: fresh memory is zero */
+4:	mov	$DIRTY_START, %ebx
+5:	cmp	%edi, (%ebx)
+	jne	bad
+	mov	%ebp, (%ebx)
+	add	$4096, %ebx
+	cmp	$DIRTY_END, %ebx
+	jb	5b
+	mov	%ebp, %edi
+	inc	%ebp
+	test	$7, %edi
+	jnz	6f
+	mov	$'.', %al
+	out	%al, %dx
+6:	mov	$20000, %ecx		/* a breath between rounds */
+7:	loop	7b
+	jmp	4b
+bad:	mov	$badmsg, %esi
+	call	puts
+8:	hlt
+	jmp	8b
+
 /* Writes the NUL-terminated string at ESI to port DX. */
 puts:
 	lodsb
@@ -72,6 +104,7 @@ puts:
 
 	.section .rodata
 banner:	.asciz "tiny: "
+badmsg:	.asciz "BAD\n"
 	.balign 8
 null_idt:
 	.word 0

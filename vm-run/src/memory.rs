@@ -2,11 +2,18 @@
 //! and where the boot structures live. Everything that places something in
 //! guest memory takes its address from here.
 
+use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES};
+use kvm_ioctls::VmFd;
+use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::error::{Error, Result};
 
-pub type GuestMemory = GuestMemoryMmap<()>;
+/// Each region carries a bitmap of the pages that vm-run's devices wrote
+/// (vm-memory marks its own writes; the devices mark what they write
+/// through raw pointers): KVM's dirty log sees only the vCPUs' writes, and
+/// live migration (vm-send -l) needs both.
+pub type GuestMemory = GuestMemoryMmap<AtomicBitmap>;
 
 /// Real-mode boot structures, all below the EBDA.
 pub const GDT_START: u64 = 0x500;
@@ -61,6 +68,36 @@ pub fn ram_regions(size: u64) -> Vec<(GuestAddress, usize)> {
 /// The top of RAM below 4 GiB.
 pub fn low_ram_end(size: u64) -> u64 {
     size.min(MMIO_HOLE_START)
+}
+
+/// Gives KVM the guest's RAM, one slot a region, in order; with
+/// `log_dirty`, KVM keeps a bitmap of the pages the vCPUs write. Called
+/// again on the same regions, it only changes the flags.
+pub fn register(
+    vm: &VmFd,
+    mem: &'static GuestMemory,
+    log_dirty: bool,
+) -> std::result::Result<(), kvm_ioctls::Error> {
+    for (slot, region) in mem.iter().enumerate() {
+        let host = region
+            .get_host_address(vm_memory::MemoryRegionAddress(0))
+            .map_err(|_| kvm_ioctls::Error::new(libc::EFAULT))?;
+        let r = kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: if log_dirty {
+                KVM_MEM_LOG_DIRTY_PAGES
+            } else {
+                0
+            },
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+        };
+        // SAFETY: the mapping behind `host` is never unmapped: `mem` lives
+        // for the life of the process.
+        unsafe { vm.set_user_memory_region(r) }?;
+    }
+    Ok(())
 }
 
 pub fn create(size: u64) -> Result<GuestMemory> {

@@ -18,9 +18,9 @@ use std::mem::size_of;
 use std::path::Path;
 
 use kvm_bindings::{
-    kvm_clock_data, kvm_debugregs, kvm_ioeventfd, kvm_irq_level, kvm_irq_routing, kvm_irqchip,
-    kvm_lapic_state, kvm_mp_state, kvm_msrs, kvm_pit_state2, kvm_regs, kvm_sregs, kvm_vcpu_events,
-    kvm_xcrs, kvm_xsave,
+    kvm_clock_data, kvm_debugregs, kvm_dirty_log, kvm_ioeventfd, kvm_irq_level, kvm_irq_routing,
+    kvm_irqchip, kvm_lapic_state, kvm_mp_state, kvm_msrs, kvm_pit_state2, kvm_regs, kvm_sregs,
+    kvm_userspace_memory_region, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
 };
 use landlock::{
     Access, AccessFs, AccessNet, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr,
@@ -138,6 +138,15 @@ fn ioctls() -> Vec<u64> {
         ioc(IOC_READ, KVMIO, 0x9f, size_of::<kvm_vcpu_events>()), // KVM_GET_VCPU_EVENTS
         ioc(IOC_READ | IOC_WRITE, KVMIO, 0x62, size_of::<kvm_irqchip>()), // KVM_GET_IRQCHIP
         ioc(IOC_READ, KVMIO, 0x9f, size_of::<kvm_pit_state2>()), // KVM_GET_PIT2
+        // vm-send -l: dirty-page logging turned on and off on the same
+        // memory slots, and the log read.
+        ioc(
+            IOC_WRITE,
+            KVMIO,
+            0x46,
+            size_of::<kvm_userspace_memory_region>(),
+        ), // KVM_SET_USER_MEMORY_REGION
+        ioc(IOC_WRITE, KVMIO, 0x42, size_of::<kvm_dirty_log>()), // KVM_GET_DIRTY_LOG
         TCGETS,
         TCSETS,
     ]

@@ -5,9 +5,8 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use kvm_bindings::{kvm_userspace_memory_region, CpuId};
+use kvm_bindings::CpuId;
 use kvm_ioctls::{Kvm, VmFd};
-use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::Bus;
@@ -22,7 +21,8 @@ use crate::net::tap::{Tap, TapError};
 use crate::outcome::{self, Outcome};
 use crate::pci::root::{self, MmioView, PciRoot, PioView};
 use crate::snapshot::image::{self, DeviceState, Snapshot};
-use crate::snapshot::stream::{Dec, Enc, Reader, Tag};
+use crate::snapshot::live;
+use crate::snapshot::stream::{Dec, Enc, Reader, Tag, Writer};
 use crate::snapshot::{self, DiskRecord, GuestConfig, VmState};
 use crate::vcpu::{self, Pauser, Vcpu};
 use crate::virtio::net::{self, Net};
@@ -91,7 +91,8 @@ fn start(cfg: &Config, incoming: Option<Incoming>) -> Result<Outcome> {
     // Guest memory must outlive every vCPU, and vCPUs run until the
     // process exits: it is never unmapped.
     let mem: &'static GuestMemory = Box::leak(Box::new(memory::create(cfg.mem_size)?));
-    register_memory(&vm, mem)?;
+    memory::register(&vm, mem, false)
+        .map_err(|e| Error::Kvm("KVM_SET_USER_MEMORY_REGION".into(), e))?;
 
     let host_cpuid = cpuid::supported(&kvm)?;
     let (entry, loaded, base_cpuid) = match incoming {
@@ -266,40 +267,77 @@ fn start(cfg: &Config, incoming: Option<Incoming>) -> Result<Outcome> {
     let snap_vm = vm.clone();
     let (snap_pauser, snap_com1, snap_power) = (pauser.clone(), com1.clone(), power.clone());
     let snap_flushers = flushers.clone();
-    let write_snapshot = move |out: &mut dyn Write| -> std::result::Result<(), String> {
-        if has_nics {
-            // Their taps are fds of this host's; vm-receive has none.
-            return Err("a guest with NICs cannot be sent (yet)".into());
-        }
-        let clock = snap_pauser.clock().ok_or("the guest is not paused")?;
-        // The device threads stop after their current request, so that
-        // queues and memory hold still; they go on afterwards in any case
-        // (a guest that ends after the send does not mind).
-        let mut pci = lock(&pci_root);
-        pci.quiesce(true);
-        let written = (|| {
-            // The receiving vm-run reopens the disks: what vm-run caches
-            // of a qcow2 image must be in the file first.
-            flush_disks(&snap_flushers)?;
-            let mut pci_state = Enc::default();
-            pci.save(&mut pci_state);
-            let snap = Snapshot {
-                skip_absent,
-                config: &guest_config,
-                devices: DeviceState {
-                    serial: lock(&snap_com1).state(),
-                    acpi_pm: lock(&snap_power).registers(),
-                    pci: pci_state.0,
-                },
-                vcpus: snap_pauser.save_vcpus()?,
-                vm: VmState::save(&snap_vm, clock)?,
-                mem,
+    let verbose = cfg.verbose;
+    // `live`: the guest runs; memory goes in pre-copy rounds, and the
+    // guest is paused only for the last of it (vm-send -l). Otherwise the
+    // caller has paused it.
+    let write_snapshot =
+        move |out: &mut dyn Write, live: bool| -> std::result::Result<(), String> {
+            if has_nics {
+                // Their taps are fds of this host's; vm-receive has none.
+                return Err("a guest with NICs cannot be sent (yet)".into());
+            }
+            let err = |e: std::io::Error| e.to_string();
+            let mut w = Writer::new(out).map_err(err)?;
+            w.section(Tag::Config, &[&guest_config.encode()])
+                .map_err(err)?;
+            let log = if live {
+                let (log, rest) = precopy(&mut w, &snap_vm, mem, skip_absent)?;
+                snap_pauser.pause()?;
+                Some((log, rest, std::time::Instant::now()))
+            } else {
+                None
             };
-            snap.write(out).map(|_| ()).map_err(|e| e.to_string())
-        })();
-        pci.quiesce(false);
-        written
-    };
+            let clock = snap_pauser.clock().ok_or("the guest is not paused")?;
+            // The device threads stop after their current request, so that
+            // queues and memory hold still; they go on afterwards in any case
+            // (a guest that ends after the send does not mind).
+            let mut pci = lock(&pci_root);
+            pci.quiesce(true);
+            let written = (|| {
+                // The receiving vm-run reopens the disks: what vm-run caches
+                // of a qcow2 image must be in the file first.
+                flush_disks(&snap_flushers)?;
+                let mut pci_state = Enc::default();
+                pci.save(&mut pci_state);
+                let snap = Snapshot {
+                    skip_absent,
+                    config: &guest_config,
+                    devices: DeviceState {
+                        serial: lock(&snap_com1).state(),
+                        acpi_pm: lock(&snap_power).registers(),
+                        pci: pci_state.0,
+                    },
+                    vcpus: snap_pauser.save_vcpus()?,
+                    vm: VmState::save(&snap_vm, clock)?,
+                    mem,
+                };
+                snap.write_state(&mut w).map_err(err)?;
+                let last = match &log {
+                    Some((log, rest, _)) => {
+                        let mut last = log.take()?;
+                        live::merge(&mut last, rest);
+                        image::write_dirty(&mut w, mem, &last, true).map_err(err)?;
+                        live::pages(&last)
+                    }
+                    None => {
+                        image::write_memory(&mut w, mem, skip_absent, true).map_err(err)?;
+                        0
+                    }
+                };
+                w.finish().map_err(err)?;
+                if let (Some((_, _, paused)), true) = (&log, verbose) {
+                    // What a live migration is judged by (make bench reads it).
+                    eprintln!(
+                        "vm-run: migrated: paused {} ms for the last {last} pages and the devices",
+                        paused.elapsed().as_millis()
+                    );
+                }
+                Ok(())
+            })();
+            pci.quiesce(false);
+            written
+        };
     if let (Some(c), Some(name)) = (control.as_mut(), &cfg.name) {
         c.serve(control::Guest {
             snapshot: Box::new(write_snapshot),
@@ -347,6 +385,34 @@ fn patiently<T>(mut f: impl FnMut() -> Result<T>) -> Result<T> {
             r => return r,
         }
     }
+}
+
+/// Pre-copy rounds that bound a live migration's final pause: at most
+/// this many after the first, until a round finds at most `SMALL` pages.
+const PRECOPY_ROUNDS: usize = 8;
+const SMALL: usize = 256;
+
+/// A live migration's pre-copy: all of memory while the guest runs, then
+/// rounds of what it wrote meanwhile, until little is left. Returns the
+/// log (still on) and the pages written since the last round sent.
+fn precopy<'a, W: Write>(
+    w: &mut Writer<W>,
+    vm: &'a VmFd,
+    mem: &'static GuestMemory,
+    skip_absent: bool,
+) -> std::result::Result<(live::DirtyLog<'a>, live::Dirty), String> {
+    let err = |e: std::io::Error| e.to_string();
+    let log = live::DirtyLog::start(vm, mem)?;
+    image::write_memory(w, mem, skip_absent, false).map_err(err)?;
+    for _ in 0..PRECOPY_ROUNDS {
+        let dirty = log.take()?;
+        if live::pages(&dirty) <= SMALL {
+            return Ok((log, dirty));
+        }
+        image::write_dirty(w, mem, &dirty, false).map_err(err)?;
+    }
+    let dirty = log.take()?;
+    Ok((log, dirty))
 }
 
 /// Writes out what vm-run caches of its qcow2 disks. The guest's own
@@ -425,24 +491,4 @@ fn open_taps(cfg: &Config) -> Result<Vec<Tap>> {
             })
         })
         .collect()
-}
-
-fn register_memory(vm: &VmFd, mem: &'static GuestMemory) -> Result<()> {
-    for (slot, region) in mem.iter().enumerate() {
-        let host = region
-            .get_host_address(vm_memory::MemoryRegionAddress(0))
-            .map_err(|e| Error::Setup(format!("guest memory: {e}")))?;
-        let r = kvm_userspace_memory_region {
-            slot: slot as u32,
-            flags: 0,
-            guest_phys_addr: region.start_addr().0,
-            memory_size: region.len(),
-            userspace_addr: host as u64,
-        };
-        // SAFETY: the mapping behind `host` is never unmapped: `mem` is
-        // leaked for the life of the process.
-        unsafe { vm.set_user_memory_region(r) }
-            .map_err(|e| Error::Kvm("KVM_SET_USER_MEMORY_REGION".into(), e))?;
-    }
-    Ok(())
 }

@@ -105,9 +105,12 @@ pub enum Request {
     /// replies, and ends (`send`) or goes on (`checkpoint`).
     Send,
     Checkpoint,
+    /// As `send`, but live: the guest runs while its memory is copied, and
+    /// pauses only for what it wrote meanwhile and its devices.
+    Migrate,
 }
 
-const VERBS: [(Request, &str); 9] = [
+const VERBS: [(Request, &str); 10] = [
     (Request::Status, "status"),
     (Request::Stop, "stop"),
     (Request::Kill, "kill"),
@@ -117,6 +120,7 @@ const VERBS: [(Request, &str); 9] = [
     (Request::Wait, "wait"),
     (Request::Send, "send"),
     (Request::Checkpoint, "checkpoint"),
+    (Request::Migrate, "migrate"),
 ];
 
 impl Request {

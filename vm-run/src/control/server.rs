@@ -40,9 +40,10 @@ pub fn remove_socket() {
 }
 
 /// Everything a request can act on.
-/// Writes the paused guest's snapshot stream.
+/// Writes the guest's snapshot stream: of the paused guest, or (`true`)
+/// live, pausing it for the last part.
 pub type SnapshotFn =
-    Box<dyn Fn(&mut dyn std::io::Write) -> std::result::Result<(), String> + Send + Sync>;
+    Box<dyn Fn(&mut dyn std::io::Write, bool) -> std::result::Result<(), String> + Send + Sync>;
 
 pub struct Guest {
     pub snapshot: SnapshotFn,
@@ -272,17 +273,19 @@ fn serve_one(shared: &Shared, mut stream: UnixStream) {
             return;
         }
         Request::Console => return console(g, stream),
-        Request::Send | Request::Checkpoint => {
-            return send(g, stream, request == Request::Checkpoint);
+        Request::Send | Request::Checkpoint | Request::Migrate => {
+            return send(g, stream, request);
         }
     };
     let _ = proto::write_frame(&mut stream, &reply.encode());
 }
 
-/// vm-send: pause, stream the snapshot into the client's fd, then end the
-/// guest or let it go on. Whatever fails, the guest resumes: a send that
-/// did not finish must not cost the guest.
-fn send(g: &Guest, mut stream: UnixStream, keep: bool) {
+/// vm-send: pause (or, migrating, let the guest run until the last part),
+/// stream the snapshot into the client's fd, then end the guest or let it
+/// go on. Whatever fails, the guest resumes: a send that did not finish
+/// must not cost the guest.
+fn send(g: &Guest, mut stream: UnixStream, request: Request) {
+    let keep = request == Request::Checkpoint;
     let reply = |stream: &mut UnixStream, r: Reply| {
         let _ = proto::write_frame(stream, &r.encode());
     };
@@ -293,19 +296,20 @@ fn send(g: &Guest, mut stream: UnixStream, keep: bool) {
     };
     // A guest paused by vm-ctl is sent as it is and stays paused.
     let was_paused = g.pauser.is_paused();
-    if !was_paused {
+    let live = request == Request::Migrate && !was_paused;
+    if !was_paused && !live {
         if let Err(e) = g.pauser.pause() {
             return reply(&mut stream, Reply::error(e));
         }
     }
     let resume = || {
-        if was_paused {
+        if was_paused || !g.pauser.is_paused() {
             Ok(())
         } else {
             g.pauser.resume()
         }
     };
-    let sent = (g.snapshot)(&mut out);
+    let sent = (g.snapshot)(&mut out, live);
     drop(out);
     match sent {
         Ok(()) if !keep => {

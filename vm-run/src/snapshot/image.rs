@@ -1,5 +1,6 @@
-//! A whole snapshot, in stream order: CONF, DEVS, one VCPU per vCPU,
-//! VMST, the MEM runs, END. Written by a paused vm-run, read by
+//! A whole snapshot, in stream order: CONF, (a live migration's pre-copied
+//! MEM runs,) DEVS, one VCPU per vCPU, VMST, the MEM runs, END. Written by
+//! a paused vm-run (or, for the pre-copy, a running one), read by
 //! vm-receive before its guest runs.
 
 use std::io::{self, Read, Write};
@@ -7,6 +8,7 @@ use std::io::{self, Read, Write};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use vm_superio::serial::SerialState;
 
+use super::live::Dirty;
 use super::stream::{Dec, Enc, Reader, StreamError, Tag, Writer};
 use super::{GuestConfig, VcpuState, VmState, MEM_RUN_PAGES, PAGE};
 use crate::memory::GuestMemory;
@@ -93,32 +95,113 @@ impl Snapshot<'_> {
     pub fn write<W: Write>(&self, out: W) -> io::Result<W> {
         let mut w = Writer::new(out)?;
         w.section(Tag::Config, &[&self.config.encode()])?;
+        self.write_state(&mut w)?;
+        write_memory(&mut w, self.mem, self.skip_absent, true)?;
+        w.finish()
+    }
+
+    /// DEVS, every VCPU and VMST: what follows CONF (and the pre-copied
+    /// memory of a live migration).
+    pub fn write_state<W: Write>(&self, w: &mut Writer<W>) -> io::Result<()> {
         w.section(Tag::Devices, &[&self.devices.encode()])?;
         for v in &self.vcpus {
             w.section(Tag::Vcpu, &[&v.encode()])?;
         }
-        w.section(Tag::Vm, &[&self.vm.encode()])?;
-        for region in self.mem.iter() {
-            let base = region.start_addr().0;
+        w.section(Tag::Vm, &[&self.vm.encode()])
+    }
+}
+
+/// Every non-zero page of guest memory. `still`: the guest is paused.
+/// While it runs (the first round of a live migration) a page may change
+/// as it is read: the dirty log has it sent again.
+pub fn write_memory<W: Write>(
+    w: &mut Writer<W>,
+    mem: &GuestMemory,
+    skip_absent: bool,
+    still: bool,
+) -> io::Result<()> {
+    for (base, bytes) in regions(mem)? {
+        // In chunks, so that the residency vector stays small.
+        const CHUNK: usize = 64 << 20;
+        for (i, chunk) in bytes.chunks(CHUNK).enumerate() {
+            let present = if skip_absent {
+                crate::memory::residency(chunk.as_ptr(), chunk.len())
+            } else {
+                None
+            };
+            write_runs(
+                w,
+                base + (i * CHUNK) as u64,
+                chunk,
+                present.as_deref(),
+                still,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// The pages `dirty` names (a bitmap per region), zero or not: a page
+/// sent before may have become zero since. `still` as for write_memory.
+pub fn write_dirty<W: Write>(
+    w: &mut Writer<W>,
+    mem: &GuestMemory,
+    dirty: &Dirty,
+    still: bool,
+) -> io::Result<()> {
+    for ((base, bytes), bits) in regions(mem)?.into_iter().zip(dirty) {
+        let is = |i: usize| bits.get(i / 64).is_some_and(|w| w >> (i % 64) & 1 == 1);
+        let pages = bytes.len() / PAGE;
+        let mut i = 0;
+        while i < pages {
+            if !is(i) {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < pages && i - start < MEM_RUN_PAGES && is(i) {
+                i += 1;
+            }
+            run(
+                w,
+                base + (start * PAGE) as u64,
+                &bytes[start * PAGE..i * PAGE],
+                still,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// One MEM section. Pages of a running guest are copied first, so that
+/// the checksum is of what is sent.
+fn run<W: Write>(w: &mut Writer<W>, addr: u64, pages: &[u8], still: bool) -> io::Result<()> {
+    let addr = addr.to_le_bytes();
+    if still {
+        w.section(Tag::Memory, &[&addr, pages])
+    } else {
+        // Not `pages` itself: the guest may change it between the
+        // checksum and the write.
+        let copy = pages.to_vec();
+        w.section(Tag::Memory, &[&addr, &copy])
+    }
+}
+
+/// Each RAM region: its guest address and its bytes.
+fn regions(mem: &GuestMemory) -> io::Result<Vec<(u64, &[u8])>> {
+    mem.iter()
+        .map(|region| {
             let host = region
                 .get_host_address(vm_memory::MemoryRegionAddress(0))
                 .map_err(|e| io::Error::other(e.to_string()))?;
             // SAFETY: the region's mapping is len bytes at host and lives
-            // as long as self.mem; the paused guest does not write to it.
+            // as long as mem. The guest may write it meanwhile (a live
+            // round); the bytes are only copied out, and whatever changed
+            // is sent again.
             let bytes = unsafe { std::slice::from_raw_parts(host, region.len() as usize) };
-            // In chunks, so that the residency vector stays small.
-            const CHUNK: usize = 64 << 20;
-            for (i, chunk) in bytes.chunks(CHUNK).enumerate() {
-                let present = if self.skip_absent {
-                    crate::memory::residency(chunk.as_ptr(), chunk.len())
-                } else {
-                    None
-                };
-                write_runs(&mut w, base + (i * CHUNK) as u64, chunk, present.as_deref())?;
-            }
-        }
-        w.finish()
-    }
+            Ok((region.start_addr().0, bytes))
+        })
+        .collect()
 }
 
 /// Runs of non-zero pages, at most MEM_RUN_PAGES each: a zero page costs
@@ -128,6 +211,7 @@ fn write_runs<W: Write>(
     base: u64,
     bytes: &[u8],
     present: Option<&[u8]>,
+    still: bool,
 ) -> io::Result<()> {
     let zero = |i: usize| {
         present.is_some_and(|p| p.get(i).is_some_and(|b| b & 1 == 0))
@@ -144,8 +228,12 @@ fn write_runs<W: Write>(
         while i < pages && i - start < MEM_RUN_PAGES && !zero(i) {
             i += 1;
         }
-        let addr = (base + (start * PAGE) as u64).to_le_bytes();
-        w.section(Tag::Memory, &[&addr, &bytes[start * PAGE..i * PAGE]])?;
+        run(
+            w,
+            base + (start * PAGE) as u64,
+            &bytes[start * PAGE..i * PAGE],
+            still,
+        )?;
     }
     Ok(())
 }
@@ -170,28 +258,40 @@ pub fn load<R: Read>(
         Some((t, _)) => Err(StreamError::Order(t, "out of order")),
         None => Err(StreamError::Order(want, "missing")),
     };
-    let devices = DeviceState::decode(&expect(r.next(small)?, Tag::Devices)?)?;
+    let max_run = (8 + MEM_RUN_PAGES * PAGE) as u64;
+    // A live migration's pre-copied memory comes before DEVS.
+    let devices = loop {
+        match r.next(max_run.max(small))? {
+            Some((Tag::Memory, payload)) => load_run(mem, &payload)?,
+            got => break DeviceState::decode(&expect(got, Tag::Devices)?)?,
+        }
+    };
     let mut states = Vec::with_capacity(vcpus);
     for _ in 0..vcpus {
         states.push(VcpuState::decode(&expect(r.next(small)?, Tag::Vcpu)?)?);
     }
     let vm = VmState::decode(&expect(r.next(small)?, Tag::Vm)?)?;
-    let max_run = (8 + MEM_RUN_PAGES * PAGE) as u64;
     while let Some((tag, payload)) = r.next(max_run)? {
         if tag != Tag::Memory {
             return Err(StreamError::Order(tag, "out of order"));
         }
-        let bad = |why: &str| StreamError::Bad(Tag::Memory, why.to_string());
-        if payload.len() < 8 + PAGE || (payload.len() - 8) % PAGE != 0 {
-            return Err(bad("not whole pages"));
-        }
-        let addr = u64::from_le_bytes(payload[..8].try_into().unwrap_or_default());
-        mem.write_slice(&payload[8..], GuestAddress(addr))
-            .map_err(|_| bad(&format!("pages at {addr:#x} outside guest memory")))?;
+        load_run(mem, &payload)?;
     }
     Ok(Loaded {
         devices,
         vcpus: states,
         vm,
     })
+}
+
+/// One MEM section: an address and whole pages, into guest RAM.
+fn load_run(mem: &GuestMemory, payload: &[u8]) -> Result<(), StreamError> {
+    let bad = |why: &str| StreamError::Bad(Tag::Memory, why.to_string());
+    if payload.len() < 8 + PAGE || !(payload.len() - 8).is_multiple_of(PAGE) {
+        return Err(bad("not whole pages"));
+    }
+    let addr = u64::from_le_bytes(payload[..8].try_into().unwrap_or_default());
+    mem.write_slice(&payload[8..], GuestAddress(addr))
+        .map_err(|_| bad(&format!("pages at {addr:#x} outside guest memory")))?;
+    Ok(())
 }

@@ -3,6 +3,7 @@
 //! says what goes into it and puts it back.
 
 pub mod image;
+pub mod live;
 pub mod stream;
 
 use std::mem::size_of;

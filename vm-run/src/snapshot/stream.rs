@@ -1,4 +1,4 @@
-//! The snapshot stream, version 1 (docs/SNAPSHOT.md): a header, then
+//! The snapshot stream, version 2 (docs/SNAPSHOT.md): a header, then
 //! sections, each a tag, a length and a CRC-32 of its payload, readable
 //! strictly in order from a pipe. This file is the only place that knows
 //! the layout on the wire.
@@ -7,7 +7,9 @@ use std::fmt;
 use std::io::{self, Read, Write};
 
 pub const MAGIC: &[u8; 8] = b"VMSNAP\r\n";
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
+/// Version 1 streams are version 2 streams without memory before DEVS.
+pub const OLDEST: u32 = 1;
 /// No section but memory is larger; a longer length is corruption.
 pub const MAX_SECTION: u64 = 4 << 20;
 
@@ -62,7 +64,7 @@ impl fmt::Display for StreamError {
             StreamError::Version(v) => {
                 write!(
                     f,
-                    "snapshot stream version {v}, this vm-run reads {VERSION}"
+                    "snapshot stream version {v}, this vm-run reads {OLDEST} to {VERSION}"
                 )
             }
             StreamError::UnknownSection(t) => {
@@ -152,7 +154,7 @@ impl<R: Read> Reader<R> {
             return Err(StreamError::NotASnapshot);
         }
         let v = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
-        if v != VERSION {
+        if !(OLDEST..=VERSION).contains(&v) {
             return Err(StreamError::Version(v));
         }
         Ok(Reader {
@@ -324,9 +326,16 @@ mod tests {
             bad[at] ^= 0x40;
             assert!(read_all(&bad).is_err(), "flip at {at} accepted");
         }
-        let mut v2 = full.clone();
-        v2[8] = 2;
-        assert!(matches!(read_all(&v2), Err(StreamError::Version(2))));
+        let mut v3 = full.clone();
+        v3[8] = 3;
+        assert!(matches!(read_all(&v3), Err(StreamError::Version(3))));
+        let mut v0 = full.clone();
+        v0[8] = 0;
+        assert!(matches!(read_all(&v0), Err(StreamError::Version(0))));
+        // Version 1 (no pre-copied memory) reads as it did.
+        let mut v1 = full.clone();
+        v1[8] = 1;
+        assert!(read_all(&v1).is_ok());
         // A huge length is refused before anything is allocated.
         let mut huge = full;
         huge[16..24].copy_from_slice(&u64::MAX.to_le_bytes());

@@ -11,6 +11,7 @@ use std::io;
 
 use virtio_bindings::virtio_blk::*;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
+use vm_memory::bitmap::Bitmap as _;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend as _};
 
 use super::{Chain, VirtioDevice};
@@ -373,6 +374,9 @@ fn iovecs(mem: &GuestMemory, bufs: &[Buf]) -> Option<Vec<IoVec>> {
         .map(|b| {
             let len = usize::try_from(b.len).ok()?;
             let slice = mem.get_slice(GuestAddress(b.addr), len).ok()?;
+            // Written behind vm-memory's back (preadv): a live migration
+            // must send it again.
+            slice.bitmap().mark_dirty(0, len);
             Some(IoVec {
                 iov_base: slice.ptr_guard_mut().as_ptr().cast(),
                 iov_len: len,
@@ -398,7 +402,7 @@ mod tests {
     const MEM: u64 = 16 << 20;
 
     struct Rig {
-        mem: GuestMemoryMmap<()>,
+        mem: crate::memory::GuestMemory,
         dev: Block,
         dir: PathBuf,
     }

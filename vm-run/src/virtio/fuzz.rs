@@ -7,7 +7,7 @@ use std::io;
 use std::path::Path;
 
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 use super::block::Block;
 use super::drain_queue;
@@ -78,7 +78,7 @@ pub fn block_queue(data: &[u8]) {
     let Some((cfg, image)) = data.split_first_chunk::<8>() else {
         return;
     };
-    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)])
+    let mem = crate::memory::GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE)])
         .expect("64 KiB of anonymous memory");
     let n = image.len().min(MEM_SIZE);
     if mem.write_slice(&image[..n], GuestAddress(0)).is_err() {

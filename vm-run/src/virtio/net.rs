@@ -19,6 +19,7 @@ use std::sync::atomic::Ordering;
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_net::*;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::bitmap::Bitmap as _;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend as _};
 
 use super::{ActiveQueue, Chain, VirtioDevice};
@@ -329,6 +330,8 @@ impl RxBuffers {
             .iter()
             .filter_map(|&(addr, len)| {
                 let slice = mem.get_slice(GuestAddress(addr), len).ok()?;
+                // readv writes it behind vm-memory's back.
+                slice.bitmap().mark_dirty(0, len);
                 Some(IoVec {
                     iov_base: slice.ptr_guard_mut().as_ptr().cast(),
                     iov_len: len,
@@ -624,7 +627,7 @@ mod tests {
     }
 
     struct Rig {
-        mem: &'static GuestMemoryMmap<()>,
+        mem: &'static crate::memory::GuestMemory,
         net: Net,
         host: OwnedFd,
         queues: Vec<ActiveQueue>,
@@ -633,7 +636,7 @@ mod tests {
     }
 
     fn rig(features: u64, lease: Option<Lease>) -> Rig {
-        let mem: &'static GuestMemoryMmap<()> = Box::leak(Box::new(
+        let mem: &'static crate::memory::GuestMemory = Box::leak(Box::new(
             GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM)]).unwrap(),
         ));
         let (w, host) = wire();

@@ -79,11 +79,10 @@ mod tests {
     use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
-    use vm_memory::GuestMemoryMmap;
 
     #[test]
     fn fills_writable_buffers_with_random_bytes_up_to_a_limit() {
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
+        let mem = crate::memory::GuestMemory::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
         let mut rng = Rng::default();
         let w = VRING_DESC_F_WRITE as u16;
         let q = MockSplitQueue::new(&mem, 16);

@@ -10,37 +10,39 @@ use vm_run::control::client::{ClientError, Guest};
 use vm_run::control::proto::Request;
 use vm_run::exit;
 
-const USAGE: &str = "usage: vm-send [-k] name > stream";
+const USAGE: &str = "usage: vm-send [-k | -l] name > stream";
 
 enum Args {
     Help,
-    Send { keep: bool, name: String },
+    Send { req: Request, name: String },
 }
 
 fn parse() -> Result<Args, String> {
     use lexopt::prelude::*;
     let mut p = lexopt::Parser::from_env();
-    let (mut keep, mut name) = (false, None);
+    let (mut keep, mut live, mut name) = (false, false, None);
     while let Some(arg) = p.next().map_err(|e| e.to_string())? {
         match arg {
             Short('k') => keep = true,
+            Short('l') => live = true,
             Short('h') | Long("help") => return Ok(Args::Help),
             Value(v) if name.is_none() => name = Some(v.string().map_err(|e| e.to_string())?),
             a => return Err(a.unexpected().to_string()),
         }
     }
     let name = name.ok_or("no guest name given")?;
-    Ok(Args::Send { keep, name })
+    let req = match (keep, live) {
+        (true, true) => return Err("-k and -l: a migrated guest ends".into()),
+        (true, false) => Request::Checkpoint,
+        (false, true) => Request::Migrate,
+        (false, false) => Request::Send,
+    };
+    Ok(Args::Send { req, name })
 }
 
-fn send(keep: bool, name: &str) -> Result<(), ClientError> {
+fn send(req: Request, name: &str) -> Result<(), ClientError> {
     let dir = vm_run::control::rundir().map_err(|e| ClientError::Refused(name.into(), e))?;
     let g = Guest::named(&dir, name)?;
-    let req = if keep {
-        Request::Checkpoint
-    } else {
-        Request::Send
-    };
     let (_, s) = g.request(req)?;
     let out = io::stdout();
     let fds = [out.as_raw_fd()];
@@ -62,14 +64,14 @@ fn main() {
             println!("{USAGE}");
             exit::OK
         }
-        Ok(Args::Send { keep, name }) => {
+        Ok(Args::Send { req, name }) => {
             if io::stdout().is_terminal() {
                 eprintln!(
                     "vm-send: the standard output is a terminal; redirect it to a file or pipe"
                 );
                 exit::USAGE
             } else {
-                match send(keep, &name) {
+                match send(req, &name) {
                     Ok(()) => exit::OK,
                     Err(e) => {
                         eprintln!("vm-send: {e}");
