@@ -51,12 +51,27 @@ while True:
     time.sleep(0.002)
 PY
 }
-qemu() {
+# QMP: one command, its answer on stdout.
+qmp_print() {
+	python3 - "$@" <<'PY'
+import json, socket, sys, time
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])
+f = s.makefile("rw"); f.readline()
+for c in ("qmp_capabilities", sys.argv[2]):
+    f.write(json.dumps({"execute": c}) + "\n"); f.flush()
+    while True:
+        r = json.loads(f.readline())
+        if "return" in r or "error" in r:
+            break
+print(json.dumps(r))
+PY
+}
+qemu() { # MEM [QEMU ARGS...]; the guest's command line is $CMDLINE (echo)
 	m=$1; shift
 	# exec, so that $! of `qemu ... &` is QEMU itself.
 	exec qemu-system-x86_64 -M microvm -enable-kvm -cpu host,-arch-capabilities -m "$m" \
 		-nodefaults -no-user-config -nographic -serial null -monitor none \
-		-qmp unix:"$tmp/q.sock",server=on,wait=off -kernel "$tiny" -initrd "$tmp/initrd" -append echo "$@"
+		-qmp unix:"$tmp/q.sock",server=on,wait=off -kernel "$tiny" -initrd "$tmp/initrd" -append "${CMDLINE:-echo}" "$@"
 }
 
 {
@@ -93,6 +108,39 @@ for c in 256M:64 1G:256 4G:1024; do
 	echo "vm-run/QEMU $mem: send $vsend/$(ms "$t0" "$t1") ms, receive $vrecv/$(ms "$t2" "$t3") ms" >&2
 done
 
+# Live migration of a guest that keeps writing: the tiny guest's "dirty"
+# mode writes 4 MiB (1024 pages) round after round. vm-send -l against
+# QEMU's migrate (live by default; max-bandwidth lifted, its default
+# downtime-limit of 300 ms), both to a file; the pause is what vm-run -v
+# reports and what QMP's query-migrate calls downtime.
+{
+echo "| guest | VMM | stream | total time | pause (downtime) |"
+echo "| --- | --- | --- | --- | --- |"
+} > "$tmp/live"
+head -c 4096 /dev/urandom > "$tmp/initrd"
+for mem in 256M 1G; do
+	echo "bench: live migration of a $mem guest writing 4 MiB over and over" >&2
+	vm-run -v -N d -m "$mem" -b "$tiny" -a dirty < /dev/null > /dev/null 2> "$tmp/d.err" &
+	until vm-ctl status d > /dev/null 2>&1; do sleep 0.01; done
+	sleep 0.5
+	t0=$(now); vm-send -l d > "$tmp/snap"; t1=$(now); wait
+	size=$(stat -c %s "$tmp/snap")
+	pause=$(sed -n 's/^vm-run: migrated: paused \([0-9.]*\) ms.*/\1/p' "$tmp/d.err")
+	echo "| $mem | vm-run | $(mib "$size") MiB | $(ms "$t0" "$t1") ms | ${pause:-?} ms |" >> "$tmp/live"
+
+	rm -f "$tmp/q.sock"; CMDLINE=dirty qemu "$mem" & qpid=$!
+	qmp "$tmp/q.sock" migrate-set-parameters '{"max-bandwidth": 107374182400}' ""
+	sleep 0.5
+	t0=$(now)
+	qmp "$tmp/q.sock" migrate "{\"uri\": \"exec:cat > $tmp/qsnap\"}" ""
+	qmp "$tmp/q.sock" query-migrate '{}' '"completed"'
+	t1=$(now)
+	down=$(qmp_print "$tmp/q.sock" query-migrate | sed -n 's/.*"downtime": \([0-9]*\).*/\1/p')
+	kill $qpid; wait $qpid 2>/dev/null || :
+	size=$(stat -c %s "$tmp/qsnap")
+	echo "| $mem | QEMU | $(mib "$size") MiB | $(ms "$t0" "$t1") ms | ${down:-?} ms |" >> "$tmp/live"
+done
+
 {
 cat <<HEAD
 ## Snapshots on this machine's /dev/kvm
@@ -107,4 +155,14 @@ is the whole send. One run each.
 
 HEAD
 cat "$tmp/table"
+cat <<LIVE
+
+Live migration (\`vm-send -l\`) of the tiny guest in its "dirty" mode,
+which writes 4 MiB of its memory round after round and checks every page
+(tests/snapshot.rs migrates it and finds no page wrong), against QEMU's
+live \`migrate\` of the same guest: stream size, time from the request to
+the end of the stream, and the guest's pause (vm-run -v; QMP's downtime).
+
+LIVE
+cat "$tmp/live"
 } > "$out"
