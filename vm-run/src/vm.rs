@@ -271,74 +271,70 @@ fn start(cfg: &Config, incoming: Option<Incoming>) -> Result<Outcome> {
     // `live`: the guest runs; memory goes in pre-copy rounds, and the
     // guest is paused only for the last of it (vm-send -l). Otherwise the
     // caller has paused it.
-    let write_snapshot = move |out: &mut dyn Write,
-                               live: bool|
-          -> std::result::Result<(), String> {
-        if has_nics {
-            // Their taps are fds of this host's; vm-receive has none.
-            return Err("a guest with NICs cannot be sent (yet)".into());
-        }
-        let err = |e: std::io::Error| e.to_string();
-        let mut w = Writer::new(out).map_err(err)?;
-        w.section(Tag::Config, &[&guest_config.encode()])
-            .map_err(err)?;
-        let log = if live {
-            let (log, rest) = precopy(&mut w, &snap_vm, mem, skip_absent)?;
-            snap_pauser.pause()?;
-            Some((log, rest, std::time::Instant::now()))
-        } else {
-            None
-        };
-        let clock = snap_pauser.clock().ok_or("the guest is not paused")?;
-        // The device threads stop after their current request, so that
-        // queues and memory hold still; they go on afterwards in any case
-        // (a guest that ends after the send does not mind).
-        let mut pci = lock(&pci_root);
-        pci.quiesce(true);
-        let written = (|| {
-            // The receiving vm-run reopens the disks: what vm-run caches
-            // of a qcow2 image must be in the file first.
-            flush_disks(&snap_flushers)?;
-            let mut pci_state = Enc::default();
-            pci.save(&mut pci_state);
-            let snap = Snapshot {
-                skip_absent,
-                config: &guest_config,
-                devices: DeviceState {
-                    serial: lock(&snap_com1).state(),
-                    acpi_pm: lock(&snap_power).registers(),
-                    pci: pci_state.0,
-                },
-                vcpus: snap_pauser.save_vcpus()?,
-                vm: VmState::save(&snap_vm, clock)?,
-                mem,
+    let write_snapshot =
+        move |out: &mut dyn Write, live: bool| -> std::result::Result<(), String> {
+            if has_nics {
+                // Their taps are fds of this host's; vm-receive has none.
+                return Err("a guest with NICs cannot be sent (yet)".into());
+            }
+            let err = |e: std::io::Error| e.to_string();
+            let mut w = Writer::new(out).map_err(err)?;
+            w.section(Tag::Config, &[&guest_config.encode()])
+                .map_err(err)?;
+            let log = if live {
+                let (log, rest) = precopy(&mut w, &snap_vm, mem, skip_absent)?;
+                snap_pauser.pause()?;
+                Some((log, rest, std::time::Instant::now()))
+            } else {
+                None
             };
-            snap.write_state(&mut w).map_err(err)?;
-            let last = match &log {
-                Some((log, rest, _)) => {
-                    let mut last = log.take()?;
-                    live::merge(&mut last, rest);
-                    image::write_dirty(&mut w, mem, &last, true).map_err(err)?;
-                    live::pages(&last)
-                }
-                None => {
-                    image::write_memory(&mut w, mem, skip_absent, true).map_err(err)?;
-                    0
-                }
-            };
-            w.finish().map_err(err)?;
-            if let (Some((_, _, paused)), true) = (&log, verbose) {
-                // What a live migration is judged by (make bench reads it).
-                eprintln!(
+            let clock = snap_pauser.clock().ok_or("the guest is not paused")?;
+            // The device threads stop after their current request, so that
+            // queues and memory hold still; they go on afterwards in any case
+            // (a guest that ends after the send does not mind).
+            let mut pci = lock(&pci_root);
+            pci.quiesce(true);
+            let written = (|| {
+                // The receiving vm-run reopens the disks: what vm-run caches
+                // of a qcow2 image must be in the file first.
+                flush_disks(&snap_flushers)?;
+                let mut pci_state = Enc::default();
+                pci.save(&mut pci_state);
+                let snap = Snapshot {
+                    devices: DeviceState {
+                        serial: lock(&snap_com1).state(),
+                        acpi_pm: lock(&snap_power).registers(),
+                        pci: pci_state.0,
+                    },
+                    vcpus: snap_pauser.save_vcpus()?,
+                    vm: VmState::save(&snap_vm, clock)?,
+                };
+                snap.write_state(&mut w).map_err(err)?;
+                let last = match &log {
+                    Some((log, rest, _)) => {
+                        let mut last = log.take()?;
+                        live::merge(&mut last, rest);
+                        image::write_dirty(&mut w, mem, &last, true).map_err(err)?;
+                        live::pages(&last)
+                    }
+                    None => {
+                        image::write_memory(&mut w, mem, skip_absent, true).map_err(err)?;
+                        0
+                    }
+                };
+                w.finish().map_err(err)?;
+                if let (Some((_, _, paused)), true) = (&log, verbose) {
+                    // What a live migration is judged by (make bench reads it).
+                    eprintln!(
                     "vm-run: migrated: paused {:.1} ms for the last {last} pages and the devices",
                     paused.elapsed().as_secs_f64() * 1000.0
                 );
-            }
-            Ok(())
-        })();
-        pci.quiesce(false);
-        written
-    };
+                }
+                Ok(())
+            })();
+            pci.quiesce(false);
+            written
+        };
     if let (Some(c), Some(name)) = (control.as_mut(), &cfg.name) {
         c.serve(control::Guest {
             snapshot: Box::new(write_snapshot),

@@ -10,7 +10,7 @@ use vm_superio::serial::SerialState;
 
 use super::live::Dirty;
 use super::stream::{Dec, Enc, Reader, StreamError, Tag, Writer};
-use super::{GuestConfig, VcpuState, VmState, MEM_RUN_PAGES, PAGE};
+use super::{VcpuState, VmState, MEM_RUN_PAGES, PAGE};
 use crate::memory::GuestMemory;
 
 /// The devices' state that lives in vm-run (the in-kernel ones are VMST).
@@ -78,28 +78,15 @@ impl DeviceState {
     }
 }
 
-pub struct Snapshot<'a> {
-    /// Pages the host never gave the guest are zero: skip them unseen
-    /// (only when the host has no swap, where absent could mean swapped).
-    pub skip_absent: bool,
-    pub config: &'a GuestConfig,
+/// What a stream holds besides CONF and memory (which a receiver writes
+/// straight into guest RAM).
+pub struct Snapshot {
     pub devices: DeviceState,
     pub vcpus: Vec<VcpuState>,
     pub vm: VmState,
-    pub mem: &'a GuestMemory,
 }
 
-impl Snapshot<'_> {
-    /// Writes the stream; guest memory must not change meanwhile (the
-    /// guest is paused).
-    pub fn write<W: Write>(&self, out: W) -> io::Result<W> {
-        let mut w = Writer::new(out)?;
-        w.section(Tag::Config, &[&self.config.encode()])?;
-        self.write_state(&mut w)?;
-        write_memory(&mut w, self.mem, self.skip_absent, true)?;
-        w.finish()
-    }
-
+impl Snapshot {
     /// DEVS, every VCPU and VMST: what follows CONF (and the pre-copied
     /// memory of a live migration).
     pub fn write_state<W: Write>(&self, w: &mut Writer<W>) -> io::Result<()> {
@@ -238,20 +225,13 @@ fn write_runs<W: Write>(
     Ok(())
 }
 
-/// What a stream brings besides memory, which goes straight into `mem`.
-pub struct Loaded {
-    pub devices: DeviceState,
-    pub vcpus: Vec<VcpuState>,
-    pub vm: VmState,
-}
-
 /// Reads the rest of a stream whose CONF has been read, checking order,
 /// sizes and checksums; memory runs are written into `mem` as they come.
 pub fn load<R: Read>(
     r: &mut Reader<R>,
     mem: &GuestMemory,
     vcpus: usize,
-) -> Result<Loaded, StreamError> {
+) -> Result<Snapshot, StreamError> {
     let small = 1 << 20;
     let expect = |got: Option<(Tag, Vec<u8>)>, want: Tag| match got {
         Some((t, p)) if t == want => Ok(p),
@@ -277,7 +257,7 @@ pub fn load<R: Read>(
         }
         load_run(mem, &payload)?;
     }
-    Ok(Loaded {
+    Ok(Snapshot {
         devices,
         vcpus: states,
         vm,
