@@ -7,9 +7,12 @@
 #  3. disk I/O with fio (tests/bench/disk.sh, which runs alone too): the
 #     host on the image file, a guest of vm-run and a guest of QEMU
 #     (virtio-blk-pci) on that same file, in the test host;
-#  4. snapshots (tests/bench/snapshot.sh, alone too): vm-send/vm-receive
+#  4. qcow2 (tests/bench/qcow2.sh, alone too): vm-img create/convert
+#     against qemu-img on this machine; fio in guests of vm-run on raw and
+#     on a qcow2 overlay and of QEMU on the same kind of overlay;
+#  5. snapshots (tests/bench/snapshot.sh, alone too): vm-send/vm-receive
 #     against QEMU's migrate exec: on this machine's /dev/kvm;
-#  5. binary sizes.
+#  6. binary sizes.
 set -eu
 root=$(cd "$(dirname "$0")/../.." && pwd)
 out=${1:-$root/docs/BENCHMARKS.md}
@@ -44,6 +47,8 @@ sed -n '/^BOOT-TABLE-BEGIN/,/^BOOT-TABLE-END/p' "$tmp/host.log" | tr -d '\r' |
 	grep '^|' > "$tmp/boot" || { cat "$tmp/host.log" >&2; exit 1; }
 
 "$root/tests/bench/disk.sh" "$tmp/disk"
+"$root/tests/bench/qcow2.sh" "$tmp/qcow2"
+"$root/tests/bench/net.sh" "$tmp/net"
 "$root/tests/bench/snapshot.sh" "$tmp/snapshot"
 
 {
@@ -77,6 +82,10 @@ MID
 cat "$tmp/boot"
 echo
 cat "$tmp/disk"
+echo
+cat "$tmp/qcow2"
+echo
+cat "$tmp/net"
 echo
 cat "$tmp/snapshot"
 cat <<TAIL
