@@ -116,13 +116,14 @@ pub fn write_memory<W: Write>(
             } else {
                 None
             };
-            write_runs(
-                w,
-                base + (i * CHUNK) as u64,
-                chunk,
-                present.as_deref(),
-                still,
-            )?;
+            // A zero page costs nothing in the stream, so its size
+            // follows what the guest touched.
+            let present = present.as_deref();
+            let nonzero = |i: usize| {
+                present.is_none_or(|p| p.get(i).is_none_or(|b| b & 1 != 0))
+                    && chunk[i * PAGE..(i + 1) * PAGE].iter().any(|b| *b != 0)
+            };
+            write_runs(w, base + (i * CHUNK) as u64, chunk, nonzero, still)?;
         }
     }
     Ok(())
@@ -138,24 +139,7 @@ pub fn write_dirty<W: Write>(
 ) -> io::Result<()> {
     for ((base, bytes), bits) in regions(mem)?.into_iter().zip(dirty) {
         let is = |i: usize| bits.get(i / 64).is_some_and(|w| w >> (i % 64) & 1 == 1);
-        let pages = bytes.len() / PAGE;
-        let mut i = 0;
-        while i < pages {
-            if !is(i) {
-                i += 1;
-                continue;
-            }
-            let start = i;
-            while i < pages && i - start < MEM_RUN_PAGES && is(i) {
-                i += 1;
-            }
-            run(
-                w,
-                base + (start * PAGE) as u64,
-                &bytes[start * PAGE..i * PAGE],
-                still,
-            )?;
-        }
+        write_runs(w, base, bytes, is, still)?;
     }
     Ok(())
 }
@@ -191,28 +175,24 @@ fn regions(mem: &GuestMemory) -> io::Result<Vec<(u64, &[u8])>> {
         .collect()
 }
 
-/// Runs of non-zero pages, at most MEM_RUN_PAGES each: a zero page costs
-/// nothing in the stream, so its size follows what the guest touched.
+/// MEM sections for the pages of `bytes` (at guest address `base`) that
+/// `keep` picks, in runs of at most MEM_RUN_PAGES.
 fn write_runs<W: Write>(
     w: &mut Writer<W>,
     base: u64,
     bytes: &[u8],
-    present: Option<&[u8]>,
+    keep: impl Fn(usize) -> bool,
     still: bool,
 ) -> io::Result<()> {
-    let zero = |i: usize| {
-        present.is_some_and(|p| p.get(i).is_some_and(|b| b & 1 == 0))
-            || bytes[i * PAGE..(i + 1) * PAGE].iter().all(|b| *b == 0)
-    };
     let pages = bytes.len() / PAGE;
     let mut i = 0;
     while i < pages {
-        if zero(i) {
+        if !keep(i) {
             i += 1;
             continue;
         }
         let start = i;
-        while i < pages && i - start < MEM_RUN_PAGES && !zero(i) {
+        while i < pages && i - start < MEM_RUN_PAGES && keep(i) {
             i += 1;
         }
         run(
