@@ -78,6 +78,8 @@ struct PauseState {
     /// which is not Send.
     threads: Vec<usize>,
     clock: Option<kvm_clock_data>,
+    /// The host's wall-clock time when `clock` was read (ns since the epoch).
+    clock_realtime: u64,
     /// A snapshot in progress: each parked vCPU fills its slot.
     saving: Option<Vec<Option<std::result::Result<VcpuState, String>>>>,
 }
@@ -107,6 +109,7 @@ impl Pauser {
         self.park_all(Duration::from_secs(5))?;
         let mut st = self.lock();
         st.clock = self.vm.get_clock().ok();
+        st.clock_realtime = crate::snapshot::realtime_ns();
         Ok(())
     }
 
@@ -144,6 +147,13 @@ impl Pauser {
     }
 
     /// The guest clock as the pause found it; None when not paused.
+    /// When the pause read the guest clock, on the host's wall clock: a
+    /// snapshot's clock is brought forward from then, not from whenever
+    /// its state was saved.
+    pub fn paused_at(&self) -> u64 {
+        self.lock().clock_realtime
+    }
+
     pub fn clock(&self) -> Option<kvm_clock_data> {
         self.lock().clock
     }

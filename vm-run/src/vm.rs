@@ -307,7 +307,7 @@ fn start(cfg: &Config, incoming: Option<Incoming>) -> Result<Outcome> {
                         pci: pci_state.0,
                     },
                     vcpus: snap_pauser.save_vcpus()?,
-                    vm: VmState::save(&snap_vm, clock)?,
+                    vm: VmState::save(&snap_vm, clock, snap_pauser.paused_at())?,
                 };
                 snap.write_state(&mut w).map_err(err)?;
                 let last = match &log {

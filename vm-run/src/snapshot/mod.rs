@@ -219,7 +219,7 @@ pub struct VmState {
 
 impl VmState {
     /// `clock` is the guest clock as the pause left it.
-    pub fn save(vm: &VmFd, clock: kvm_clock_data) -> StateResult<VmState> {
+    pub fn save(vm: &VmFd, clock: kvm_clock_data, realtime_ns: u64) -> StateResult<VmState> {
         let mut chips = [kvm_irqchip::default(); 3];
         for (c, id) in chips.iter_mut().zip([
             KVM_IRQCHIP_PIC_MASTER,
@@ -233,7 +233,7 @@ impl VmState {
             chips,
             pit: vm.get_pit2().map_err(kvm("KVM_GET_PIT2"))?,
             clock,
-            realtime_ns: realtime_ns(),
+            realtime_ns,
         })
     }
 
