@@ -528,9 +528,11 @@ fn linux_guest_clock_is_right_after_a_minute_on_disk() {
         .collect();
     assert!(!skews.is_empty(), "{}", c.output);
     // Whole seconds on both sides, the host's read as soon as the guest's
-    // line appears: a clock within a second of the host's reads -1 or 0.
+    // line appears (in busy test hosts up to a second late): a clock within
+    // a second of the host's reads -2 to 0. Without the clock brought
+    // forward it would read about -60.
     assert_eq!(skews.len(), 3, "{}", c.output);
     for s in skews {
-        assert!(s.abs() <= 1, "guest clock off by {s} s:\n{}", c.output);
+        assert!(s.abs() <= 2, "guest clock off by {s} s:\n{}", c.output);
     }
 }
