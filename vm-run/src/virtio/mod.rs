@@ -13,10 +13,11 @@ pub mod pci;
 pub mod rng;
 
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::memory::GuestMemory;
@@ -166,6 +167,74 @@ pub struct ActiveQueue {
     pub queue: Queue,
     pub kick: Arc<EventFd>,
     pub vector: u16,
+    /// The used index when the driver was last considered for an
+    /// interrupt: with EVENT_IDX it is owed one if its event index lies
+    /// between this and the index now.
+    signalled: u16,
+}
+
+impl ActiveQueue {
+    pub fn new(index: usize, queue: Queue, kick: Arc<EventFd>, vector: u16) -> Self {
+        let signalled = queue.next_used();
+        ActiveQueue {
+            index,
+            queue,
+            kick,
+            vector,
+            signalled,
+        }
+    }
+
+    /// Whether the driver wants an interrupt for what was used since the
+    /// last call. virtio-queue's own check counts add_used calls, which
+    /// publish_used bypasses; this one looks at the used index itself.
+    fn needs_interrupt(&mut self, mem: &GuestMemory) -> bool {
+        let new = self.queue.next_used();
+        let old = std::mem::replace(&mut self.signalled, new);
+        if !self.queue.event_idx_enabled() {
+            return true;
+        }
+        // The used index must be visible before the event index is read,
+        // or a driver that just re-armed would wait forever.
+        fence(Ordering::SeqCst);
+        let size = u64::from(self.queue.size());
+        let event = GuestAddress(self.queue.avail_ring() + 4 + 2 * size);
+        let Ok(event) = mem.load::<u16>(event, Ordering::Relaxed) else {
+            return true;
+        };
+        // vring_need_event() of the spec (2.7.10).
+        new.wrapping_sub(u16::from_le(event)).wrapping_sub(1) < new.wrapping_sub(old)
+    }
+}
+
+/// Puts `used` (head, length) on the used ring and makes them visible to
+/// the driver with one store of the index. add_used stores the index
+/// every call, so a frame spanning several receive chains would be seen
+/// in part: virtio_net counts that a length error and drops the frame.
+pub fn publish_used(
+    q: &mut Queue,
+    mem: &GuestMemory,
+    used: &[(u16, u32)],
+) -> Result<(), virtio_queue::Error> {
+    let size = q.size();
+    let ring = q.used_ring();
+    let mut next = q.next_used();
+    for &(head, len) in used {
+        if head >= size {
+            return Err(virtio_queue::Error::InvalidDescriptorIndex);
+        }
+        let at = ring + 4 + u64::from(next % size) * 8;
+        let mut elem = [0u8; 8];
+        elem[..4].copy_from_slice(&u32::from(head).to_le_bytes());
+        elem[4..].copy_from_slice(&len.to_le_bytes());
+        mem.write_slice(&elem, GuestAddress(at))
+            .map_err(virtio_queue::Error::GuestMemory)?;
+        next = next.wrapping_add(1);
+    }
+    mem.store(next.to_le(), GuestAddress(ring + 2), Ordering::Release)
+        .map_err(virtio_queue::Error::GuestMemory)?;
+    q.set_next_used(next);
+    Ok(())
 }
 
 /// A device's worker thread; dropping it does not stop it, stop() does.
@@ -278,7 +347,7 @@ fn notify(
     match r {
         Ok(used) => {
             for q in queues.iter_mut().filter(|q| used & 1 << q.index != 0) {
-                if q.queue.needs_notification(mem).unwrap_or(true) {
+                if q.needs_interrupt(mem) {
                     shared.interrupt.signal(q.vector, ISR_QUEUE);
                 }
             }

@@ -181,11 +181,7 @@ impl Net {
                 q.set_next_avail(bufs.start);
                 continue;
             }
-            let count = bufs.complete(q, mem, got)?;
-            // num_buffers: how many chains the frame spans; 1 without
-            // merging, as the spec wants of VERSION_1 devices.
-            let n = (count as u16).to_le_bytes();
-            write_frame_at(mem, &bufs.iov, NUM_BUFFERS, &n);
+            bufs.complete(q, mem, got)?;
             used = true;
         }
         Ok(used)
@@ -340,27 +336,32 @@ impl RxBuffers {
             .collect()
     }
 
-    /// Marks used the chains `got` bytes filled, puts the rest back on
-    /// the ring; returns how many were used.
+    /// Hands the driver the chains `got` bytes filled, all at once and
+    /// with num_buffers already in the header (virtio 1.x 5.1.6.4: the
+    /// driver reads it as soon as it sees the first chain), and puts the
+    /// rest back on the ring.
     fn complete(
         &self,
         q: &mut Queue,
         mem: &GuestMemory,
         got: usize,
-    ) -> Result<usize, virtio_queue::Error> {
+    ) -> Result<(), virtio_queue::Error> {
         let mut left = got;
-        let mut count = 0;
+        let mut used = Vec::with_capacity(self.chains.len());
         for &(head, _, room) in &self.chains {
             if left == 0 {
                 break;
             }
             let n = left.min(room);
-            q.add_used(mem, head, n as u32)?;
+            used.push((head, n as u32));
             left -= n;
-            count += 1;
         }
-        q.set_next_avail(self.start.wrapping_add(count as u16));
-        Ok(count)
+        // 1 without merging, as the spec wants of VERSION_1 devices.
+        let n = (used.len() as u16).to_le_bytes();
+        write_frame_at(mem, &self.iov, NUM_BUFFERS, &n);
+        super::publish_used(q, mem, &used)?;
+        q.set_next_avail(self.start.wrapping_add(used.len() as u16));
+        Ok(())
     }
 }
 
@@ -646,20 +647,16 @@ mod tests {
         let queues = [RXQ, TXQ]
             .iter()
             .enumerate()
-            .map(|(index, &base)| ActiveQueue {
-                index,
-                queue: {
-                    let mut q = Queue::new(SIZE).unwrap();
-                    q.try_set_desc_table_address(GuestAddress(base)).unwrap();
-                    q.try_set_avail_ring_address(GuestAddress(base + AVAIL))
-                        .unwrap();
-                    q.try_set_used_ring_address(GuestAddress(base + USED))
-                        .unwrap();
-                    q.set_ready(true);
-                    q
-                },
-                kick: std::sync::Arc::new(EventFd::new(0).unwrap()),
-                vector: 0,
+            .map(|(index, &base)| {
+                let mut q = Queue::new(SIZE).unwrap();
+                q.try_set_desc_table_address(GuestAddress(base)).unwrap();
+                q.try_set_avail_ring_address(GuestAddress(base + AVAIL))
+                    .unwrap();
+                q.try_set_used_ring_address(GuestAddress(base + USED))
+                    .unwrap();
+                q.set_ready(true);
+                let kick = std::sync::Arc::new(EventFd::new(0).unwrap());
+                ActiveQueue::new(index, q, kick, 0)
             })
             .collect();
         Rig {
@@ -791,6 +788,32 @@ mod tests {
         r.serve(None);
         assert_eq!(r.used(RX)[3], (3, 112));
         assert_eq!(r.read(BUFS + 0x3000 + 12, 100), frame(100, 3)[12..]);
+    }
+
+    #[test]
+    fn the_driver_is_interrupted_when_its_event_index_is_passed() {
+        let mut r = rig(1 << VIRTIO_NET_F_MRG_RXBUF, None);
+        r.queues[RX].queue.set_event_idx(true);
+        let used_event = GuestAddress(RXQ + AVAIL + 4 + 2 * u64::from(SIZE));
+        for i in 0..SIZE as u64 {
+            r.post(RX, &[(BUFS + i * 0x1000, 512, true)]);
+        }
+        // A frame over two chains takes the used index from 0 to 2: the
+        // driver asked to hear of index 1, in its middle.
+        r.mem.write_obj(1u16, used_event).unwrap();
+        send(&r.host, &frame(1000, 5));
+        assert_eq!(r.serve(None), 1 << RX);
+        assert_eq!(r.used(RX).len(), 2);
+        assert!(r.queues[RX].needs_interrupt(r.mem));
+        // It waits for index 5 now: 2 to 3 does not pass it, 3 to 6 does.
+        r.mem.write_obj(5u16, used_event).unwrap();
+        send(&r.host, &frame(100, 6));
+        r.serve(None);
+        assert!(!r.queues[RX].needs_interrupt(r.mem));
+        send(&r.host, &frame(1200, 7));
+        r.serve(None);
+        assert_eq!(r.used(RX).len(), 6);
+        assert!(r.queues[RX].needs_interrupt(r.mem));
     }
 
     #[test]

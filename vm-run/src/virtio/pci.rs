@@ -388,12 +388,7 @@ impl VirtioPci {
                 return Err(format!("queue {index}: rings outside guest memory"));
             }
             let kick = self.kicks[index].clone();
-            active.push(ActiveQueue {
-                index,
-                queue: q,
-                kick,
-                vector: c.vector,
-            });
+            active.push(ActiveQueue::new(index, q, kick, c.vector));
         }
         let State::Idle(dev) = std::mem::replace(&mut self.state, State::Lost) else {
             return Err("device is already running".into());
