@@ -233,3 +233,45 @@ fn vm_run_takes_the_taps_vm_net_passes_and_rejects_bad_environments() {
         "{o:?}"
     );
 }
+
+#[test]
+fn a_guest_with_a_nic_is_received_onto_a_tap_of_its_own() {
+    // The tiny guest writes and checks memory for ever: a stream of a
+    // running guest with a NIC, and a receive that must find the same
+    // pages. vm-ctl stop -f ends the received guest.
+    let tiny = tiny_guest().display().to_string();
+    let o = netns(&format!(
+        "export VM_RUNDIR=$(mktemp -d); cd $VM_RUNDIR\n\
+         vm-net -a fe:e1:ba:d0:00:07 vm-run -N src -m 64M -b {tiny} -a dirty > src.out 2>&1 &\n\
+         while [ ! -S src.sock ]; do sleep 0.1; done; sleep 0.3\n\
+         vm-send src > snap; echo SEND=$?\n\
+         vm-receive -N dst < snap; echo NO-TAP=$?\n\
+         vm-net -a fe:e1:ba:d0:00:08 vm-receive -N dst < snap; echo OTHER-MAC=$?\n\
+         vm-net vm-net vm-receive -N dst < snap; echo TWO-TAPS=$?\n\
+         vm-net -a fe:e1:ba:d0:00:07 vm-receive -N dst < snap > dst.out 2>&1 &\n\
+         while [ ! -S dst.sock ]; do sleep 0.1; done; sleep 1\n\
+         vm-ctl stop -f -w dst; wait
+         echo BAD=$(cat src.out dst.out | grep -c BAD) DST-ROUNDS=$(tr -cd . < dst.out | wc -c)"
+    ));
+    assert_eq!(o.status, 0, "{o:?}");
+    let (head, rounds) = o.stdout.split_once("DST-ROUNDS=").expect("rounds");
+    assert_eq!(
+        head, "SEND=0\nNO-TAP=64\nOTHER-MAC=64\nTWO-TAPS=64\nBAD=0 ",
+        "{o:?}"
+    );
+    // The received guest went on writing and checking its pages.
+    assert!(rounds.trim().parse::<u32>().unwrap_or(0) > 0, "{o:?}");
+    assert_eq!(
+        o.stderr,
+        "vm-receive: the guest had 1 NICs, VM_NET_FDS and -n give 0\n\
+         usage: vm-receive [-pv] [-d [raw:|qcow2:]disk[,ro]] ... [-n fd] ... \
+         [-N name [-o user[:group]]] < stream\n\
+         vm-receive: fd 3: the guest keeps its MAC fe:e1:ba:d0:00:07\n\
+         usage: vm-receive [-pv] [-d [raw:|qcow2:]disk[,ro]] ... [-n fd] ... \
+         [-N name [-o user[:group]]] < stream\n\
+         vm-receive: the guest had 1 NICs, VM_NET_FDS and -n give 2\n\
+         usage: vm-receive [-pv] [-d [raw:|qcow2:]disk[,ro]] ... [-n fd] ... \
+         [-N name [-o user[:group]]] < stream\n",
+        "{o:?}"
+    );
+}

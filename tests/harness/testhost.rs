@@ -65,6 +65,18 @@ pub fn await_in(file: &str, what: &str, secs: u32) -> String {
     )
 }
 
+/// A shell loop for a scenario: wait until `file` has `more` lines
+/// matching `what` beyond those it has now, at most `secs` seconds. A
+/// guest in a busy test host may go much slower than a fixed sleep
+/// allows for.
+pub fn await_more(file: &str, what: &str, more: u32, secs: u32) -> String {
+    format!(
+        "n=$(grep -c '{what}' {file}); i=0; until [ $(grep -c '{what}' {file}) -ge $((n + {more})) ]; \
+         do i=$((i+1)); [ $i -gt {} ] && break; sleep 0.2; done",
+        secs * 5
+    )
+}
+
 const BEGIN: &str = "@@@ BEGIN ";
 const END: &str = "@@@ END ";
 
@@ -93,8 +105,11 @@ pub fn run(batch: &str, scenarios: &[Scenario], with_qemu: bool) -> Report {
         if with_qemu {
             cmd.arg("-q");
         }
+        // Beyond run-host.sh's default of 600 s: a batch of scenarios in
+        // a test host that shares its cores with a build can take longer.
         let child = cmd
             .process_group(0)
+            .args(["-t", "1200"])
             .arg("-b")
             .arg(bin_dir())
             .arg(&path)

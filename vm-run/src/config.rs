@@ -7,7 +7,7 @@ use nix::unistd::{Gid, Group, Uid, User};
 
 use crate::disk::DiskSpec;
 use crate::error::{Error, Result};
-use crate::net::{self, NicSpec, MAX_NICS};
+use crate::net::{self, NicSpec};
 
 pub const USAGE: &str =
     "usage: vm-run [-pv] [-a cmdline] [-c ncpus] [-d [raw:|qcow2:]disk[,ro]] ... \
@@ -109,14 +109,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed> {
             _ => return Err(usage(arg.unexpected())),
         }
     }
-    if nics.len() > MAX_NICS {
-        return Err(Error::Usage(format!("at most {MAX_NICS} NICs")));
-    }
-    for (i, n) in nics.iter().enumerate() {
-        if nics[..i].iter().any(|m| m.fd == n.fd) {
-            return Err(Error::Usage(format!("fd {}: given for two NICs", n.fd)));
-        }
-    }
+    net::check(&nics).map_err(Error::Usage)?;
     let kernel = kernel.ok_or_else(|| Error::Usage("no kernel given (-b kernel)".into()))?;
     if owner.is_some() && name.is_none() {
         return Err(Error::Usage(

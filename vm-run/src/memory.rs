@@ -111,9 +111,20 @@ pub fn create(size: u64) -> Result<GuestMemory> {
     }
     // MAP_NORESERVE comes with vm-memory's anonymous mappings: pages are
     // only taken from the host as the guest touches them.
-    GuestMemoryMmap::from_ranges(&ram_regions(size)).map_err(|e| {
+    let mem = GuestMemoryMmap::from_ranges(&ram_regions(size)).map_err(|e| {
         Error::Unavailable(format!("-m {}M: cannot map guest memory: {e}", size >> 20))
-    })
+    })?;
+    for r in mem.iter() {
+        if let Ok(base) = r.get_host_address(vm_memory::MemoryRegionAddress(0)) {
+            // Huge pages where the host's THP is "madvise" (Debian's
+            // default), as QEMU asks for its RAM: a 512th of the page
+            // faults, for the guest and for a receive that fills memory
+            // from a stream, and fewer TLB misses. Only a hint.
+            // SAFETY: the range is the region's own mapping.
+            unsafe { libc::madvise(base.cast(), r.len() as usize, libc::MADV_HUGEPAGE) };
+        }
+    }
+    Ok(mem)
 }
 
 /// The guest's RAM in bytes (without the holes).

@@ -23,7 +23,7 @@ use crate::pci::root::{self, MmioView, PciRoot, PioView};
 use crate::snapshot::image::{self, DeviceState, Snapshot};
 use crate::snapshot::live;
 use crate::snapshot::stream::{Dec, Enc, Reader, Tag, Writer};
-use crate::snapshot::{self, DiskRecord, GuestConfig, VmState};
+use crate::snapshot::{self, DiskRecord, GuestConfig, NicRecord, VmState};
 use crate::vcpu::{self, Pauser, Vcpu};
 use crate::virtio::net::{self, Net};
 use crate::virtio::pci::{Placement, VirtioPci, BAR_SIZE};
@@ -177,10 +177,9 @@ fn start(cfg: &Config, incoming: Option<Incoming>) -> Result<Outcome> {
     );
     let mut mmio = Bus::default();
     let (pci, flushers) = if receiving {
-        // vm-receive gives no NICs.
-        patiently(|| pci_devices(cfg, &vm, mem, Vec::new()))?
+        patiently(|| pci_devices(cfg, &vm, mem, &mut taps))?
     } else {
-        pci_devices(cfg, &vm, mem, std::mem::take(&mut taps))?
+        pci_devices(cfg, &vm, mem, &mut taps)?
     };
     let flushers = Arc::new(flushers);
     let pci = Arc::new(Mutex::new(pci));
@@ -261,9 +260,12 @@ fn start(cfg: &Config, incoming: Option<Incoming>) -> Result<Outcome> {
                 serial: d.serial.clone(),
             })
             .collect(),
+        nics: nic_macs(cfg)
+            .into_iter()
+            .map(|mac| NicRecord { mac })
+            .collect(),
     };
     let skip_absent = !memory::host_swaps();
-    let has_nics = !cfg.nics.is_empty();
     let snap_vm = vm.clone();
     let (snap_pauser, snap_com1, snap_power) = (pauser.clone(), com1.clone(), power.clone());
     let snap_flushers = flushers.clone();
@@ -273,10 +275,6 @@ fn start(cfg: &Config, incoming: Option<Incoming>) -> Result<Outcome> {
     // caller has paused it.
     let write_snapshot =
         move |out: &mut dyn Write, live: bool| -> std::result::Result<(), String> {
-            if has_nics {
-                // Their taps are fds of this host's; vm-receive has none.
-                return Err("a guest with NICs cannot be sent (yet)".into());
-            }
             let err = |e: std::io::Error| e.to_string();
             let mut w = Writer::new(out).map_err(err)?;
             w.section(Tag::Config, &[&guest_config.encode()])
@@ -424,13 +422,25 @@ fn flush_disks(flushers: &[disk::Flusher]) -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// The MAC of each NIC: the one asked for, or the guest's stable one.
+fn nic_macs(cfg: &Config) -> Vec<[u8; 6]> {
+    (cfg.nics.iter().enumerate())
+        .map(|(i, nic)| {
+            nic.lladdr
+                .unwrap_or_else(|| net::default_mac(cfg.name.as_deref(), i))
+        })
+        .collect()
+}
+
 /// The PCI bus: the disks in the order given (vda, vdb, ...), then the
-/// RNG, one slot each from slot 1; and the disks that need a flush on exit.
+/// NICs, then the RNG, one slot each from slot 1; and the disks that need
+/// a flush on exit. The taps are taken only once the disks are open, so
+/// that a try that finds a disk still locked can be made again.
 fn pci_devices(
     cfg: &Config,
     vm: &Arc<VmFd>,
     mem: &'static GuestMemory,
-    taps: Vec<Tap>,
+    taps: &mut Vec<Tap>,
 ) -> Result<(PciRoot, Vec<disk::Flusher>)> {
     let router = Arc::new(GsiRouter::new(vm.clone()));
     let mut pci = PciRoot::new(PCI_MMIO_START);
@@ -445,10 +455,7 @@ fn pci_devices(
             spec.serial.clone(),
         )));
     }
-    for (i, (nic, tap)) in cfg.nics.iter().zip(taps).enumerate() {
-        let mac = nic
-            .lladdr
-            .unwrap_or_else(|| net::default_mac(cfg.name.as_deref(), i));
+    for ((nic, tap), mac) in cfg.nics.iter().zip(taps.drain(..)).zip(nic_macs(cfg)) {
         let name = format!("virtio-net {}", tap.name());
         devices.push(Box::new(Net::new(
             Box::new(tap),

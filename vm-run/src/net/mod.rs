@@ -21,6 +21,19 @@ pub struct NicSpec {
     pub lease: Option<Lease>,
 }
 
+/// What a guest's NICs must be together: few enough, one tap each.
+pub fn check(nics: &[NicSpec]) -> Result<(), String> {
+    if nics.len() > MAX_NICS {
+        return Err(format!("at most {MAX_NICS} NICs"));
+    }
+    for (i, n) in nics.iter().enumerate() {
+        if nics[..i].iter().any(|m| m.fd == n.fd) {
+            return Err(format!("fd {}: given for two NICs", n.fd));
+        }
+    }
+    Ok(())
+}
+
 /// `-n FD[,lladdr=MAC]`.
 pub fn parse_option(s: &str) -> Result<NicSpec, String> {
     let mut items = s.split(',');
@@ -104,6 +117,11 @@ pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
         return Err(format!("{s}: a multicast address"));
     }
     Ok(mac)
+}
+
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    let hex: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
+    hex.join(":")
 }
 
 #[cfg(test)]

@@ -306,6 +306,13 @@ pub struct DiskRecord {
     pub serial: Option<String>,
 }
 
+/// A NIC as the guest had it: the receiver attaches a tap of its own and
+/// keeps the MAC, which the guest's driver read when it started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NicRecord {
+    pub mac: [u8; 6],
+}
+
 /// The CONF section: what the receiver needs before it can build the VM.
 pub struct GuestConfig {
     pub mem_size: u64,
@@ -314,11 +321,13 @@ pub struct GuestConfig {
     /// keeps it on the new host, which must support all of it.
     pub cpuid: Vec<kvm_bindings::kvm_cpuid_entry2>,
     pub disks: Vec<DiskRecord>,
+    pub nics: Vec<NicRecord>,
 }
 
 /// Upper bounds for a CONF section's counts: far above what vm-run makes.
 const MAX_CPUID: usize = 512;
 const MAX_DISK_RECORDS: usize = 64;
+const MAX_NIC_RECORDS: usize = 64;
 
 impl GuestConfig {
     pub fn encode(&self) -> Vec<u8> {
@@ -339,6 +348,10 @@ impl GuestConfig {
             e.bytes(d.path.as_bytes())
                 .u8(d.read_only.into())
                 .bytes(d.serial.as_deref().unwrap_or("").as_bytes());
+        }
+        e.u32(self.nics.len() as u32);
+        for n in &self.nics {
+            e.bytes(&n.mac);
         }
         e.0
     }
@@ -386,12 +399,26 @@ impl GuestConfig {
                 serial,
             });
         }
+        // Streams before version 3 end here: their guests had no NICs.
+        let n = if d.is_empty() { 0 } else { d.u32()? as usize };
+        if n > MAX_NIC_RECORDS {
+            return Err(d.bad(format!("{n} NICs")));
+        }
+        let mut nics = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mac = d
+                .bytes()?
+                .try_into()
+                .map_err(|_| d.bad("a MAC address is not 6 bytes"))?;
+            nics.push(NicRecord { mac });
+        }
         d.end()?;
         Ok(GuestConfig {
             mem_size,
             vcpus,
             cpuid,
             disks,
+            nics,
         })
     }
 }
@@ -482,3 +509,46 @@ pub fn missing_cpu_features(
 /// Pages a MEM section carries at most.
 pub const MEM_RUN_PAGES: usize = 256;
 pub const PAGE: usize = 4096;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(nics: Vec<NicRecord>) -> GuestConfig {
+        GuestConfig {
+            mem_size: 64 << 20,
+            vcpus: 2,
+            cpuid: Vec::new(),
+            disks: vec![DiskRecord {
+                path: "/var/vm/web.qcow2".into(),
+                read_only: false,
+                serial: Some("web0".into()),
+            }],
+            nics,
+        }
+    }
+
+    #[test]
+    fn conf_keeps_the_nics_and_reads_streams_from_before_them() {
+        let macs = [[0xfe, 0xe1, 0xba, 0, 0, 1], [0xfe, 0xe1, 0xba, 0, 0, 2]];
+        let c = config(macs.iter().map(|&mac| NicRecord { mac }).collect());
+        let back = GuestConfig::decode(&c.encode()).expect("decode");
+        assert_eq!(back.nics, c.nics);
+        assert_eq!(back.disks, c.disks);
+        // Version 2 wrote no NIC count at all.
+        let mut v2 = config(Vec::new()).encode();
+        v2.truncate(v2.len() - 4);
+        assert!(GuestConfig::decode(&v2).expect("v2").nics.is_empty());
+        // A MAC of the wrong length, or a NIC count past the end.
+        let mut bad = config(Vec::new()).encode();
+        bad.truncate(bad.len() - 4);
+        bad.extend(1u32.to_le_bytes());
+        bad.extend(5u32.to_le_bytes());
+        bad.extend([1, 2, 3, 4, 5]);
+        assert!(GuestConfig::decode(&bad).is_err());
+        let mut bad = config(Vec::new()).encode();
+        bad.truncate(bad.len() - 4);
+        bad.extend(1000u32.to_le_bytes());
+        assert!(GuestConfig::decode(&bad).is_err());
+    }
+}

@@ -9,17 +9,20 @@ use std::path::PathBuf;
 use vm_run::config::{self, Config, Console};
 use vm_run::disk::DiskSpec;
 use vm_run::error::Error;
+use vm_run::net::{self, NicSpec};
 use vm_run::outcome::Outcome;
 use vm_run::snapshot::stream::{Reader, Tag};
 use vm_run::snapshot::GuestConfig;
 use vm_run::vm::{self, Incoming};
 use vm_run::{console, control, exit};
 
-const USAGE: &str =
-    "usage: vm-receive [-pv] [-d [raw:|qcow2:]disk[,ro]] ... [-N name [-o user[:group]]] < stream";
+const USAGE: &str = "usage: vm-receive [-pv] [-d [raw:|qcow2:]disk[,ro]] ... [-n fd] ... \
+[-N name [-o user[:group]]] < stream";
 
 struct Args {
     disks: Vec<DiskSpec>,
+    /// VM_NET_FDS's (vm-net), then -n's: one for each NIC of the guest.
+    nics: Vec<NicSpec>,
     name: Option<String>,
     owner: Option<(nix::unistd::Uid, Option<nix::unistd::Gid>)>,
     pty: bool,
@@ -35,6 +38,7 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Option<Args>, Error
     let mut p = lexopt::Parser::from_iter(args);
     let mut a = Args {
         disks: Vec::new(),
+        nics: net::from_env(|k| std::env::var(k).ok()).map_err(usage)?,
         name: None,
         owner: None,
         pty: false,
@@ -50,6 +54,11 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Option<Args>, Error
                 let v = text(p.value().map_err(usage)?, "-d")?;
                 a.disks
                     .push(v.parse().map_err(|e| usage(format!("-d {v}: {e}")))?);
+            }
+            Short('n') => {
+                let v = text(p.value().map_err(usage)?, "-n")?;
+                a.nics
+                    .push(net::parse_option(&v).map_err(|e| usage(format!("-n {e}")))?);
             }
             Short('N') => {
                 let v = text(p.value().map_err(usage)?, "-N")?;
@@ -68,6 +77,7 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Option<Args>, Error
             _ => return Err(usage(arg.unexpected())),
         }
     }
+    net::check(&a.nics).map_err(usage)?;
     if a.owner.is_some() && a.name.is_none() {
         return Err(usage("-o: only a named guest (-N) has a control socket"));
     }
@@ -81,7 +91,7 @@ fn incoming(a: Args) -> Result<(Config, Incoming), Error> {
     let input: Box<dyn io::Read> = Box::new(io::stdin().lock());
     let mut reader = Reader::new(input).map_err(stream)?;
     let conf = match reader.next(1 << 20).map_err(stream)? {
-        Some((Tag::Config, payload)) => GuestConfig::decode(&payload).map_err(stream)?,
+        Some((Tag::Config, payload)) => GuestConfig::decode(payload).map_err(stream)?,
         _ => return Err(Error::Snapshot("no CONF section first".into())),
     };
     let disks = if a.disks.is_empty() {
@@ -103,12 +113,33 @@ fn incoming(a: Args) -> Result<(Config, Incoming), Error> {
             a.disks.len()
         )));
     };
+    if a.nics.len() != conf.nics.len() {
+        return Err(usage(format!(
+            "the guest had {} NICs, VM_NET_FDS and -n give {}",
+            conf.nics.len(),
+            a.nics.len()
+        )));
+    }
+    // The guest's driver read its MAC when it started and keeps it: the
+    // device must say the same, whatever the new host would give.
+    let mut nics = a.nics;
+    for (nic, record) in nics.iter_mut().zip(&conf.nics) {
+        match nic.lladdr {
+            Some(mac) if mac != record.mac => {
+                return Err(usage(format!(
+                    "fd {}: the guest keeps its MAC {}",
+                    nic.fd,
+                    net::format_mac(&record.mac)
+                )))
+            }
+            _ => nic.lladdr = Some(record.mac),
+        }
+    }
     let cfg = Config {
         kernel: PathBuf::new(),
         initrd: None,
         disks,
-        // vm-send refuses guests with NICs: their taps stay behind.
-        nics: Vec::new(),
+        nics,
         cmdline: String::new(),
         vcpus: conf.vcpus,
         mem_size: conf.mem_size,
