@@ -224,7 +224,7 @@ fn start(cfg: &Config, incoming: Option<Incoming>) -> Result<Outcome> {
         irqchip::setup_lapic(&fd)?;
         match (&loaded, entry) {
             (Some(l), _) => l.vcpus[usize::from(id)]
-                .restore(&fd)
+                .restore(&fd, mem)
                 .map_err(|e| Error::Snapshot(format!("vcpu{id}: {e}")))?,
             (None, Some(entry)) if id == 0 => regs::setup_boot_vcpu(&fd, entry)?,
             _ => {}

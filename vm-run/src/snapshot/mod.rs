@@ -16,6 +16,9 @@ use kvm_bindings::{
 use kvm_ioctls::{VcpuFd, VmFd};
 
 use stream::{Dec, Enc, StreamError, Tag};
+use vm_memory::{Bytes, GuestAddress};
+
+use crate::memory::GuestMemory;
 
 /// Plain C structs from kvm-bindings: integers and arrays of integers,
 /// for which every bit pattern is a valid value.
@@ -103,7 +106,10 @@ impl VcpuState {
         })
     }
 
-    pub fn restore(&self, fd: &VcpuFd) -> StateResult<()> {
+    /// Puts the state back on `fd`; `mem` is the guest's memory, already
+    /// restored.
+    pub fn restore(&self, fd: &VcpuFd, mem: &GuestMemory) -> StateResult<()> {
+        self.drop_pv_eoi_hint(mem);
         fd.set_mp_state(self.mp_state)
             .map_err(kvm("KVM_SET_MP_STATE"))?;
         fd.set_regs(&self.regs).map_err(kvm("KVM_SET_REGS"))?;
@@ -123,6 +129,29 @@ impl VcpuState {
         fd.set_vcpu_events(&self.events)
             .map_err(kvm("KVM_SET_VCPU_EVENTS"))?;
         Ok(())
+    }
+
+    /// KVM's paravirtual EOI: when KVM injects an interrupt it may set a
+    /// flag in guest memory that lets the guest skip the APIC EOI, and
+    /// then watches for the guest clearing it. The watch is KVM state no
+    /// ioctl saves: a guest paused between the two would, once received,
+    /// clear the flag unwatched, and that vector would stay in service
+    /// for ever (a NIC whose receive interrupts stop). Cleared here, the
+    /// flag makes the guest do a real EOI, which is always right.
+    fn drop_pv_eoi_hint(&self, mem: &GuestMemory) {
+        const MSR_KVM_PV_EOI_EN: u32 = 0x4b56_4d04;
+        const KVM_MSR_ENABLED: u64 = 1;
+        let Some(m) = self.msrs.iter().find(|m| m.index == MSR_KVM_PV_EOI_EN) else {
+            return;
+        };
+        if m.data & KVM_MSR_ENABLED == 0 {
+            return;
+        }
+        let at = GuestAddress(m.data & !KVM_MSR_ENABLED);
+        // An address outside memory is the guest's error; KVM ignores it.
+        if let Ok(flag) = mem.read_obj::<u8>(at) {
+            let _ = mem.write_obj(flag & !1, at);
+        }
     }
 
     pub fn encode(&self) -> Vec<u8> {
