@@ -555,8 +555,17 @@ impl Image {
         unsafe { read_runs(a, start, &old, &mut s.iov) }?;
         let m = a.prepare_data_mapping(start, cs, true)?;
         let (storage, host) = (m.storage(), m.offset());
-        if m.length() < cs || storage.holds(host, cs) {
-            return Err(io::Error::other("qcow2: a new cluster is not one cluster"));
+        // Neither happens in a sound image (a mapping covers whole
+        // clusters; data never lies on the L1 table): refuse rather than
+        // write past the cluster or around the held-back table.
+        if m.length() < cs {
+            return Err(io::Error::other("qcow2: imago mapped less than a cluster"));
+        }
+        if storage.holds(host, cs) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "qcow2: a data cluster overlaps the L1 table",
+            ));
         }
         let head = (at - start) as usize;
         let tail = head + n as usize;
