@@ -138,9 +138,9 @@ checked() { # NAME: qemu-img check of the overlay the guest of NAME wrote
 # reset: with -no-reboot, QEMU then ends with status 0 and says nothing).
 try() {
 	for attempt in 1 2; do
-		case $1 in *qcow2) overlay ;; esac
+		case $1 in *qcow2*) overlay ;; esac
 		part "$@"
-		case $1 in *qcow2) checked $1 ;; esac
+		case $1 in *qcow2*) checked $1 ;; esac
 		[ "$(grep -c "^$1:$r FIO " part.out)" -lt 6 ] || break
 		[ $attempt = 2 ] || echo "QCOW2-RETRY $1:$r"
 	done
