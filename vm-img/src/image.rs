@@ -532,7 +532,7 @@ impl Image {
         let n = len.min(start + cs - at);
         if n == cs {
             // Whole clusters, as many as the run holds.
-            return self.write_through(a, at, len & !(cs - 1), cur, s);
+            return self.write_whole(a, at, len & !(cs - 1), cur, s);
         }
         if let (Mapping::Zero { .. }, whole) = a.get_mapping(start, cs)? {
             if whole >= cs {
@@ -587,6 +587,43 @@ impl Image {
         storage.wrote_to(host + cs);
         a.commit_data_mapping(m)?;
         Ok(n)
+    }
+
+    /// Whole clusters without a writable data cluster, `len` bytes from
+    /// `at`: imago allocates them (as few runs as it can, nothing copied:
+    /// they are overwritten whole) and maps them once the data is in,
+    /// which is what its writev does; the data goes from the caller's
+    /// buffers with one pwritev a run, where imago's writev would cut
+    /// its buffer vector into new ones.
+    fn write_whole(
+        &self,
+        a: &Access,
+        at: u64,
+        len: u64,
+        cur: &mut Cursor<'_>,
+        s: &mut Scratch,
+    ) -> io::Result<u64> {
+        let mut done = 0;
+        while done < len {
+            let m = a.prepare_data_mapping(at + done, len - done, true)?;
+            let (storage, host) = (m.storage(), m.offset());
+            let n = m.length().min(len - done);
+            if storage.holds(host, n) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "qcow2: a data cluster overlaps the L1 table",
+                ));
+            }
+            s.iov.clear();
+            cur.take(n, &mut s.iov);
+            // SAFETY: the caller's buffers; the clusters are the ones imago
+            // just prepared for this range, not visible until committed.
+            unsafe { iov::pwritev_all(storage.raw_fd(), &mut s.iov, host) }?;
+            storage.wrote_to(host + n);
+            a.commit_data_mapping(m)?;
+            done += n;
+        }
+        Ok(len)
     }
 
     /// The next `len` bytes of the request through imago's writev.
