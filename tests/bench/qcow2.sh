@@ -26,6 +26,10 @@
 #     in disk.sh.
 # FIO_SECONDS (default 5) sets each job's length. About 11 to 13 minutes
 # with the defaults, more when a guest or the test host hangs.
+# QCOW2_BEFORE=DIR, a folder holding another build's vm-run (an older
+# one, say), adds a fourth part to each round, "vm-run-qcow2-before": that
+# vm-run on a fresh overlay, and a column for it, so that a change is
+# measured against what it changes in the same run (about 3 minutes more).
 set -eu
 root=$(cd "$(dirname "$0")/../.." && pwd)
 out=${1:-}
@@ -36,6 +40,8 @@ runs=${QCOW2_IMG_RUNS:-3}
 size=256   # MiB, the guests' images
 mem=512M
 [ -x "$bin/vm-img" ] && [ -x "$bin/vm-run" ] || { echo "qcow2.sh: build first (make)" >&2; exit 1; }
+before=${QCOW2_BEFORE:-}
+[ -z "$before" ] || [ -x "$before/vm-run" ] || { echo "qcow2.sh: no vm-run in $before" >&2; exit 1; }
 tmp=$(mktemp -d); img=$(mktemp -d -p /dev/shm)
 trap 'rm -rf "$tmp" "$img"' EXIT; trap 'exit 1' INT TERM HUP
 for pair in hyperfine:hyperfine qemu-img:qemu-utils; do
@@ -105,7 +111,7 @@ rm -rf "$img"/*
 # the overlay is new for each qcow2 guest.
 echo "bench: qcow2: fio on raw and qcow2 in the emulated test host (about 10 minutes, more if a guest or the test host hangs)" >&2
 scenario() { # FIRST_ROUND
-	echo "secs=$secs size=$size mem=$mem first=$1 rounds=$rounds"
+	echo "secs=$secs size=$size mem=$mem first=$1 rounds=$rounds before=${before:+1}"
 	cat <<'SCENARIO'
 cd /tmp
 dd if=/dev/zero of=raw.img bs=1M count=$size 2>/dev/null
@@ -132,9 +138,9 @@ checked() { # NAME: qemu-img check of the overlay the guest of NAME wrote
 # reset: with -no-reboot, QEMU then ends with status 0 and says nothing).
 try() {
 	for attempt in 1 2; do
-		case $1 in *qcow2) overlay ;; esac
+		case $1 in *qcow2*) overlay ;; esac
 		part "$@"
-		case $1 in *qcow2) checked $1 ;; esac
+		case $1 in *qcow2*) checked $1 ;; esac
 		[ "$(grep -c "^$1:$r FIO " part.out)" -lt 6 ] || break
 		[ $attempt = 2 ] || echo "QCOW2-RETRY $1:$r"
 	done
@@ -143,6 +149,8 @@ r=$first
 while [ $r -le $rounds ]; do
 	try vm-run-raw vm-run -c 2 -m $mem -d raw.img -b /guest/bzImage -i /tmp/initrd-fio.gz -a "$p"
 	try vm-run-qcow2 vm-run -c 2 -m $mem -d ov.qcow2 -b /guest/bzImage -i /tmp/initrd-fio.gz -a "$p"
+	[ -z "$before" ] ||
+		try vm-run-qcow2-before /bench/before/vm-run -c 2 -m $mem -d ov.qcow2 -b /guest/bzImage -i /tmp/initrd-fio.gz -a "$p"
 	try QEMU-qcow2 qemu-system-x86_64 -M pc -enable-kvm -cpu host -smp 2 -m $mem \
 		-nodefaults -no-user-config -nographic -serial stdio -monitor none -no-reboot \
 		-kernel /guest/bzImage -initrd /tmp/initrd-fio.gz -append "$p" \
@@ -153,17 +161,32 @@ done
 SCENARIO
 }
 # boot_host FIRST_ROUND: as in disk.sh; after 240 s of silence the test
-# host is stopped.
+# host is stopped (time spent waiting for the test-host lock not counted).
+extra=$root/target/bench/bench.cpio.gz per=480
+if [ -n "$before" ]; then
+	per=640
+	# The other vm-run as /bench/before/vm-run, in a second archive after
+	# the benchmark's (the kernel unpacks concatenated archives in order).
+	mkdir -p "$tmp/b/bench/before"
+	cp "$before/vm-run" "$tmp/b/bench/before/"
+	(cd "$tmp/b" && find . -mindepth 1 | cpio -o -H newc -R 0:0 --quiet) | gzip -1 > "$tmp/before.cpio.gz"
+	cat "$extra" "$tmp/before.cpio.gz" > "$tmp/extra.cpio.gz"
+	extra=$tmp/extra.cpio.gz
+fi
 boot_host() {
 	scenario "$1" > "$tmp/scenario.sh"
-	"$root/tests/harness/run-host.sh" -q -x "$root/target/bench/bench.cpio.gz" \
-		-b "$bin" -t $((120 + (rounds - $1 + 1) * 480)) "$tmp/scenario.sh" \
+	"$root/tests/harness/run-host.sh" -q -x "$extra" \
+		-b "$bin" -t $((120 + (rounds - $1 + 1) * per)) "$tmp/scenario.sh" \
 		< /dev/null > "$tmp/console" &
 	pid=$! quiet=0 seen=-1
 	while kill -0 $pid 2>/dev/null; do
 		sleep 10
 		n=$(wc -c < "$tmp/console")
-		if [ "$n" != "$seen" ]; then seen=$n quiet=0; else quiet=$((quiet + 10)); fi
+		# Silence counts once QEMU runs: run-host.sh starts it under
+		# timeout(1) only when it has the test-host lock, which another
+		# worktree's test host may hold for many minutes.
+		if [ "$n" != "$seen" ]; then seen=$n quiet=0
+		elif pgrep -x -P $pid timeout >/dev/null; then quiet=$((quiet + 10)); fi
 		if [ $quiet -ge 240 ]; then
 			echo "bench: warning: qcow2: the test host said nothing for $quiet s: stopping it" >&2
 			pkill -TERM -P $pid || :
@@ -201,7 +224,7 @@ awk '{ sub(/\[ *[0-9]+\.[0-9]+\] .*$/, "") }
 	split($1, w, ":"); if (v > 0) { k = w[1] " " w[2] " " $3; if (!(k in val)) ord[++n] = k; val[k] = v } }
 	END { for (i = 1; i <= n; i++) print ord[i], val[ord[i]] }' "$tmp/log" > "$tmp/values"
 jobs="randread-4k-qd1 randread-4k-qd32 randwrite-4k-qd1 randwrite-4k-qd32 read-1m write-1m"
-for who in vm-run-raw vm-run-qcow2 QEMU-qcow2; do
+for who in vm-run-raw vm-run-qcow2 QEMU-qcow2 ${before:+vm-run-qcow2-before}; do
 	r=1
 	while [ "$r" -le "$rounds" ]; do
 		missing=
@@ -312,11 +335,16 @@ whose guest gives fewer than six numbers is tried once more in its
 round (parts tried again in this run: $retries); a round still without
 numbers is left out, with a warning, and a test host that dies boots
 again for the rest. Rounds with numbers in this run, of $rounds: vm-run
-raw $(got vm-run-raw), vm-run qcow2 $(got vm-run-qcow2), QEMU qcow2 $(got QEMU-qcow2).
+raw $(got vm-run-raw), vm-run qcow2 $(got vm-run-qcow2), QEMU qcow2 $(got QEMU-qcow2)${before:+, vm-run qcow2 before $(got vm-run-qcow2-before)}.
 Overlays clean by \`qemu-img check\` after their guest: $checks of $allchecks.
-
 TEXT
-awk -v jobs="$jobs" '
+[ -z "$before" ] || cat <<TEXT
+The last two columns: **vm-run qcow2 before**, the same as vm-run qcow2 with
+another build of vm-run (QCOW2_BEFORE), a fourth part in each round
+after vm-run qcow2, and the ratio of the two.
+TEXT
+echo
+awk -v jobs="$jobs" -v before="${before:+1}" '
 	{ k = $1 SUBSEP $3; v[k, ++n[k]] = $4 }
 	# med[k]: the median of the values of k; range[k]: "min–max".
 	function stats(k,   i, j, t, a, c) {
@@ -336,12 +364,15 @@ awk -v jobs="$jobs" '
 	  name["randread-4k-qd1"] = "4k random read, QD 1, IOPS"; name["randread-4k-qd32"] = "4k random read, QD 32, IOPS"
 	  name["randwrite-4k-qd1"] = "4k random write, QD 1, IOPS"; name["randwrite-4k-qd32"] = "4k random write, QD 32, IOPS"
 	  name["read-1m"] = "1 MiB sequential read, MB/s"; name["write-1m"] = "1 MiB sequential write, MB/s"
-	  print "| fio job, median [min–max] | vm-run raw | vm-run qcow2 | QEMU qcow2 | qcow2 / raw | vm-run qcow2 / QEMU qcow2 |"
-	  print "|---|---|---|---|---|---|"
+	  printf "| fio job, median [min–max] | vm-run raw | vm-run qcow2 | QEMU qcow2 | qcow2 / raw | vm-run qcow2 / QEMU qcow2 |%s\n", before ? " vm-run qcow2 before | qcow2 / before |" : ""
+	  printf "|---|---|---|---|---|---|%s\n", before ? "---|---|" : ""
 	  c = split(jobs, js, " ")
 	  for (i = 1; i <= c; i++) { j = js[i]; r = "vm-run-raw" SUBSEP j; m = "vm-run-qcow2" SUBSEP j; q = "QEMU-qcow2" SUBSEP j
-	    stats(r); stats(m); stats(q)
-	    printf "| %s | %s | %s | %s | %s | %s |\n", name[j], show(r), show(m), show(q), ratio(m, r), ratio(m, q) }
+	    b = "vm-run-qcow2-before" SUBSEP j
+	    stats(r); stats(m); stats(q); stats(b)
+	    printf "| %s | %s | %s | %s | %s | %s |", name[j], show(r), show(m), show(q), ratio(m, r), ratio(m, q)
+	    if (before) printf " %s | %s |", show(b), ratio(m, b)
+	    printf "\n" }
 	  # The targets of the qcow2 issue, from the medians.
 	  seq = ""; iops = ""; sn = 0; sm = 0; in_ = 0; im = 0
 	  for (i = 1; i <= c; i++) { j = js[i]; r = "vm-run-raw" SUBSEP j; m = "vm-run-qcow2" SUBSEP j; q = "QEMU-qcow2" SUBSEP j

@@ -7,6 +7,7 @@ pub mod create;
 pub mod error;
 pub mod image;
 pub mod info;
+pub mod iov;
 pub mod qcow2;
 pub mod size;
 

@@ -18,8 +18,9 @@
 
 use std::fmt;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use imago::file::File;
@@ -75,14 +76,42 @@ pub fn lock(h: &Held) -> MutexGuard<'_, Option<HeldL1>> {
 pub struct Ordered {
     inner: File,
     held: Held,
-    /// The same file, for lseek(SEEK_DATA): imago's file does not lend
+    /// The same file, for lseek(SEEK_DATA) and the image's direct reads
+    /// and writes of data clusters (image.rs): imago's file does not lend
     /// its descriptor.
     fd: std::fs::File,
+    /// The end of the last direct write past imago's idea of the file's
+    /// size, which imago's file only learns from its own writes.
+    direct_end: AtomicU64,
 }
 
 impl Ordered {
     pub fn new(inner: File, held: Held, fd: std::fs::File) -> Self {
-        Ordered { inner, held, fd }
+        Ordered {
+            inner,
+            held,
+            fd,
+            direct_end: AtomicU64::new(0),
+        }
+    }
+
+    /// The descriptor for reads and writes of data at offsets imago mapped.
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Whether [offset, offset + len) touches the held-back L1 table, whose
+    /// bytes on disk are stale: such a range must go through imago (and so
+    /// through this layer), never to the descriptor.
+    pub fn holds(&self, offset: u64, len: u64) -> bool {
+        lock(&self.held)
+            .as_ref()
+            .is_some_and(|h| h.overlap(offset, len).is_some())
+    }
+
+    /// A direct write ended at `end`.
+    pub fn wrote_to(&self, end: u64) {
+        self.direct_end.fetch_max(end, Ordering::Relaxed);
     }
 
     /// Whether [offset, offset + n) of the file may hold data (false: a
@@ -154,7 +183,10 @@ impl Storage for Ordered {
     }
 
     fn size(&self) -> io::Result<u64> {
-        self.inner.size()
+        Ok(self
+            .inner
+            .size()?
+            .max(self.direct_end.load(Ordering::Relaxed)))
     }
 
     fn resolve_relative_path<P: AsRef<Path>>(&self, relative: P) -> io::Result<PathBuf> {

@@ -1,8 +1,9 @@
 //! qcow2 images (and their base images) as a virtio-blk backend: vm-img's
-//! `Image`, which reads and writes through imago, fed the guest's buffers
-//! in place.
+//! `Image`, which reads and writes data clusters itself where imago maps
+//! them and leaves the rest to imago, fed the guest's buffers in place (as
+//! iovecs: no slices built per request).
 
-use std::io::{self, IoSlice, IoSliceMut};
+use std::io;
 use std::path::Path;
 
 use vm_img::Image;
@@ -29,30 +30,16 @@ impl Disk for Qcow2 {
     }
 
     fn read_at(&mut self, offset: u64, bufs: &[IoVec]) -> io::Result<()> {
-        let mut slices: Vec<IoSliceMut> = bufs
-            .iter()
-            // SAFETY: the block device checked every buffer against guest
-            // memory, which stays mapped for the life of the process; the
-            // guest gave these bytes to the device until it completes the
-            // request, so nothing else in vm-run touches them meanwhile.
-            .map(|b| {
-                IoSliceMut::new(unsafe {
-                    std::slice::from_raw_parts_mut(b.iov_base.cast(), b.iov_len)
-                })
-            })
-            .collect();
-        self.img.read(offset, &mut slices)
+        // SAFETY: the block device checked every buffer against guest
+        // memory, which stays mapped for the life of the process; the guest
+        // gave these bytes to the device until it completes the request, so
+        // nothing else in vm-run touches them meanwhile.
+        unsafe { self.img.read_iovecs(offset, bufs) }
     }
 
     fn write_at(&mut self, offset: u64, bufs: &[IoVec]) -> io::Result<()> {
-        let slices: Vec<IoSlice> = bufs
-            .iter()
-            // SAFETY: as in read_at; these are only read.
-            .map(|b| {
-                IoSlice::new(unsafe { std::slice::from_raw_parts(b.iov_base.cast(), b.iov_len) })
-            })
-            .collect();
-        self.img.write(offset, &slices)
+        // SAFETY: as in read_at; these are only read.
+        unsafe { self.img.write_iovecs(offset, bufs) }
     }
 
     fn flush(&mut self) -> io::Result<()> {
