@@ -1,4 +1,4 @@
-//! The snapshot stream, version 2 (docs/SNAPSHOT.md): a header, then
+//! The snapshot stream, version 3 (docs/SNAPSHOT.md): a header, then
 //! sections, each a tag, a length and a CRC-32 of its payload, readable
 //! strictly in order from a pipe. This file is the only place that knows
 //! the layout on the wire.
@@ -7,8 +7,10 @@ use std::fmt;
 use std::io::{self, Read, Write};
 
 pub const MAGIC: &[u8; 8] = b"VMSNAP\r\n";
-pub const VERSION: u32 = 2;
-/// Version 1 streams are version 2 streams without memory before DEVS.
+pub const VERSION: u32 = 3;
+/// Version 1 streams are version 2 streams without memory before DEVS;
+/// version 2 streams are version 3 streams without RTC (and their guests
+/// have no vmgenid page).
 pub const OLDEST: u32 = 1;
 /// No section but memory is larger; a longer length is corruption.
 pub const MAX_SECTION: u64 = 4 << 20;
@@ -20,6 +22,8 @@ pub enum Tag {
     Config,
     /// The devices: UART, ACPI PM1, PCI functions.
     Devices,
+    /// The CMOS RTC: its offset from the host's clock, its CMOS bytes.
+    Rtc,
     /// One vCPU's registers and in-kernel state; one section per vCPU.
     Vcpu,
     /// The VM's in-kernel state: PIC, IOAPIC, PIT, kvmclock.
@@ -30,9 +34,10 @@ pub enum Tag {
     End,
 }
 
-const TAGS: [(Tag, &[u8; 4]); 6] = [
+const TAGS: [(Tag, &[u8; 4]); 7] = [
     (Tag::Config, b"CONF"),
     (Tag::Devices, b"DEVS"),
+    (Tag::Rtc, b"RTC "),
     (Tag::Vcpu, b"VCPU"),
     (Tag::Vm, b"VMST"),
     (Tag::Memory, b"MEM "),
@@ -139,6 +144,7 @@ fn tag_bytes(tag: Tag) -> &'static [u8; 4] {
 
 pub struct Reader<R: Read> {
     input: R,
+    version: u32,
     sections: u64,
     done: bool,
 }
@@ -159,9 +165,15 @@ impl<R: Read> Reader<R> {
         }
         Ok(Reader {
             input,
+            version: v,
             sections: 0,
             done: false,
         })
+    }
+
+    /// The stream's version, from its header.
+    pub fn version(&self) -> u32 {
+        self.version
     }
 
     /// The next section and its verified payload, or None after END.
@@ -326,16 +338,23 @@ mod tests {
             bad[at] ^= 0x40;
             assert!(read_all(&bad).is_err(), "flip at {at} accepted");
         }
-        let mut v3 = full.clone();
-        v3[8] = 3;
-        assert!(matches!(read_all(&v3), Err(StreamError::Version(3))));
+        let mut v4 = full.clone();
+        v4[8] = 4;
+        assert!(matches!(read_all(&v4), Err(StreamError::Version(4))));
         let mut v0 = full.clone();
         v0[8] = 0;
         assert!(matches!(read_all(&v0), Err(StreamError::Version(0))));
-        // Version 1 (no pre-copied memory) reads as it did.
-        let mut v1 = full.clone();
-        v1[8] = 1;
-        assert!(read_all(&v1).is_ok());
+        // Versions 1 and 2 read as they did (what they lack is for the
+        // reader of the sections to know).
+        for v in [1, 2] {
+            let mut old = full.clone();
+            old[8] = v;
+            assert_eq!(
+                Reader::new(old.as_slice()).map(|r| r.version()).ok(),
+                Some(v.into())
+            );
+            assert!(read_all(&old).is_ok());
+        }
         // A huge length is refused before anything is allocated.
         let mut huge = full;
         huge[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
