@@ -234,6 +234,19 @@ mod tests {
     }
 
     #[test]
+    fn the_vmgenid_page_is_reserved_not_ram() {
+        let e = e820_map(16 << 20);
+        let holding = |addr: u64| e.iter().filter(move |m| m.0 <= addr && addr < m.0 + m.1);
+        let types: Vec<u32> = holding(VMGENID_ADDR).map(|m| m.2).collect();
+        assert_eq!(types, [E820_RESERVED]);
+        assert_eq!(holding(VMGENID_ADDR + 15).count(), 1);
+        // Sorted and not overlapping, as Linux wants the map.
+        for w in e.windows(2) {
+            assert!(w[0].0 + w[0].1 <= w[1].0, "{e:x?}");
+        }
+    }
+
+    #[test]
     fn large_guest_skips_the_hole() {
         let r = ram_regions(4 << 30);
         assert_eq!(r[0], (GuestAddress(0), MMIO_HOLE_START as usize));
