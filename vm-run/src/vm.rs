@@ -168,10 +168,17 @@ fn start(cfg: &Config, incoming: Option<Incoming>) -> Result<Outcome> {
         i8042::PORT_LEN.into(),
         Arc::new(Mutex::new(i8042::I8042::new(reporter.clone()))),
     );
+    let rtc_vm = vm.clone();
     let mut rtc = rtc::Rtc::new(
         cfg.mem_size,
         memory::low_ram_end(cfg.mem_size),
         Box::new(rtc::host_clock),
+        Box::new(move || {
+            // Fails only if the irqchip is gone, and then so is the guest.
+            for level in [true, false] {
+                let _ = rtc_vm.set_irq_line(rtc::IRQ, level);
+            }
+        }),
     );
     if let Some(s) = loaded.as_ref().and_then(|l| l.rtc.as_ref()) {
         rtc.set_state(s)
@@ -372,6 +379,7 @@ fn start(cfg: &Config, incoming: Option<Incoming>) -> Result<Outcome> {
         })?;
     }
     console.spawn_input(com1, room_reader)?;
+    rtc::spawn_ticker(rtc).map_err(|e| Error::Os("spawn rtc thread".into(), e))?;
     for v in vcpus {
         v.spawn()?;
     }

@@ -9,14 +9,22 @@
 //! write to a time register) changes only the offset, so the offset is all
 //! a snapshot needs for the RTC to be right on another host, later.
 //!
-//! No interrupts (IRQ 8): the alarm, periodic and update-ended flags in
-//! register C are never set. rtc_cmos needs them only for alarms and
-//! RTC_UIE, which `hwclock -r` does not use.
+//! Interrupts (IRQ 8): the update-ended and alarm ones, from a thread
+//! that wakes at the end of each of the guest's RTC seconds (`tick`).
+//! rtc_cmos always claims IRQ 8 on a PC, so without them an alarm
+//! (`/sys/class/rtc/rtc0/wakealarm`) would never fire and util-linux's
+//! `hwclock`, which waits for an update interrupt, would time out. No
+//! periodic interrupt: Linux asks for it only for /dev/rtc's RTC_PIE_ON.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use super::BusDevice;
 
 pub const PORT_BASE: u16 = 0x70;
 pub const PORT_LEN: u16 = 2;
+/// The RTC's ISA IRQ on every PC.
+pub const IRQ: u32 = 8;
 
 /// The CMOS bytes. 0-9 the clock and its alarm, A-D the control and
 /// status registers, then NVRAM.
@@ -63,9 +71,19 @@ const A_DEFAULT: u8 = 0x26;
 /// Register B: SET stops the clock for the guest to write it; DM binary
 /// (not BCD); 24-hour mode.
 const B_SET: u8 = 0x80;
+const B_AIE: u8 = 0x20;
 const B_UIE: u8 = 0x10;
 const B_DM_BINARY: u8 = 0x04;
 const B_24H: u8 = 0x02;
+/// Register C: an enabled interrupt is pending (IRQF), the alarm matched
+/// (AF), an update ended (UF). AF and UF sit where B's AIE and UIE do.
+const C_IRQF: u8 = 0x80;
+const C_AF: u8 = 0x20;
+const C_UF: u8 = 0x10;
+/// Each alarm register and the time register it is compared with; an
+/// alarm byte with both top bits set matches any value.
+const ALARMS: [(usize, usize); 3] = [(0x01, SECONDS), (0x03, MINUTES), (0x05, HOURS)];
+const ALARM_ANY: u8 = 0xc0;
 /// Register D: the battery is good (VRT).
 const D_VRT: u8 = 0x80;
 /// UIP is set this long before each second ends (the datasheet's 244 µs).
@@ -76,6 +94,8 @@ const NS: i64 = 1_000_000_000;
 
 /// Host wall-clock time, in ns since the epoch.
 pub type Clock = Box<dyn Fn() -> i64 + Send>;
+/// Raises IRQ 8 once (an edge, as an ISA interrupt is).
+pub type Irq = Box<dyn Fn() + Send>;
 
 pub fn host_clock() -> i64 {
     crate::snapshot::realtime_ns() as i64
@@ -87,6 +107,9 @@ pub struct Rtc {
     /// Guest RTC time minus host wall-clock time, ns.
     offset_ns: i64,
     clock: Clock,
+    irq: Irq,
+    /// The guest second whose update `tick` last made.
+    last_update: i64,
 }
 
 /// What a snapshot keeps of the RTC: the offset from the host's clock, the
@@ -102,7 +125,7 @@ impl Rtc {
     /// An RTC set to the host's time, in BCD and 24-hour mode as a PC BIOS
     /// leaves it, with the memory sizes of a guest of `mem_size` bytes
     /// (`low` of them below 4 GiB) in NVRAM.
-    pub fn new(mem_size: u64, low: u64, clock: Clock) -> Self {
+    pub fn new(mem_size: u64, low: u64, clock: Clock, irq: Irq) -> Self {
         let mut cmos = [0u8; CMOS_LEN];
         cmos[REG_A] = A_DEFAULT;
         cmos[REG_B] = B_24H;
@@ -126,11 +149,48 @@ impl Rtc {
             (mem_size.saturating_sub(low) >> 16).min(0xff_ffff),
             3,
         );
+        let now = clock().div_euclid(NS);
         Rtc {
             index: 0,
             cmos,
             offset_ns: 0,
             clock,
+            irq,
+            last_update: now,
+        }
+    }
+
+    /// The update cycle that ends each second of the RTC's: UF, AF when
+    /// the alarm matches, and the interrupt if the guest enabled either.
+    /// Returns how long until the next one.
+    pub fn tick(&mut self) -> Duration {
+        let now = self.guest_ns();
+        let secs = now.div_euclid(NS);
+        // Woken early, or the guest set the clock back: that second's
+        // update has been made, or will be.
+        if !self.setting() && secs > self.last_update {
+            let mut flags = C_UF;
+            if ALARMS.iter().all(|&(alarm, time)| {
+                let a = self.cmos[alarm];
+                a & ALARM_ANY == ALARM_ANY || a == self.encode(time, secs)
+            }) {
+                flags |= C_AF;
+            }
+            self.cmos[REG_C] |= flags;
+            self.update_irq();
+        }
+        self.last_update = self.last_update.max(secs);
+        // Just past the next second's start, so that it has begun.
+        Duration::from_nanos((NS - now.rem_euclid(NS)) as u64 + 1_000_000)
+    }
+
+    /// IRQF follows the flags the guest enabled; the interrupt is raised
+    /// when it sets (the guest's read of C clears it).
+    fn update_irq(&mut self) {
+        let pending = self.cmos[REG_C] & self.cmos[REG_B] & (B_AIE | B_UIE) != 0;
+        if pending && self.cmos[REG_C] & C_IRQF == 0 {
+            self.cmos[REG_C] |= C_IRQF;
+            (self.irq)();
         }
     }
 
@@ -149,6 +209,7 @@ impl Rtc {
         self.cmos = s.cmos.as_slice().try_into().ok()?;
         self.index = s.index & 0x7f;
         self.offset_ns = s.offset_ns;
+        self.last_update = self.guest_ns().div_euclid(NS);
         Some(())
     }
 
@@ -268,7 +329,9 @@ impl Rtc {
                 self.cmos[REG_B] = if v & B_SET != 0 { v & !B_UIE } else { v };
                 if v & B_SET == 0 && was {
                     self.commit();
+                    self.last_update = self.guest_ns().div_euclid(NS);
                 }
+                self.update_irq();
             }
             REG_C | REG_D => {}
             _ => self.cmos[reg] = v,
@@ -297,6 +360,17 @@ impl BusDevice for Rtc {
             }
         }
     }
+}
+
+/// Makes the RTC's updates, for as long as the process runs.
+pub fn spawn_ticker(rtc: Arc<Mutex<Rtc>>) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("rtc".into())
+        .spawn(move || loop {
+            let wait = rtc.lock().unwrap_or_else(|e| e.into_inner()).tick();
+            std::thread::sleep(wait);
+        })
+        .map(drop)
 }
 
 /// `v` (0-99) as the registers hold it: BCD unless register B says binary.
@@ -386,14 +460,24 @@ mod tests {
     const T: i64 = 1_796_172_067;
 
     fn rtc_at(ns: i64) -> (Rtc, Arc<AtomicI64>) {
+        let (rtc, now, _) = rtc_with_irqs(ns);
+        (rtc, now)
+    }
+
+    /// Also the number of interrupts raised.
+    fn rtc_with_irqs(ns: i64) -> (Rtc, Arc<AtomicI64>, Arc<AtomicI64>) {
         let now = Arc::new(AtomicI64::new(ns));
-        let n = now.clone();
+        let irqs = Arc::new(AtomicI64::new(0));
+        let (n, i) = (now.clone(), irqs.clone());
         let rtc = Rtc::new(
             256 << 20,
             256 << 20,
             Box::new(move || n.load(Ordering::Relaxed)),
+            Box::new(move || {
+                i.fetch_add(1, Ordering::Relaxed);
+            }),
         );
-        (rtc, now)
+        (rtc, now, irqs)
     }
 
     fn get(rtc: &mut Rtc, reg: u8) -> u8 {
@@ -527,13 +611,61 @@ mod tests {
         assert_eq!(word(&mut rtc, 0x17), 0xffff);
         assert_eq!(word(&mut rtc, 0x34), (256 - 16) << 4);
         assert_eq!(get(&mut rtc, 0x5b), 0);
-        let big = Rtc::new(6 << 30, 3 << 30, Box::new(|| 0));
+        let big = Rtc::new(6 << 30, 3 << 30, Box::new(|| 0), Box::new(|| {}));
         assert_eq!(big.cmos[0x34..0x36], [0x00, 0xbf]);
         assert_eq!(big.cmos[0x5b..0x5e], [0x00, 0xc0, 0x00]);
         // NVRAM is the guest's to write; C and D are not.
         set(&mut rtc, 0x40, 0x5a);
         set(&mut rtc, 0x0d, 0);
         assert_eq!((get(&mut rtc, 0x40), get(&mut rtc, 0x0d)), (0x5a, D_VRT));
+    }
+
+    #[test]
+    fn updates_and_the_alarm_interrupt_as_enabled() {
+        let (mut rtc, now, irqs) = rtc_with_irqs(T * NS + 300_000_000);
+        let irqs = move || irqs.load(Ordering::Relaxed);
+        // Woken 0.7 s later, just past the next second.
+        assert_eq!(rtc.tick(), Duration::from_nanos(701_000_000));
+        assert_eq!(get(&mut rtc, 0x0c), 0, "no update yet");
+        now.store((T + 1) * NS + 1_000_000, Ordering::Relaxed);
+        rtc.tick();
+        // The flag without the interrupt: UIE is off.
+        assert_eq!((get(&mut rtc, 0x0c), irqs()), (C_UF, 0));
+        assert_eq!(get(&mut rtc, 0x0c), 0, "reading C clears it");
+        // An alarm at 00:41:10 (T is 00:41:07), hours and minutes "any".
+        for (reg, v) in [(0x01, 0x10), (0x03, 0xc0), (0x05, 0xff)] {
+            set(&mut rtc, reg, v);
+        }
+        set(&mut rtc, 0x0b, B_24H | B_AIE);
+        for s in 2..=4 {
+            now.store((T + s) * NS + 1_000_000, Ordering::Relaxed);
+            rtc.tick();
+            // A second tick in the same second changes nothing.
+            rtc.tick();
+        }
+        assert_eq!(irqs(), 1, "the alarm once");
+        assert_eq!(get(&mut rtc, 0x0c), C_IRQF | C_AF | C_UF);
+        // UIE: an interrupt every second, each acknowledged by reading C
+        // (Linux's handler does).
+        set(&mut rtc, 0x0b, B_24H | B_UIE);
+        for s in 5..=7 {
+            now.store((T + s) * NS + 1_000_000, Ordering::Relaxed);
+            rtc.tick();
+            assert_eq!(get(&mut rtc, 0x0c), C_IRQF | C_UF);
+        }
+        assert_eq!(irqs(), 4);
+        // Unacknowledged, the flag stays up and no new edge is made.
+        now.store((T + 8) * NS + 1_000_000, Ordering::Relaxed);
+        rtc.tick();
+        now.store((T + 9) * NS + 1_000_000, Ordering::Relaxed);
+        rtc.tick();
+        assert_eq!(irqs(), 5);
+        // While SET holds the clock, no updates.
+        assert_ne!(get(&mut rtc, 0x0c), 0);
+        set(&mut rtc, 0x0b, B_SET | B_24H | B_UIE);
+        now.store((T + 10) * NS + 1_000_000, Ordering::Relaxed);
+        rtc.tick();
+        assert_eq!((get(&mut rtc, 0x0c), irqs()), (0, 5));
     }
 
     #[test]
