@@ -267,6 +267,7 @@ fn start(cfg: &Config, incoming: Option<Incoming>) -> Result<Outcome> {
 
     if loaded.as_ref().is_some_and(|l| l.rtc.is_some()) {
         vmgenid::notify(&vm)?;
+        lock(&rtc).resend_irq();
     }
     // Everything is open and mapped: from here on the guest could be
     // hostile, so vm-run gives up what it no longer needs.

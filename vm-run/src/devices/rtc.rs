@@ -184,6 +184,16 @@ impl Rtc {
         Duration::from_nanos((NS - now.rem_euclid(NS)) as u64 + 1_000_000)
     }
 
+    /// A received guest's pending interrupt, raised again: the edge may
+    /// have been made while the sender saved its interrupt controllers and
+    /// got into neither's state, and with IRQF set no new one would come.
+    /// (One too many is harmless: the guest's handler finds C clear.)
+    pub fn resend_irq(&self) {
+        if self.cmos[REG_C] & C_IRQF != 0 {
+            (self.irq)();
+        }
+    }
+
     /// IRQF follows the flags the guest enabled; the interrupt is raised
     /// when it sets (the guest's read of C clears it).
     fn update_irq(&mut self) {
@@ -660,6 +670,11 @@ mod tests {
         now.store((T + 9) * NS + 1_000_000, Ordering::Relaxed);
         rtc.tick();
         assert_eq!(irqs(), 5);
+        // After a receive, a pending one is raised again.
+        let mut other = rtc_with_irqs((T + 9) * NS);
+        other.0.set_state(&rtc.state()).unwrap();
+        other.0.resend_irq();
+        assert_eq!(other.2.load(Ordering::Relaxed), 1);
         // While SET holds the clock, no updates.
         assert_ne!(get(&mut rtc, 0x0c), 0);
         set(&mut rtc, 0x0b, B_SET | B_24H | B_UIE);
