@@ -298,6 +298,37 @@ fn bad_streams_are_refused_before_any_guest_runs() {
 }
 
 #[test]
+fn a_version_2_stream_without_rtc_still_runs() {
+    let dir = rundir("v2");
+    let good = good_stream(&dir);
+    // What vm-run wrote before the RTC: the same sections without RTC,
+    // under version 2 (the header's version is outside every checksum).
+    let mut r = Reader::new(good.as_slice()).expect("header");
+    let mut w = Writer::new(Vec::new()).expect("writer");
+    while let Some((tag, payload)) = r.next(64 << 20).expect("section") {
+        if tag != Tag::Rtc {
+            w.section(tag, &[payload]).expect("write");
+        }
+    }
+    let mut old = w.finish().expect("finish");
+    old[8] = 2;
+    let file = dir.join("v2");
+    std::fs::write(&file, &old).expect("write");
+    let g = receive(&dir, "old", &format!("cat {}", file.display()));
+    assert!(echoes(&dir, "old", "still-echoing"));
+    assert_eq!(sh(&dir, "vm-ctl stop -f old").status, 0);
+    assert_eq!(g.end().status, 0);
+    // A version 3 stream without its RTC section is refused.
+    old[8] = 3;
+    let o = refused(&dir, &old);
+    assert_eq!(o.status, 65, "{o:?}");
+    assert_eq!(
+        o.stderr,
+        "vm-receive: snapshot stream: snapshot section Rtc: missing\n"
+    );
+}
+
+#[test]
 fn a_cpu_without_the_guests_features_is_named_and_refused() {
     let dir = rundir("cpu");
     let good = good_stream(&dir);
@@ -431,24 +462,49 @@ fn linux_scenarios() -> Vec<Scenario> {
             ),
         },
         Scenario {
+            // The guest sets its RTC an hour ahead of its system clock
+            // (hwclock -w with the system clock moved there and back), so
+            // that the RTC shows whether its own offset survived; each
+            // line has the vmgenid bytes (devmem: the page is below 1 MiB,
+            // which /dev/mem may read) and the count of the GED interrupt
+            // that announces a new one. Received twice from one file.
             name: "clock",
             script: format!(
                 "{} > /tmp/k0.log 2>&1 &\n{}\n\
                  vm-send k > /tmp/k.snap; echo SEND-RC=$? SIZE=$(stat -c %s /tmp/k.snap)\n\
+                 echo SRC-LAST $(grep '^COUNT.*END' /tmp/k0.log | tail -n1)\n\
                  sleep 60\n\
                  vm-receive -N k < /tmp/k.snap > /tmp/k1.log 2>&1 &\n{}\n\
                  for s in 1 2 3; do n=$(grep -c '^COUNT.*END' /tmp/k1.log); \
                  while [ $(grep -c '^COUNT.*END' /tmp/k1.log) -eq $n ]; do sleep 0.05; done; \
                  H=$(date +%s); L=$(grep '^COUNT.*END' /tmp/k1.log | tail -n1 | tr -d '\\r'); \
-                 echo LINE $L; T=${{L##*T=}}; echo SKEW $(( ${{T% END}} - H )); done\n\
-                 vm-ctl stop -f -w k",
+                 echo LINE $L; T=${{L##*T=}}; echo SKEW $(( ${{T% END}} - H )); \
+                 R=${{L##*R=}}; echo RSKEW $(( ${{R%% *}} - H )); done\n\
+                 vm-ctl stop -f -w k\n\
+                 echo DST1-LAST $(grep '^COUNT.*END' /tmp/k1.log | tail -n1)\n\
+                 vm-receive -N k < /tmp/k.snap > /tmp/k2.log 2>&1 &\n{}\nsleep 1\n\
+                 vm-ctl stop -f -w k\n\
+                 echo DST2-LAST $(grep '^COUNT.*END' /tmp/k2.log | tail -n1)\n\
+                 grep -E '^(ALARM|HWCLOCK|MODALIAS)' /tmp/k0.log",
                 guest(
                     "-N k -m 256M",
                     "bzImage",
-                    "run=\"i=0; while :; do i=$((i+1)); echo COUNT $i T=$(date +%s) END; sleep 0.5; done\""
+                    "run=\"echo +2 > /sys/class/rtc/rtc0/wakealarm; sleep 3; \
+                     echo ALARM IRQS=$(set -- $(grep rtc0 /proc/interrupts); echo $2) \
+                     LEFT=$(cat /sys/class/rtc/rtc0/wakealarm) END; \
+                     date -s @$(( $(date +%s) + 3600 )) >/dev/null; hwclock -w -u; \
+                     date -s @$(( $(date +%s) - 3600 )) >/dev/null; \
+                     W=$(hwclock -r -u); echo HWCLOCK RC=$? $W; \
+                     echo MODALIAS $(cat /sys/bus/acpi/devices/VMRUNGID:00/modalias); \
+                     i=0; while :; do i=$((i+1)); \
+                     echo COUNT $i G=$(devmem 0x9f000 64)$(devmem 0x9f008 64) \
+                     I=$(set -- $(grep Ged /proc/interrupts); echo $2) \
+                     R=$(cat /sys/class/rtc/rtc0/since_epoch) T=$(date +%s) END; \
+                     sleep 0.5; done\""
                 ),
                 await_in("/tmp/k0.log", "COUNT 3 ", 60),
                 await_in("/tmp/k1.log", "COUNT", 60),
+                await_in("/tmp/k2.log", "COUNT", 60),
             ),
         },
     ]
@@ -576,18 +632,86 @@ fn linux_guest_with_a_nic_pings_on_after_a_receive() {
 fn linux_guest_clock_is_right_after_a_minute_on_disk() {
     let c = case("clock");
     assert!(c.output.contains("SEND-RC=0"), "{}", c.output);
-    let skews: Vec<i64> = c
-        .output
-        .lines()
-        .filter_map(|l| l.strip_prefix("SKEW ")?.trim().parse().ok())
-        .collect();
-    assert!(!skews.is_empty(), "{}", c.output);
+    let values = |key: &str| -> Vec<i64> {
+        c.output
+            .lines()
+            .filter_map(|l| l.strip_prefix(key)?.trim().parse().ok())
+            .collect()
+    };
+    let (skews, rtc_skews) = (values("SKEW "), values("RSKEW "));
     // Whole seconds on both sides, the host's read as soon as the guest's
     // line appears (in busy test hosts up to a second late): a clock within
     // a second of the host's reads -2 to 0. Without the clock brought
     // forward it would read about -60.
-    assert_eq!(skews.len(), 3, "{}", c.output);
+    assert_eq!((skews.len(), rtc_skews.len()), (3, 3), "{}", c.output);
     for s in skews {
         assert!(s.abs() <= 2, "guest clock off by {s} s:\n{}", c.output);
     }
+    // The RTC the guest set an hour ahead is still an hour ahead of this
+    // host's clock: its offset came with the snapshot, not its reading of
+    // a minute ago. (hwclock -w drops the fraction of a second: -3 to 0.)
+    for s in rtc_skews {
+        assert!(
+            (s - 3600).abs() <= 3,
+            "guest RTC off by {} s:\n{}",
+            s - 3600,
+            c.output
+        );
+    }
+}
+
+/// A COUNT line's `key=` field.
+fn word<'a>(line: &'a str, key: &str) -> &'a str {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key))
+        .unwrap_or("")
+}
+
+#[test]
+fn linux_guest_reads_and_sets_its_cmos_rtc() {
+    let c = case("clock");
+    // busybox hwclock through rtc_cmos: the RTC's time as the guest set it.
+    // (Read with RTC_RD_TIME; util-linux's hwclock also waits for an
+    // update interrupt, which the alarm below stands for.)
+    let hw = field(c, "HWCLOCK ");
+    assert!(hw.starts_with("RC=0 "), "{}", c.output);
+    assert!(hw.contains(" seconds"), "{}", c.output);
+    // An alarm two seconds ahead fired (IRQ 8, rtc_cmos's handler) and
+    // was used up.
+    let alarm = field(c, "ALARM ");
+    assert_eq!(alarm, "IRQS=1 LEFT= END", "{}", c.output);
+}
+
+#[test]
+fn each_receive_gives_the_guest_a_new_generation_id_and_tells_it() {
+    let c = case("clock");
+    // The ACPI device as Linux's vmgenid driver matches it (by _CID, which
+    // ACPICA uppercases): a kernel with CONFIG_VMGENID binds to it.
+    assert!(
+        field(c, "MODALIAS ").contains(":VM_GEN_COUNTER:"),
+        "{}",
+        c.output
+    );
+    let (src, a, b) = (
+        field(c, "SRC-LAST "),
+        field(c, "DST1-LAST "),
+        field(c, "DST2-LAST "),
+    );
+    let ids = [word(src, "G="), word(a, "G="), word(b, "G=")];
+    for id in ids {
+        assert!(
+            id.len() == 36 && id != "0x00000000000000000x0000000000000000",
+            "{id:?}:\n{}",
+            c.output
+        );
+    }
+    assert!(
+        ids[0] != ids[1] && ids[0] != ids[2] && ids[1] != ids[2],
+        "{ids:?}:\n{}",
+        c.output
+    );
+    // The GED's interrupt: never before the send, once in each received
+    // guest (its _EVT does Notify(VGEN, 0x80)).
+    let irqs = [word(src, "I="), word(a, "I="), word(b, "I=")];
+    assert_eq!(irqs, ["0", "1", "1"], "{}", c.output);
 }

@@ -31,6 +31,10 @@ pub const PDPT_START: u64 = 0xa000;
 pub const PD_START: u64 = 0xb000;
 pub const CMDLINE_START: u64 = 0x20000;
 pub const CMDLINE_MAX: usize = 0x10000;
+/// The VM generation ID (devices/vmgenid.rs): 16 bytes in a page of its
+/// own, reserved in e820, just below the EBDA. Linux keeps its hands off
+/// 0x9f000 and up anyway when the BIOS data area gives no EBDA.
+pub const VMGENID_ADDR: u64 = 0x9f000;
 /// The EBDA and the BIOS area: reserved in e820, as on a PC.
 pub const EBDA_START: u64 = 0x9fc00;
 /// ACPI tables live where Linux scans for the RSDP on a PC.
@@ -200,7 +204,8 @@ fn host_memory() -> Option<u64> {
 /// The e820 map the guest is told about, as (start, size, type).
 pub fn e820_map(size: u64) -> Vec<(u64, u64, u32)> {
     let mut map = vec![
-        (0, EBDA_START, E820_RAM),
+        (0, VMGENID_ADDR, E820_RAM),
+        (VMGENID_ADDR, EBDA_START - VMGENID_ADDR, E820_RESERVED),
         (EBDA_START, 0xa0000 - EBDA_START, E820_RESERVED),
         (ACPI_START, BIOS_END - ACPI_START, E820_RESERVED),
         (HIMEM_START, low_ram_end(size) - HIMEM_START, E820_RAM),
@@ -240,6 +245,19 @@ mod tests {
     }
 
     #[test]
+    fn the_vmgenid_page_is_reserved_not_ram() {
+        let e = e820_map(16 << 20);
+        let holding = |addr: u64| e.iter().filter(move |m| m.0 <= addr && addr < m.0 + m.1);
+        let types: Vec<u32> = holding(VMGENID_ADDR).map(|m| m.2).collect();
+        assert_eq!(types, [E820_RESERVED]);
+        assert_eq!(holding(VMGENID_ADDR + 15).count(), 1);
+        // Sorted and not overlapping, as Linux wants the map.
+        for w in e.windows(2) {
+            assert!(w[0].0 + w[0].1 <= w[1].0, "{e:x?}");
+        }
+    }
+
+    #[test]
     fn large_guest_skips_the_hole() {
         let r = ram_regions(4 << 30);
         assert_eq!(r[0], (GuestAddress(0), MMIO_HOLE_START as usize));
@@ -249,7 +267,7 @@ mod tests {
             .filter(|e| e.2 == E820_RAM)
             .map(|e| e.1)
             .sum();
-        // All of it but the EBDA and BIOS area below 1 MiB.
-        assert_eq!(ram, (4 << 30) - (HIMEM_START - EBDA_START));
+        // All of it but the vmgenid page, the EBDA and BIOS area below 1 MiB.
+        assert_eq!(ram, (4 << 30) - (HIMEM_START - VMGENID_ADDR));
     }
 }

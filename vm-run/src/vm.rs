@@ -13,7 +13,7 @@ use crate::bus::Bus;
 use crate::config::Config;
 use crate::console::{Attached, Console};
 use crate::control::{self, Control};
-use crate::devices::{acpi_pm, i8042, serial};
+use crate::devices::{acpi_pm, i8042, rtc, serial, vmgenid};
 use crate::error::{Error, Result};
 use crate::memory::{self, GuestMemory};
 use crate::memory::{PCI_MMIO_END, PCI_MMIO_START};
@@ -98,6 +98,7 @@ fn start(cfg: &Config, incoming: Option<Incoming>) -> Result<Outcome> {
     let (entry, loaded, base_cpuid) = match incoming {
         None => {
             let rsdp = acpi::write_tables(mem, cfg.vcpus)?;
+            vmgenid::write_new_id(mem)?;
             let entry = boot::load(mem, cfg, rsdp)?;
             regs::write_boot_structures(mem, entry)?;
             (Some(entry), None, host_cpuid)
@@ -112,6 +113,11 @@ fn start(cfg: &Config, incoming: Option<Incoming>) -> Result<Outcome> {
             }
             let loaded = image::load(&mut inc.reader, mem, cfg.vcpus.into())
                 .map_err(|e| Error::Snapshot(e.to_string()))?;
+            if loaded.rtc.is_some() {
+                // This guest may be one of many clones of the snapshot (a
+                // version 3 one: older guests have no vmgenid page).
+                vmgenid::write_new_id(mem)?;
+            }
             let base = CpuId::from_entries(&inc.config.cpuid)
                 .map_err(|e| Error::Snapshot(format!("CPUID: {e:?}")))?;
             (None, Some(loaded), base)
@@ -162,6 +168,24 @@ fn start(cfg: &Config, incoming: Option<Incoming>) -> Result<Outcome> {
         i8042::PORT_LEN.into(),
         Arc::new(Mutex::new(i8042::I8042::new(reporter.clone()))),
     );
+    let rtc_vm = vm.clone();
+    let mut rtc = rtc::Rtc::new(
+        cfg.mem_size,
+        memory::low_ram_end(cfg.mem_size),
+        Box::new(rtc::host_clock),
+        Box::new(move || {
+            // Fails only if the irqchip is gone, and then so is the guest.
+            for level in [true, false] {
+                let _ = rtc_vm.set_irq_line(rtc::IRQ, level);
+            }
+        }),
+    );
+    if let Some(s) = loaded.as_ref().and_then(|l| l.rtc.as_ref()) {
+        rtc.set_state(s)
+            .ok_or_else(|| Error::Snapshot("RTC state does not fit".into()))?;
+    }
+    let rtc = Arc::new(Mutex::new(rtc));
+    pio.insert(rtc::PORT_BASE.into(), rtc::PORT_LEN.into(), rtc.clone());
     let sci_vm = vm.clone();
     let power = Arc::new(Mutex::new(acpi_pm::AcpiPm::new(
         reporter.clone(),
@@ -240,6 +264,10 @@ fn start(cfg: &Config, incoming: Option<Incoming>) -> Result<Outcome> {
         });
     }
 
+    if loaded.as_ref().is_some_and(|l| l.rtc.is_some()) {
+        vmgenid::notify(&vm)?;
+        lock(&rtc).resend_irq();
+    }
     // Everything is open and mapped: from here on the guest could be
     // hostile, so vm-run gives up what it no longer needs.
     let landlocked = sandbox::enter(rundir.as_deref())?;
@@ -268,6 +296,7 @@ fn start(cfg: &Config, incoming: Option<Incoming>) -> Result<Outcome> {
     let skip_absent = !memory::host_swaps();
     let snap_vm = vm.clone();
     let (snap_pauser, snap_com1, snap_power) = (pauser.clone(), com1.clone(), power.clone());
+    let snap_rtc = rtc.clone();
     let snap_flushers = flushers.clone();
     let verbose = cfg.verbose;
     // `live`: the guest runs; memory goes in pre-copy rounds, and the
@@ -304,6 +333,7 @@ fn start(cfg: &Config, incoming: Option<Incoming>) -> Result<Outcome> {
                         acpi_pm: lock(&snap_power).registers(),
                         pci: pci_state.0,
                     },
+                    rtc: Some(lock(&snap_rtc).state()),
                     vcpus: snap_pauser.save_vcpus()?,
                     vm: VmState::save(&snap_vm, clock, snap_pauser.paused_at())?,
                 };
@@ -348,6 +378,7 @@ fn start(cfg: &Config, incoming: Option<Incoming>) -> Result<Outcome> {
         })?;
     }
     console.spawn_input(com1, room_reader)?;
+    rtc::spawn_ticker(rtc).map_err(|e| Error::Os("spawn rtc thread".into(), e))?;
     for v in vcpus {
         v.spawn()?;
     }

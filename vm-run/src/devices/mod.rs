@@ -5,7 +5,9 @@
 
 pub mod acpi_pm;
 pub mod i8042;
+pub mod rtc;
 pub mod serial;
+pub mod vmgenid;
 
 /// A device on the port I/O or MMIO bus.
 pub trait BusDevice: Send {

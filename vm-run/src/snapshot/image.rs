@@ -1,5 +1,5 @@
 //! A whole snapshot, in stream order: CONF, (a live migration's pre-copied
-//! MEM runs,) DEVS, one VCPU per vCPU, VMST, the MEM runs, END. Written by
+//! MEM runs,) DEVS, RTC, one VCPU per vCPU, VMST, the MEM runs, END. Written by
 //! a paused vm-run (or, for the pre-copy, a running one), read by
 //! vm-receive before its guest runs.
 
@@ -11,6 +11,7 @@ use vm_superio::serial::SerialState;
 use super::live::Dirty;
 use super::stream::{Dec, Enc, Reader, StreamError, Tag, Writer};
 use super::{VcpuState, VmState, MEM_RUN_PAGES, PAGE};
+use crate::devices::rtc::RtcState;
 use crate::memory::GuestMemory;
 
 /// The devices' state that lives in vm-run (the in-kernel ones are VMST).
@@ -78,19 +79,49 @@ impl DeviceState {
     }
 }
 
+/// The RTC section: the offset (i64 as u64), the index register (u8), the
+/// 128 CMOS bytes (bytes).
+fn encode_rtc(s: &RtcState) -> Vec<u8> {
+    let mut e = Enc::default();
+    e.u64(s.offset_ns as u64).u8(s.index).bytes(&s.cmos);
+    e.0
+}
+
+fn decode_rtc(payload: &[u8]) -> Result<RtcState, StreamError> {
+    let mut d = Dec::new(Tag::Rtc, payload);
+    let offset_ns = d.u64()? as i64;
+    let index = d.u8()?;
+    let cmos = d.bytes()?.to_vec();
+    d.end()?;
+    if cmos.len() != 128 {
+        return Err(d.bad(format!("{} CMOS bytes, not 128", cmos.len())));
+    }
+    Ok(RtcState {
+        offset_ns,
+        index,
+        cmos,
+    })
+}
+
 /// What a stream holds besides CONF and memory (which a receiver writes
 /// straight into guest RAM).
 pub struct Snapshot {
     pub devices: DeviceState,
+    /// None from streams before version 3: their guests had no RTC, and
+    /// no vmgenid page either.
+    pub rtc: Option<RtcState>,
     pub vcpus: Vec<VcpuState>,
     pub vm: VmState,
 }
 
 impl Snapshot {
-    /// DEVS, every VCPU and VMST: what follows CONF (and the pre-copied
-    /// memory of a live migration).
+    /// DEVS, RTC, every VCPU and VMST: what follows CONF (and the
+    /// pre-copied memory of a live migration).
     pub fn write_state<W: Write>(&self, w: &mut Writer<W>) -> io::Result<()> {
         w.section(Tag::Devices, &[&self.devices.encode()])?;
+        if let Some(rtc) = &self.rtc {
+            w.section(Tag::Rtc, &[&encode_rtc(rtc)])?;
+        }
         for v in &self.vcpus {
             w.section(Tag::Vcpu, &[&v.encode()])?;
         }
@@ -235,6 +266,14 @@ pub fn load<R: Read>(
             got => break DeviceState::decode(expect(got, Tag::Devices)?)?,
         }
     };
+    let rtc = if r.version() >= 3 {
+        match r.next(small)? {
+            Some((Tag::Rtc, payload)) => Some(decode_rtc(payload)?),
+            _ => return Err(StreamError::Order(Tag::Rtc, "missing")),
+        }
+    } else {
+        None
+    };
     let mut states = Vec::with_capacity(vcpus);
     for _ in 0..vcpus {
         states.push(VcpuState::decode(expect(r.next(small)?, Tag::Vcpu)?)?);
@@ -248,6 +287,7 @@ pub fn load<R: Read>(
     }
     Ok(Snapshot {
         devices,
+        rtc,
         vcpus: states,
         vm,
     })

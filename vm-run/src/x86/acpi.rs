@@ -17,6 +17,7 @@ use vm_memory::{Bytes, GuestAddress};
 use crate::devices::acpi_pm::{
     PM1_CNT_BLK, PM1_CNT_LEN, PM1_EVT_BLK, PM1_EVT_LEN, SCI_IRQ, SLP_TYP_S5,
 };
+use crate::devices::{rtc, vmgenid};
 use crate::error::{Error, Result};
 use crate::memory::{
     GuestMemory, ACPI_START, BIOS_END, IOAPIC_ADDR, LAPIC_ADDR, PCI_MMIO_END, PCI_MMIO_START,
@@ -26,10 +27,11 @@ use crate::pci::root::{self, CONFIG_PORT, CONFIG_PORT_LEN};
 const OEM_ID: [u8; 6] = *b"VMRUN ";
 const OEM_TABLE_ID: [u8; 8] = *b"VMRUNTBL";
 const OEM_REVISION: u32 = 1;
-/// FADT IA-PC boot architecture flags: no VGA, no CMOS RTC; the 8042 bit
-/// stays clear so Linux does not spend time probing a keyboard.
+/// FADT IA-PC boot architecture flags: no VGA; the 8042 bit stays clear
+/// so Linux does not spend time probing a keyboard. The CMOS RTC is there
+/// (devices/rtc.rs): IAPC_CMOS_RTC_NOT_PRESENT (bit 5) stays clear, or
+/// Linux would not register rtc_cmos.
 const IAPC_VGA_NOT_PRESENT: u16 = 1 << 2;
-const IAPC_CMOS_RTC_NOT_PRESENT: u16 = 1 << 5;
 
 const MADT_LAPIC: u8 = 0;
 const MADT_IOAPIC: u8 = 1;
@@ -98,7 +100,8 @@ fn dsdt() -> Sdt {
     );
     dsdt.append_slice(&bytes(&s5));
     let pci0 = Encoded(pci_root());
-    dsdt.append_slice(&bytes(&Scope::new("_SB_".into(), vec![&pci0])));
+    let vmgenid = Encoded(vmgenid::aml());
+    dsdt.append_slice(&bytes(&Scope::new("_SB_".into(), vec![&pci0, &vmgenid])));
     dsdt
 }
 
@@ -157,7 +160,9 @@ fn fadt(dsdt_addr: u64) -> acpi_tables::fadt::FADT {
     b.pm1a_cnt_blk = u32::from(PM1_CNT_BLK).into();
     b.pm1_evt_len = PM1_EVT_LEN;
     b.pm1_cnt_len = PM1_CNT_LEN;
-    b.iapc_boot_arch = (IAPC_VGA_NOT_PRESENT | IAPC_CMOS_RTC_NOT_PRESENT).into();
+    b.iapc_boot_arch = IAPC_VGA_NOT_PRESENT.into();
+    // Where the RTC keeps the century: Linux's rtc_cmos reads it from here.
+    b.century = rtc::CENTURY;
     b.finalize()
 }
 
@@ -222,6 +227,11 @@ mod tests {
             let t = read(&mem, addr, len);
             assert!(checksum_ok(&t), "{:?}", &t[..4]);
             sigs.push(String::from_utf8_lossy(&t[..4]).to_string());
+            if &t[..4] == b"FACP" {
+                // The century register, and no "CMOS RTC not present".
+                assert_eq!(t[108], rtc::CENTURY);
+                assert_eq!(u16::from_le_bytes([t[109], t[110]]) & 1 << 5, 0);
+            }
             if &t[..4] == b"APIC" {
                 let (mut at, mut kinds) = (44, Vec::new());
                 while at < t.len() {
@@ -250,6 +260,7 @@ mod tests {
         assert!(s.windows(4).any(|w| w == b"_S5_"));
         assert!(s.windows(4).any(|w| w == b"PCI0"));
         assert!(s.windows(4).any(|w| w == b"_PRT"));
+        assert!(s.windows(4).any(|w| w == b"VGEN"));
         assert!(checksum_ok(s));
     }
 }
