@@ -121,10 +121,16 @@ pub fn run(batch: &str, scenarios: &[Scenario], with_qemu: bool) -> Report {
             .expect("run tests/harness/run-host.sh");
         let out = wait_output(child, Duration::from_secs(1500));
         console = format!("{}{}", out.stdout, out.stderr);
-        if out.status != 3 {
+        // A boot that hit run-host.sh's time limit is tried once more
+        // too: now and then a guest's transfer in the test host stalls
+        // for good (net.rs's 100 MB; see the notes of issues 3 and 5).
+        // Both show on stderr, so a retry is never silent.
+        let timed_out = console.contains("(timeout)");
+        if out.status != 3 && !timed_out {
             break;
         }
-        eprintln!("testhost {batch}: the test host locked up (attempt {attempt})");
+        let why = if timed_out { "timed out" } else { "locked up" };
+        eprintln!("testhost {batch}: the test host {why} (attempt {attempt})");
     }
     fs::write(dir.join("console.log"), &console).ok();
     Report {
