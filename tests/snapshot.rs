@@ -437,10 +437,14 @@ fn linux_scenarios() -> Vec<Scenario> {
         },
         Scenario {
             // On a bridge, as vm-net puts it: the received guest is on a
-            // new tap of the same bridge and goes on pinging the host.
+            // new tap of the same bridge and goes on pinging the host. The
+            // bridge is vm-net's, whose address stays when the taps change
+            // (a bridge of `ip link add` would take the new tap's, and the
+            // guest's pings would go to the old one until its ARP entry
+            // expired).
             name: "network",
             script: format!(
-                "ip link add br0 type bridge; ip addr add 10.9.0.1/24 dev br0; ip link set br0 up\n\
+                "vm-net -B br0 true; ip addr add 10.9.0.1/24 dev br0\n\
                  vm-net -b br0 {} > /tmp/n1.log 2>&1 &\n{}\n\
                  vm-send n > /tmp/n.snap; echo SEND-RC=$?\n\
                  vm-net -b br0 vm-receive -N n < /tmp/n.snap > /tmp/n2.log 2>&1 &\n{}\n{}\n\
@@ -611,7 +615,7 @@ fn linux_guest_over_tcp_and_ten_cycles() {
 }
 
 #[test]
-fn linux_guest_with_a_nic_runs_on_after_a_receive() {
+fn linux_guest_with_a_nic_reaches_the_host_after_a_receive() {
     let c = case("network");
     assert!(c.output.contains("SEND-RC=0"), "{}", c.output);
     let (last, first) = (
@@ -620,13 +624,12 @@ fn linux_guest_with_a_nic_runs_on_after_a_receive() {
     );
     assert!(last >= 3, "{}", c.output);
     assert!(first == last + 1 || first == last + 2, "{}", c.output);
-    // The received guest runs on with its NIC and sends (a failing ping
-    // still prints). That its pings come back is NOT asserted: in the
-    // test host its receive interrupts often stop after a receive, and
-    // pings come back after 15 s, or not at all (docs/SNAPSHOT.md, a
-    // known bug). DST-OK and DST-FAILED are printed for whoever fixes it.
+    // Its pings come back from the first: the bridge, its MAC and the
+    // host's ARP entry for the guest are what they were. (One may time out
+    // in a busy test host.)
+    let count = |k: &str| field(c, k).trim().parse::<u64>().unwrap_or(0);
     assert!(
-        field(c, "DST-OK ").trim().parse::<u64>().is_ok(),
+        count("DST-OK ") >= 4 && count("DST-FAILED ") <= 1,
         "{}",
         c.output
     );

@@ -98,6 +98,21 @@ fn bridges_are_joined_and_made_when_asked() {
     let out = ok(&out);
     assert_eq!(out.matches("=br7").count(), 2, "{out}");
     assert!(out.contains("=lladdr=fe:e1:ba:d0:00:07"), "{out}");
+    // The bridge vm-net made keeps an address of its own while taps come
+    // and go; Linux's default would take the address of its lowest port.
+    let out = netns(
+        "a() { cat /sys/class/net/$1/address; }; vm-net -B br7 true; echo EMPTY=$(a br7); \
+         vm-net -b br7 -i second sh -c 'cd /sys/class/net; echo WITH=$(cat br7/address) TAP=$(cat second/address)'; \
+         echo AFTER=$(a br7) TYPE=$(cat /sys/class/net/br7/addr_assign_type)",
+    );
+    let out = ok(&out);
+    let addr = value(out, "EMPTY=");
+    assert!(addr.starts_with("02:"), "{out}");
+    let with = value(out, "WITH=");
+    assert!(with.starts_with(&format!("{addr} TAP=")), "{out}");
+    assert!(!with.ends_with(&format!("TAP={addr}")), "{out}");
+    // NET_ADDR_SET: given, not random or stolen from a port.
+    assert_eq!(value(out, "AFTER="), format!("{addr} TYPE=3"), "{out}");
     let o = netns("vm-net -b br8 true");
     assert_eq!(
         (o.status, o.stderr.as_str()),

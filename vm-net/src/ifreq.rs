@@ -10,6 +10,7 @@ pub const SIOCGIFFLAGS: u64 = 0x8913;
 pub const SIOCSIFFLAGS: u64 = 0x8914;
 pub const SIOCSIFADDR: u64 = 0x8916;
 pub const SIOCSIFNETMASK: u64 = 0x891c;
+pub const SIOCSIFHWADDR: u64 = 0x8924;
 pub const SIOCGIFINDEX: u64 = 0x8933;
 pub const SIOCBRADDBR: u64 = 0x89a0;
 pub const SIOCBRADDIF: u64 = 0x89a2;
@@ -54,6 +55,13 @@ impl IfReq {
 
     pub fn int(&self) -> i32 {
         i32::from_ne_bytes([self.data[0], self.data[1], self.data[2], self.data[3]])
+    }
+
+    /// A struct sockaddr with an Ethernet address (ARPHRD_ETHER).
+    pub fn set_ether(&mut self, mac: [u8; 6]) {
+        self.data = [0; 24];
+        self.data[..2].copy_from_slice(&libc::ARPHRD_ETHER.to_ne_bytes());
+        self.data[2..8].copy_from_slice(&mac);
     }
 
     /// A struct sockaddr_in with `addr` and port 0.
