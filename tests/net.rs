@@ -238,7 +238,9 @@ fn vm_run_takes_the_taps_vm_net_passes_and_rejects_bad_environments() {
 fn a_guest_with_a_nic_is_received_onto_a_tap_of_its_own() {
     // The tiny guest writes and checks memory for ever: a stream of a
     // running guest with a NIC, and a receive that must find the same
-    // pages. vm-ctl stop -f ends the received guest.
+    // pages. vm-ctl stop -f ends the received guest. Received with another
+    // MAC, its NIC waits to be replugged, which this guest (no ACPI) never
+    // does: no stream may be sent until then, as CONF would lie.
     let tiny = tiny_guest().display().to_string();
     let o = netns(&format!(
         "export VM_RUNDIR=$(mktemp -d); cd $VM_RUNDIR\n\
@@ -246,7 +248,9 @@ fn a_guest_with_a_nic_is_received_onto_a_tap_of_its_own() {
          while [ ! -S src.sock ]; do sleep 0.1; done; sleep 0.3\n\
          vm-send src > snap; echo SEND=$?\n\
          vm-receive -N dst < snap; echo NO-TAP=$?\n\
-         vm-net -a fe:e1:ba:d0:00:08 vm-receive -N dst < snap; echo OTHER-MAC=$?\n\
+         vm-net -a fe:e1:ba:d0:00:08 vm-receive -N dst < snap > other.out 2>&1 &\n\
+         while [ ! -S dst.sock ]; do sleep 0.1; done; sleep 0.3\n\
+         vm-send -k dst > /dev/null; echo OTHER-MAC-SEND=$?; vm-ctl stop -f -w dst; wait\n\
          vm-net vm-net vm-receive -N dst < snap; echo TWO-TAPS=$?\n\
          vm-net -a fe:e1:ba:d0:00:07 vm-receive -N dst < snap > dst.out 2>&1 &\n\
          while [ ! -S dst.sock ]; do sleep 0.1; done; sleep 1\n\
@@ -256,7 +260,7 @@ fn a_guest_with_a_nic_is_received_onto_a_tap_of_its_own() {
     assert_eq!(o.status, 0, "{o:?}");
     let (head, rounds) = o.stdout.split_once("DST-ROUNDS=").expect("rounds");
     assert_eq!(
-        head, "SEND=0\nNO-TAP=64\nOTHER-MAC=64\nTWO-TAPS=64\nBAD=0 ",
+        head, "SEND=0\nNO-TAP=64\nOTHER-MAC-SEND=69\nTWO-TAPS=64\nBAD=0 ",
         "{o:?}"
     );
     // The received guest went on writing and checking its pages.
@@ -266,9 +270,7 @@ fn a_guest_with_a_nic_is_received_onto_a_tap_of_its_own() {
         "vm-receive: the guest had 1 NICs, VM_NET_FDS and -n give 0\n\
          usage: vm-receive [-pv] [-d [raw:|qcow2:]disk[,ro]] ... [-n fd] ... \
          [-N name [-o user[:group]]] < stream\n\
-         vm-receive: fd 3: the guest keeps its MAC fe:e1:ba:d0:00:07\n\
-         usage: vm-receive [-pv] [-d [raw:|qcow2:]disk[,ro]] ... [-n fd] ... \
-         [-N name [-o user[:group]]] < stream\n\
+         vm-send: dst: send failed, guest resumed: a NIC is being plugged back with a new MAC: try again\n\
          vm-receive: the guest had 1 NICs, VM_NET_FDS and -n give 2\n\
          usage: vm-receive [-pv] [-d [raw:|qcow2:]disk[,ro]] ... [-n fd] ... \
          [-N name [-o user[:group]]] < stream\n",

@@ -284,11 +284,11 @@ fn bad_streams_are_refused_before_any_guest_runs() {
     assert_eq!(o.status, 65);
     assert!(o.stderr.contains("checksum mismatch"), "{o:?}");
     let mut v4 = good.clone();
-    v4[8] = 4;
+    v4[8] = 5;
     let o = refused(&dir, &v4);
     assert_eq!(
         o.stderr,
-        "vm-receive: snapshot stream: snapshot stream version 4, this vm-run reads 1 to 3\n"
+        "vm-receive: snapshot stream: snapshot stream version 5, this vm-run reads 1 to 4\n"
     );
     let o = refused(&dir, b"#!/bin/sh\necho not a snapshot\n");
     assert_eq!(
@@ -297,20 +297,28 @@ fn bad_streams_are_refused_before_any_guest_runs() {
     );
 }
 
+/// `stream` with each section's payload as `edit` makes it (None drops
+/// the section), checksums and lengths made anew.
+fn rewrite(stream: &[u8], mut edit: impl FnMut(Tag, &[u8]) -> Option<Vec<u8>>) -> Vec<u8> {
+    let mut r = Reader::new(stream).expect("header");
+    let mut w = Writer::new(Vec::new()).expect("writer");
+    while let Some((tag, payload)) = r.next(64 << 20).expect("section") {
+        if let Some(p) = edit(tag, payload) {
+            w.section(tag, &[&p]).expect("write");
+        }
+    }
+    w.finish().expect("finish")
+}
+
 #[test]
 fn a_version_2_stream_without_rtc_still_runs() {
     let dir = rundir("v2");
     let good = good_stream(&dir);
     // What vm-run wrote before the RTC: the same sections without RTC,
     // under version 2 (the header's version is outside every checksum).
-    let mut r = Reader::new(good.as_slice()).expect("header");
-    let mut w = Writer::new(Vec::new()).expect("writer");
-    while let Some((tag, payload)) = r.next(64 << 20).expect("section") {
-        if tag != Tag::Rtc {
-            w.section(tag, &[payload]).expect("write");
-        }
-    }
-    let mut old = w.finish().expect("finish");
+    let mut old = rewrite(&good, |tag, payload| {
+        (tag != Tag::Rtc).then(|| payload.to_vec())
+    });
     old[8] = 2;
     let file = dir.join("v2");
     std::fs::write(&file, &old).expect("write");
@@ -334,23 +342,20 @@ fn a_cpu_without_the_guests_features_is_named_and_refused() {
     let good = good_stream(&dir);
     // Rewrite CONF as if the guest had been given a CPUID bit no KVM
     // offers (leaf 7, EBX bit 22, reserved), the sections after it as they are.
-    let mut r = Reader::new(good.as_slice()).expect("header");
-    let mut w = Writer::new(Vec::new()).expect("writer");
-    while let Some((tag, payload)) = r.next(64 << 20).expect("section") {
-        if tag == Tag::Config {
-            let mut c = GuestConfig::decode(payload).expect("CONF");
-            let leaf7 = c
-                .cpuid
-                .iter_mut()
-                .find(|e| e.function == 7 && e.index == 0)
-                .expect("leaf 7");
-            leaf7.ebx |= 1 << 22;
-            w.section(tag, &[&c.encode()]).expect("write");
-        } else {
-            w.section(tag, &[payload]).expect("write");
+    let stream = rewrite(&good, |tag, payload| {
+        if tag != Tag::Config {
+            return Some(payload.to_vec());
         }
-    }
-    let o = refused(&dir, &w.finish().expect("finish"));
+        let mut c = GuestConfig::decode(payload).expect("CONF");
+        let leaf7 = c
+            .cpuid
+            .iter_mut()
+            .find(|e| e.function == 7 && e.index == 0)
+            .expect("leaf 7");
+        leaf7.ebx |= 1 << 22;
+        Some(c.encode())
+    });
+    let o = refused(&dir, &stream);
     assert_eq!(o.status, 69, "{o:?}");
     assert_eq!(
         o.stderr,
@@ -368,6 +373,13 @@ fn a_cpu_without_the_guests_features_is_named_and_refused() {
 const COUNTER: &str = "run=\"echo xxxxxxxx | dd of=/dev/vda conv=fsync 2>/dev/null; i=0; \
     while :; do i=$((i+1)); echo 3 > /proc/sys/vm/drop_caches; \
     echo COUNT $i DISK=$(head -c 4 /dev/vda) END; sleep 0.3; done\"";
+
+/// Pings the host on the bridge, setting the guest's address again
+/// whenever its interface comes back without it (a replugged NIC).
+const PINGER: &str = "run=\"i=0; while :; do i=$((i+1)); ip link set eth0 up 2>/dev/null; \
+    ip addr add 10.9.0.2/24 dev eth0 2>/dev/null; \
+    if ping -c 1 -W 1 10.9.0.1 > /dev/null; then r=OK; else r=FAILED; fi; \
+    echo PING $i $r MAC=$(cat /sys/class/net/eth0/address 2>/dev/null) END; sleep 0.3; done\"";
 
 fn linux_scenarios() -> Vec<Scenario> {
     let counter = |name: &str| {
@@ -451,18 +463,36 @@ fn linux_scenarios() -> Vec<Scenario> {
                  vm-ctl stop -f -w n\n\
                  echo SRC-LAST $(grep '^PING.*END' /tmp/n1.log | tail -n1)\n\
                  echo DST-FIRST $(grep '^PING.*END' /tmp/n2.log | head -n1)\n\
-                 echo DST-OK $(grep -c '^PING.*OK END' /tmp/n2.log)\n\
-                 echo DST-FAILED $(grep -c '^PING.*FAILED END' /tmp/n2.log)",
-                guest(
-                    "-N n -m 128M",
-                    "bzImage",
-                    "run=\"ip addr add 10.9.0.2/24 dev eth0; ip link set eth0 up; i=0; \
-                     while :; do i=$((i+1)); if ping -c 1 -W 1 10.9.0.1 > /dev/null; \
-                     then echo PING $i OK END; else echo PING $i FAILED END; fi; sleep 0.3; done\""
-                ),
+                 echo DST-OK $(grep -c '^PING.* OK MAC' /tmp/n2.log)\n\
+                 echo DST-FAILED $(grep -c '^PING.* FAILED MAC' /tmp/n2.log)\n\
+                 echo MACS $(grep -o 'MAC=[^ ]*' /tmp/n1.log /tmp/n2.log | cut -d: -f2- | sort -u)",
+                guest("-N n -m 128M", "bzImage", PINGER),
                 await_in("/tmp/n1.log", "PING 3 OK", 60),
                 await_in("/tmp/n2.log", "PING", 60),
                 await_more("/tmp/n2.log", "^PING.*END", 4, 30),
+            ),
+        },
+        Scenario {
+            // One checkpoint received twice under new names: each clone's
+            // NIC is replugged with the MAC of its name, and the guest,
+            // which sets its address again whenever it is gone, pings on.
+            // One clone at a time, as both have the source's address.
+            name: "clones",
+            script: format!(
+                "vm-net -B br0 true; ip addr add 10.9.0.1/24 dev br0 2>/dev/null\n\
+                 vm-net -b br0 {} > /tmp/m0.log 2>&1 &\n{}\n\
+                 vm-send -k m > /tmp/m.snap; echo SEND-RC=$?\nvm-ctl stop -f -w m\n\
+                 SRC=$(grep -o 'MAC=[^ ]*' /tmp/m0.log | tail -n1); echo SRC-$SRC\n\
+                 for c in m1 m2; do\n\
+                 vm-net -b br0 vm-receive -N $c < /tmp/m.snap > /tmp/$c.log 2>&1 &\n{}\n\
+                 i=0; until [ $(grep ' OK MAC=' /tmp/$c.log | grep -v -c $SRC) -ge 3 ]; \
+                 do i=$((i+1)); [ $i -gt 300 ] && break; sleep 0.2; done\n\
+                 vm-send -k $c > /dev/null; echo SEND-AFTER-$c=$?\nvm-ctl stop -f -w $c\n\
+                 echo LAST-$c $(grep -o 'MAC=[^ ]*' /tmp/$c.log | tail -n1)\n\
+                 echo NEW-OK-$c $(grep ' OK MAC=' /tmp/$c.log | grep -v -c $SRC)\ndone",
+                guest("-N m -m 128M", "bzImage", PINGER),
+                await_in("/tmp/m0.log", "PING 3 OK", 60),
+                await_in("/tmp/$c.log", "PING", 60),
             ),
         },
         Scenario {
@@ -502,7 +532,7 @@ fn linux_scenarios() -> Vec<Scenario> {
                      echo MODALIAS $(cat /sys/bus/acpi/devices/VMRUNGID:00/modalias); \
                      i=0; while :; do i=$((i+1)); \
                      echo COUNT $i G=$(devmem 0x9f000 64)$(devmem 0x9f008 64) \
-                     I=$(set -- $(grep Ged /proc/interrupts); echo $2) \
+                     I=$(set -- $(grep -w 11: /proc/interrupts); echo $2) \
                      R=$(cat /sys/class/rtc/rtc0/since_epoch) T=$(date +%s) END; \
                      sleep 0.5; done\""
                 ),
@@ -633,6 +663,32 @@ fn linux_guest_with_a_nic_reaches_the_host_after_a_receive() {
         "{}",
         c.output
     );
+    // Received under its own name, it keeps its MAC: one for both.
+    let macs = field(c, "MACS ").split_whitespace().count();
+    assert_eq!(macs, 1, "{}", c.output);
+}
+
+#[test]
+fn clones_of_one_checkpoint_get_macs_of_their_own() {
+    let c = case("clones");
+    assert!(c.output.contains("SEND-RC=0"), "{}", c.output);
+    let src = field(c, "SRC-MAC=").trim();
+    assert!(src.starts_with("fe:e1:ba:"), "{}", c.output);
+    let mut macs = Vec::new();
+    for clone in ["m1", "m2"] {
+        // Sent once its replug is through (refused before).
+        let sent = format!("SEND-AFTER-{clone}=0");
+        assert!(c.output.contains(&sent), "{}", c.output);
+        let last = field(c, &format!("LAST-{clone} MAC=")).trim();
+        assert!(last.starts_with("fe:e1:ba:") && last != src, "{}", c.output);
+        let ok: u32 = field(c, &format!("NEW-OK-{clone} "))
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        assert!(ok >= 3, "{}", c.output);
+        macs.push(last.to_string());
+    }
+    assert_ne!(macs[0], macs[1], "{}", c.output);
 }
 
 #[test]
@@ -717,8 +773,8 @@ fn each_receive_gives_the_guest_a_new_generation_id_and_tells_it() {
         "{ids:?}:\n{}",
         c.output
     );
-    // The GED's interrupt: never before the send, once in each received
-    // guest (its _EVT does Notify(VGEN, 0x80)).
+    // The GED's vmgenid interrupt (IRQ 11): never before the send, once
+    // in each received guest (its _EVT does Notify(VGEN, 0x80)).
     let irqs = [word(src, "I="), word(a, "I="), word(b, "I=")];
     assert_eq!(irqs, ["0", "1", "1"], "{}", c.output);
 }

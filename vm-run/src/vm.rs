@@ -19,6 +19,7 @@ use crate::memory::{self, GuestMemory};
 use crate::memory::{PCI_MMIO_END, PCI_MMIO_START};
 use crate::net::tap::{Tap, TapError};
 use crate::outcome::{self, Outcome};
+use crate::pci::hotplug::{self, Hotplug};
 use crate::pci::root::{self, MmioView, PciRoot, PioView};
 use crate::snapshot::image::{self, DeviceState, Snapshot};
 use crate::snapshot::live;
@@ -97,7 +98,7 @@ fn start(cfg: &Config, incoming: Option<Incoming>) -> Result<Outcome> {
     let host_cpuid = cpuid::supported(&kvm)?;
     let (entry, loaded, base_cpuid) = match incoming {
         None => {
-            let rsdp = acpi::write_tables(mem, cfg.vcpus)?;
+            let rsdp = acpi::write_tables(mem, cfg.vcpus, &nic_slots(cfg))?;
             vmgenid::write_new_id(mem)?;
             let entry = boot::load(mem, cfg, rsdp)?;
             regs::write_boot_structures(mem, entry)?;
@@ -213,6 +214,21 @@ fn start(cfg: &Config, incoming: Option<Incoming>) -> Result<Outcome> {
         root::CONFIG_PORT_LEN.into(),
         Arc::new(Mutex::new(PioView(pci.clone()))),
     );
+    let hp_vm = vm.clone();
+    let hotplug = Arc::new(Mutex::new(Hotplug::new(
+        pci.clone(),
+        Box::new(move || {
+            // Fails only if the irqchip is gone, and then so is the guest.
+            for level in [true, false] {
+                let _ = hp_vm.set_irq_line(hotplug::GSI, level);
+            }
+        }),
+    )));
+    pio.insert(
+        hotplug::PORT_BASE.into(),
+        hotplug::PORT_LEN.into(),
+        hotplug.clone(),
+    );
     mmio.insert(
         PCI_MMIO_START,
         PCI_MMIO_END - PCI_MMIO_START,
@@ -268,6 +284,13 @@ fn start(cfg: &Config, incoming: Option<Incoming>) -> Result<Outcome> {
         vmgenid::notify(&vm)?;
         lock(&rtc).resend_irq();
     }
+    // A NIC to get a new MAC: the guest is asked to let go of it, and it
+    // comes back new (pci/hotplug.rs).
+    for (slot, nic) in nic_slots(cfg).into_iter().zip(&cfg.nics) {
+        if nic.renew.is_some() {
+            lock(&hotplug).replug(slot);
+        }
+    }
     // Everything is open and mapped: from here on the guest could be
     // hostile, so vm-run gives up what it no longer needs.
     let landlocked = sandbox::enter(rundir.as_deref())?;
@@ -288,9 +311,10 @@ fn start(cfg: &Config, incoming: Option<Incoming>) -> Result<Outcome> {
                 serial: d.serial.clone(),
             })
             .collect(),
-        nics: nic_macs(cfg)
-            .into_iter()
-            .map(|mac| NicRecord { mac })
+        nics: (nic_macs(cfg).into_iter().zip(&cfg.nics))
+            .map(|(mac, nic)| NicRecord {
+                mac: nic.renew.unwrap_or(mac),
+            })
             .collect(),
     };
     let skip_absent = !memory::host_swaps();
@@ -298,6 +322,7 @@ fn start(cfg: &Config, incoming: Option<Incoming>) -> Result<Outcome> {
     let (snap_pauser, snap_com1, snap_power) = (pauser.clone(), com1.clone(), power.clone());
     let snap_rtc = rtc.clone();
     let snap_flushers = flushers.clone();
+    let snap_hotplug = hotplug.clone();
     let verbose = cfg.verbose;
     // `live`: the guest runs; memory goes in pre-copy rounds, and the
     // guest is paused only for the last of it (vm-send -l). Otherwise the
@@ -305,6 +330,10 @@ fn start(cfg: &Config, incoming: Option<Incoming>) -> Result<Outcome> {
     let write_snapshot =
         move |out: &mut dyn Write, live: bool| -> std::result::Result<(), String> {
             let err = |e: std::io::Error| e.to_string();
+            // CONF names the MACs the NICs have after their replug.
+            if lock(&snap_hotplug).pending() {
+                return Err("a NIC is being plugged back with a new MAC: try again".into());
+            }
             let mut w = Writer::new(out).map_err(err)?;
             w.section(Tag::Config, &[&guest_config.encode()])
                 .map_err(err)?;
@@ -453,6 +482,13 @@ fn flush_disks(flushers: &[disk::Flusher]) -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// The PCI slot of each NIC: after the disks, from slot 1 (pci_devices).
+fn nic_slots(cfg: &Config) -> Vec<usize> {
+    (0..cfg.nics.len())
+        .map(|i| 1 + cfg.disks.len() + i)
+        .collect()
+}
+
 /// The MAC of each NIC: the one asked for, or the guest's stable one.
 fn nic_macs(cfg: &Config) -> Vec<[u8; 6]> {
     (cfg.nics.iter().enumerate())
@@ -488,12 +524,9 @@ fn pci_devices(
     }
     for ((nic, tap), mac) in cfg.nics.iter().zip(taps.drain(..)).zip(nic_macs(cfg)) {
         let name = format!("virtio-net {}", tap.name());
-        devices.push(Box::new(Net::new(
-            Box::new(tap),
-            name,
-            mac,
-            nic.lease.clone(),
-        )));
+        devices.push(Box::new(
+            Net::new(Box::new(tap), name, mac, nic.lease.clone()).renew_mac(nic.renew),
+        ));
     }
     devices.push(Box::<Rng>::default());
     for dev in devices {

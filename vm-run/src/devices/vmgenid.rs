@@ -13,9 +13,7 @@
 //! is needed. vm-run writes a new ID at boot and on every vm-receive, before
 //! any vCPU runs, then pulses that interrupt.
 
-use acpi_tables::aml::{
-    Arg, Device, Equal, If, Interrupt, Method, Name, Notify, Package, Path, ResourceTemplate,
-};
+use acpi_tables::aml::{Device, Name, Package};
 use acpi_tables::Aml;
 use kvm_ioctls::VmFd;
 use vm_memory::{Bytes, GuestAddress};
@@ -30,9 +28,10 @@ pub const ID_LEN: usize = 16;
 /// so the MADT needs no override for it.
 pub const GSI: u32 = 11;
 /// ACPI's "device-specific" notification, which the vmgenid drivers wait for.
-const NOTIFY_CHANGED: u8 = 0x80;
+pub const NOTIFY_CHANGED: u8 = 0x80;
 
-/// The two devices, for the DSDT's `\_SB` scope.
+/// The device, for the DSDT's `\_SB` scope (the GED that notifies it is
+/// acpi.rs's).
 pub fn aml() -> Vec<u8> {
     let (hid, cid) = (
         Name::new("_HID".into(), &"VMRUNGID"),
@@ -43,17 +42,6 @@ pub fn aml() -> Vec<u8> {
     let addr = Name::new("ADDR".into(), &Package::new(vec![&lo, &hi]));
     let mut out = Vec::new();
     Device::new("VGEN".into(), vec![&hid, &cid, &ddn, &addr]).to_aml_bytes(&mut out);
-
-    let ged_hid = Name::new("_HID".into(), &"ACPI0013");
-    let uid = Name::new("_UID".into(), &0u8);
-    let irq = Interrupt::new(true, true, false, false, GSI);
-    let crs = Name::new("_CRS".into(), &ResourceTemplate::new(vec![&irq]));
-    let (vgen, changed) = (Path::new("\\_SB_.VGEN"), NOTIFY_CHANGED);
-    let notify = Notify::new(&vgen, &changed);
-    let is_ours = Equal::new(&Arg(0), &GSI);
-    let on_ours = If::new(&is_ours, vec![&notify]);
-    let evt = Method::new("_EVT".into(), 1, false, vec![&on_ours]);
-    Device::new("GED_".into(), vec![&ged_hid, &uid, &crs, &evt]).to_aml_bytes(&mut out);
     out
 }
 
@@ -94,8 +82,7 @@ mod tests {
     fn aml_names_what_linux_looks_for() {
         let a = aml();
         let has = |s: &[u8]| a.windows(s.len()).any(|w| w == s);
-        assert!(has(b"VM_Gen_Counter\0") && has(b"ACPI0013\0"));
-        assert!(has(b"ADDR") && has(b"_EVT") && has(b"_CRS"));
+        assert!(has(b"VM_Gen_Counter\0") && has(b"ADDR"));
         // ADDR: a package of two integers, the low half (a DWORD) and the
         // high one (zero).
         assert!(has(b"ADDR\x12"), "{a:x?}");
@@ -103,10 +90,6 @@ mod tests {
         addr.extend_from_slice(&(VMGENID_ADDR as u32).to_le_bytes());
         addr.push(0x00);
         assert!(has(&addr), "{a:x?}");
-        // The GED's extended interrupt descriptor: consumer, edge, high.
-        let mut irq = vec![0x89, 6, 0, 0b0011, 1];
-        irq.extend_from_slice(&GSI.to_le_bytes());
-        assert!(has(&irq), "{a:x?}");
     }
 
     #[test]

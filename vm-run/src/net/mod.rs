@@ -19,6 +19,9 @@ pub struct NicSpec {
     pub lladdr: Option<[u8; 6]>,
     /// vm-net -L: the guest is offered this by DHCP.
     pub lease: Option<Lease>,
+    /// vm-receive: the MAC the NIC gets once the guest has let go of its
+    /// old one (lladdr), by a replug.
+    pub renew: Option<[u8; 6]>,
 }
 
 /// What a guest's NICs must be together: few enough, one tap each.
@@ -42,6 +45,7 @@ pub fn parse_option(s: &str) -> Result<NicSpec, String> {
         fd,
         lladdr: None,
         lease: None,
+        renew: None,
     };
     for item in items {
         match item.split_once('=') {
@@ -67,6 +71,7 @@ pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Vec<NicSpec>, St
             fd,
             lladdr: None,
             lease: None,
+            renew: None,
         };
         let (mut host, mut guest, mut dns) = (None, None, None);
         for item in var(&key).unwrap_or_default().split_ascii_whitespace() {
@@ -135,7 +140,8 @@ mod tests {
             NicSpec {
                 fd: 5,
                 lladdr: Some([0xfe, 0xe1, 0xba, 0xd0, 0, 1]),
-                lease: None
+                lease: None,
+                renew: None
             }
         );
         for bad in [
@@ -167,7 +173,8 @@ mod tests {
             NicSpec {
                 fd: 4,
                 lladdr: None,
-                lease: None
+                lease: None,
+                renew: None
             }
         );
         assert!(from_env(|_| None).unwrap().is_empty());

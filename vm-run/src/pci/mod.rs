@@ -2,6 +2,7 @@
 //! the trait a device on our bus implements. The bus itself (host bridge,
 //! 0xCF8/0xCFC, BAR dispatch) is in root.rs, MSI-X in msix.rs.
 
+pub mod hotplug;
 pub mod msix;
 pub mod root;
 
@@ -191,6 +192,9 @@ pub trait PciDevice: Send {
     /// while a snapshot is taken; `resume` starts them again.
     fn quiesce(&mut self) {}
     fn resume(&mut self) {}
+    /// The guest ejected the function (hotplug.rs): it is to look as if
+    /// just plugged in, power-on state and the device's next identity.
+    fn replug(&mut self) {}
     /// The function's state for a snapshot (while quiesced): by default
     /// its configuration space.
     fn save(&self, e: &mut Enc) {

@@ -103,6 +103,13 @@ impl PciRoot {
         Ok(())
     }
 
+    /// Puts the function in `slot` back as new (the guest ejected it).
+    pub fn replug(&mut self, slot: usize) {
+        if let Some(Some(d)) = self.slots.get_mut(slot) {
+            d.replug();
+        }
+    }
+
     pub fn free_slot(&self) -> Option<usize> {
         self.slots.iter().position(Option::is_none)
     }

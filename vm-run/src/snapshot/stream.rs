@@ -1,4 +1,4 @@
-//! The snapshot stream, version 3 (docs/SNAPSHOT.md): a header, then
+//! The snapshot stream, version 4 (docs/SNAPSHOT.md): a header, then
 //! sections, each a tag, a length and a CRC-32 of its payload, readable
 //! strictly in order from a pipe. This file is the only place that knows
 //! the layout on the wire.
@@ -7,10 +7,12 @@ use std::fmt;
 use std::io::{self, Read, Write};
 
 pub const MAGIC: &[u8; 8] = b"VMSNAP\r\n";
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 /// Version 1 streams are version 2 streams without memory before DEVS;
 /// version 2 streams are version 3 streams without NICs in CONF and
-/// without RTC (and their guests have no vmgenid page).
+/// without RTC (and their guests have no vmgenid page); version 3
+/// streams are version 4 streams whose guests cannot unplug their NICs
+/// (no hotplug slots in their ACPI tables, so no new MAC on a receive).
 pub const OLDEST: u32 = 1;
 /// No section but memory is larger; a longer length is corruption.
 pub const MAX_SECTION: u64 = 4 << 20;

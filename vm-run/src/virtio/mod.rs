@@ -50,6 +50,10 @@ pub trait VirtioDevice: Send + 'static {
     /// The features the driver accepted, told before the worker starts.
     fn activate(&mut self, _features: u64) {}
 
+    /// The function was unplugged and is plugged back as new: the device
+    /// takes on what it is to be from now on (a NIC its next MAC).
+    fn replugged(&mut self) {}
+
     /// A file the worker polls besides the kicks (a tap), while the
     /// device wants to hear from it; `None` stops polling it.
     fn poll_fd(&self) -> Option<RawFd> {

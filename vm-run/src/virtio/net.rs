@@ -93,6 +93,8 @@ pub struct Net {
     starved: bool,
     /// The last host error, so a broken tap does not flood stderr.
     last_error: Option<io::ErrorKind>,
+    /// The MAC the NIC takes once replugged (a received clone's).
+    next_mac: Option<[u8; 6]>,
 }
 
 impl Net {
@@ -110,7 +112,15 @@ impl Net {
             replies: VecDeque::new(),
             starved: false,
             last_error: None,
+            next_mac: None,
         }
+    }
+
+    /// The MAC to take when the guest has unplugged the NIC and it is
+    /// plugged back (pci/hotplug.rs).
+    pub fn renew_mac(mut self, mac: Option<[u8; 6]>) -> Self {
+        self.next_mac = mac;
+        self
     }
 
     fn has(&self, feature: u32) -> bool {
@@ -483,6 +493,15 @@ impl VirtioDevice for Net {
         (!self.starved).then(|| self.backend.as_raw_fd())
     }
 
+    fn replugged(&mut self) {
+        if let Some(mac) = self.next_mac.take() {
+            self.mac = mac;
+            self.config[..6].copy_from_slice(&mac);
+        }
+        self.replies.clear();
+        self.starved = false;
+    }
+
     fn serve(
         &mut self,
         kicked: Option<usize>,
@@ -814,6 +833,18 @@ mod tests {
         r.serve(None);
         assert_eq!(r.used(RX).len(), 6);
         assert!(r.queues[RX].needs_interrupt(r.mem));
+    }
+
+    #[test]
+    fn a_replugged_nic_takes_its_next_mac() {
+        let mut r = rig(0, None);
+        let next = [0xfe, 0xe1, 0xba, 0xd0, 0, 2];
+        r.net.replugged();
+        assert_eq!(r.net.config()[..6], [0xfe, 0xe1, 0xba, 0xd0, 0, 1]);
+        r.net.next_mac = Some(next);
+        r.net.replugged();
+        assert_eq!(r.net.config()[..6], next);
+        assert_eq!(r.net.next_mac, None);
     }
 
     #[test]

@@ -101,6 +101,8 @@ pub struct VirtioPci {
     name: String,
     features: u64,
     device_config: Vec<u8>,
+    /// Configuration space at power-on, for a replug.
+    fresh: Vec<u8>,
     device_feature_select: u32,
     driver_feature_select: u32,
     driver_features: u64,
@@ -197,6 +199,7 @@ impl VirtioPci {
             .map(|_| eventfd().map(Arc::new))
             .collect::<Result<Vec<_>>>()?;
 
+        let fresh = pci.raw().to_vec();
         Ok(VirtioPci {
             pci,
             msix_cap,
@@ -204,6 +207,7 @@ impl VirtioPci {
             name: dev.name().to_string(),
             features: dev.features() | 1 << VIRTIO_F_VERSION_1 | 1 << VIRTIO_RING_F_EVENT_IDX,
             device_config: dev.config().to_vec(),
+            fresh,
             state: State::Idle(dev),
             device_feature_select: 0,
             driver_feature_select: 0,
@@ -488,6 +492,18 @@ impl PciDevice for VirtioPci {
                 self.state = State::Quiesced(dev, queues);
             }
         }
+    }
+
+    fn replug(&mut self) {
+        self.reset();
+        if let State::Idle(dev) = &mut self.state {
+            dev.replugged();
+            self.device_config = dev.config().to_vec();
+        }
+        // The same function's own bytes: set_raw cannot refuse them.
+        let _ = self.pci.set_raw(&self.fresh);
+        self.interrupt.msix().reset();
+        self.place_kicks(None);
     }
 
     fn resume(&mut self) {

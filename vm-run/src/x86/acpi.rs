@@ -4,8 +4,8 @@
 //! PC's firmware leaves them so a kernel that scans for the RSDP finds it.
 
 use acpi_tables::aml::{
-    AddressSpace, AddressSpaceCacheable, Device, EISAName, Name, Package, Path, ResourceTemplate,
-    Scope, IO,
+    AddressSpace, AddressSpaceCacheable, Arg, Device, EISAName, Equal, If, Interrupt, Method,
+    MethodCall, Name, Notify, Package, Path, ResourceTemplate, Scope, IO,
 };
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::rsdp::Rsdp;
@@ -22,6 +22,7 @@ use crate::error::{Error, Result};
 use crate::memory::{
     GuestMemory, ACPI_START, BIOS_END, IOAPIC_ADDR, LAPIC_ADDR, PCI_MMIO_END, PCI_MMIO_START,
 };
+use crate::pci::hotplug;
 use crate::pci::root::{self, CONFIG_PORT, CONFIG_PORT_LEN};
 
 const OEM_ID: [u8; 6] = *b"VMRUN ";
@@ -42,8 +43,8 @@ const INTI_ACTIVE_HIGH_LEVEL: u16 = 0b1101;
 const MADT_PCAT_COMPAT: u32 = 1;
 
 /// Builds the tables and writes them at ACPI_START; returns the RSDP's
-/// address.
-pub fn write_tables(mem: &GuestMemory, vcpus: u8) -> Result<u64> {
+/// address. The functions in `hotplug` slots may be unplugged.
+pub fn write_tables(mem: &GuestMemory, vcpus: u8, hotplug: &[usize]) -> Result<u64> {
     let rsdp_addr = ACPI_START;
     let mut next = align(rsdp_addr + Rsdp::len() as u64);
     let mut place = |bytes: &[u8]| -> Result<u64> {
@@ -57,7 +58,7 @@ pub fn write_tables(mem: &GuestMemory, vcpus: u8) -> Result<u64> {
         Ok(at)
     };
 
-    let dsdt_addr = place(dsdt().as_slice())?;
+    let dsdt_addr = place(dsdt(hotplug).as_slice())?;
     let fadt_addr = place(&bytes(&fadt(dsdt_addr)))?;
     let madt_addr = place(madt(vcpus).as_slice())?;
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
@@ -91,7 +92,7 @@ impl Aml for Encoded {
     }
 }
 
-fn dsdt() -> Sdt {
+fn dsdt(hotplug: &[usize]) -> Sdt {
     let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     // \_S5: the sleep type value the kernel writes to PM1_CNT to power off.
     let s5 = Name::new(
@@ -99,17 +100,47 @@ fn dsdt() -> Sdt {
         &Package::new(vec![&SLP_TYP_S5, &0u8, &0u8, &0u8]),
     );
     dsdt.append_slice(&bytes(&s5));
-    let pci0 = Encoded(pci_root());
+    let pci0 = Encoded(pci_root(hotplug));
     let vmgenid = Encoded(vmgenid::aml());
-    dsdt.append_slice(&bytes(&Scope::new("_SB_".into(), vec![&pci0, &vmgenid])));
+    let ged = Encoded(ged());
+    dsdt.append_slice(&bytes(&Scope::new(
+        "_SB_".into(),
+        vec![&pci0, &vmgenid, &ged],
+    )));
     dsdt
+}
+
+/// The Generic Event Device (ACPI0013, Linux's evged.c): an edge on one
+/// of its interrupts makes the kernel run `_EVT` with its number, with no
+/// register or SCI handshake. Its events: a new VM generation ID
+/// (vmgenid.rs), and PCI hotplug (hotplug.rs).
+fn ged() -> Vec<u8> {
+    let hid = Name::new("_HID".into(), &"ACPI0013");
+    let uid = Name::new("_UID".into(), &0u8);
+    let id_irq = Interrupt::new(true, true, false, false, vmgenid::GSI);
+    let hp_irq = Interrupt::new(true, true, false, false, hotplug::GSI);
+    let crs = Name::new(
+        "_CRS".into(),
+        &ResourceTemplate::new(vec![&id_irq, &hp_irq]),
+    );
+    let (vgen, changed) = (Path::new("\\_SB_.VGEN"), vmgenid::NOTIFY_CHANGED);
+    let notify = Notify::new(&vgen, &changed);
+    let (id_gsi, hp_gsi) = (vmgenid::GSI, hotplug::GSI);
+    let is_id = Equal::new(&Arg(0), &id_gsi);
+    let on_id = If::new(&is_id, vec![&notify]);
+    let pcnt = MethodCall::new(Path::new("\\_SB_.PCI0.PCNT"), vec![]);
+    let is_hp = Equal::new(&Arg(0), &hp_gsi);
+    let on_hp = If::new(&is_hp, vec![&pcnt]);
+    let evt = Method::new("_EVT".into(), 1, false, vec![&on_id, &on_hp]);
+    bytes(&Device::new("GED_".into(), vec![&hid, &uid, &crs, &evt]))
 }
 
 /// The PCI root bridge: without it an ACPI kernel never scans bus 0. Its
 /// resources are the bus, the config ports and the windows BARs may use;
 /// its _PRT wires each slot's INTA# to an IOAPIC pin of its own
-/// (root::intx_gsi), level-triggered and active low as PCI wants.
-fn pci_root() -> Vec<u8> {
+/// (root::intx_gsi), level-triggered and active low as PCI wants; the
+/// hotplug slots and registers follow (hotplug.rs).
+fn pci_root(hotplug: &[usize]) -> Vec<u8> {
     let bus = AddressSpace::<u16>::new_bus_number(0, 0);
     let cfg = IO::new(CONFIG_PORT, CONFIG_PORT, 1, CONFIG_PORT_LEN as u8);
     let io_low = AddressSpace::<u16>::new_io(0, CONFIG_PORT - 1, None);
@@ -140,9 +171,12 @@ fn pci_root() -> Vec<u8> {
     );
     let n_crs = Name::new("_CRS".into(), &crs);
     let n_prt = Name::new("_PRT".into(), &prt);
+    let slots = Encoded(hotplug::aml(hotplug));
     bytes(&Device::new(
         "PCI0".into(),
-        vec![&n_hid, &n_adr, &n_seg, &n_uid, &n_bbn, &n_crs, &n_prt],
+        vec![
+            &n_hid, &n_adr, &n_seg, &n_uid, &n_bbn, &n_crs, &n_prt, &slots,
+        ],
     ))
 }
 
@@ -208,7 +242,7 @@ mod tests {
     #[test]
     fn tables_are_found_from_the_rsdp() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap();
-        let rsdp = write_tables(&mem, 3).unwrap();
+        let rsdp = write_tables(&mem, 3, &[2]).unwrap();
         let r = read(&mem, rsdp, 36);
         assert_eq!(&r[..8], b"RSD PTR ");
         assert!(checksum_ok(&r[..20]) && checksum_ok(&r));
@@ -255,12 +289,19 @@ mod tests {
 
     #[test]
     fn dsdt_names_s5() {
-        let d = dsdt();
+        let d = dsdt(&[3]);
         let s = d.as_slice();
-        assert!(s.windows(4).any(|w| w == b"_S5_"));
-        assert!(s.windows(4).any(|w| w == b"PCI0"));
-        assert!(s.windows(4).any(|w| w == b"_PRT"));
-        assert!(s.windows(4).any(|w| w == b"VGEN"));
+        let has = |n: &[u8]| s.windows(n.len()).any(|w| w == n);
+        assert!(has(b"_S5_") && has(b"PCI0") && has(b"_PRT") && has(b"VGEN"));
+        // Slot 3 may be ejected, and is named as acpiphp looks for it.
+        assert!(has(b"S03_") && has(b"_EJ0") && has(b"PCNT") && has(b"ACPI0013\0"));
+        assert!(!has(b"S02_"));
+        // The GED's extended interrupt descriptors: consumer, edge, high.
+        for gsi in [vmgenid::GSI, hotplug::GSI] {
+            let mut irq = vec![0x89, 6, 0, 0b0011, 1];
+            irq.extend_from_slice(&gsi.to_le_bytes());
+            assert!(has(&irq), "{gsi}");
+        }
         assert!(checksum_ok(s));
     }
 }

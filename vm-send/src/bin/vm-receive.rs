@@ -13,6 +13,7 @@ use vm_run::net::{self, NicSpec};
 use vm_run::outcome::Outcome;
 use vm_run::snapshot::stream::{Reader, Tag};
 use vm_run::snapshot::GuestConfig;
+use vm_run::virtio::net::default_mac;
 use vm_run::vm::{self, Incoming};
 use vm_run::{console, control, exit};
 
@@ -120,20 +121,30 @@ fn incoming(a: Args) -> Result<(Config, Incoming), Error> {
             a.nics.len()
         )));
     }
-    // The guest's driver read its MAC when it started and keeps it: the
-    // device must say the same, whatever the new host would give.
+    // Each NIC gets the MAC vm-run would give it: vm-net's lladdr, or the
+    // one of the guest's (new) name; an unnamed guest keeps its own. The
+    // device shows the guest the MAC its driver read, and one that is to
+    // change is replugged with the new one once the guest runs, which
+    // guests of version 3 streams cannot do (their ACPI tables have no
+    // hotplug slots).
     let mut nics = a.nics;
-    for (nic, record) in nics.iter_mut().zip(&conf.nics) {
-        match nic.lladdr {
-            Some(mac) if mac != record.mac => {
+    for (i, (nic, record)) in nics.iter_mut().zip(&conf.nics).enumerate() {
+        let want = nic
+            .lladdr
+            .or_else(|| a.name.as_deref().map(|n| default_mac(Some(n), i)));
+        match want {
+            Some(mac) if mac != record.mac && reader.version() < 4 => {
                 return Err(usage(format!(
-                    "fd {}: the guest keeps its MAC {}",
+                    "fd {}: the guest keeps its MAC {} (a version {} stream)",
                     nic.fd,
-                    net::format_mac(&record.mac)
+                    net::format_mac(&record.mac),
+                    reader.version()
                 )))
             }
-            _ => nic.lladdr = Some(record.mac),
+            Some(mac) if mac != record.mac => nic.renew = Some(mac),
+            _ => {}
         }
+        nic.lladdr = Some(record.mac);
     }
     let cfg = Config {
         kernel: PathBuf::new(),
