@@ -181,17 +181,26 @@ pub fn write_dirty<W: Write>(
     Ok(())
 }
 
-/// One MEM section. Pages of a running guest are copied first, so that
-/// the checksum is of what is sent.
-fn run<W: Write>(w: &mut Writer<W>, addr: u64, pages: &[u8], still: bool) -> io::Result<()> {
+/// One MEM section. Pages of a running guest are copied first (into
+/// `copy`, one buffer for every run: a new one each time would cost an
+/// mmap and its page faults in musl's malloc), so that the checksum is of
+/// what is sent.
+fn run<W: Write>(
+    w: &mut Writer<W>,
+    addr: u64,
+    pages: &[u8],
+    copy: Option<&mut Vec<u8>>,
+) -> io::Result<()> {
     let addr = addr.to_le_bytes();
-    if still {
-        w.section(Tag::Memory, &[&addr, pages])
-    } else {
-        // Not `pages` itself: the guest may change it between the
-        // checksum and the write.
-        let copy = pages.to_vec();
-        w.section(Tag::Memory, &[&addr, &copy])
+    match copy {
+        None => w.section(Tag::Memory, &[&addr, pages]),
+        Some(copy) => {
+            // Not `pages` itself: the guest may change it between the
+            // checksum and the write.
+            copy.clear();
+            copy.extend_from_slice(pages);
+            w.section(Tag::Memory, &[&addr, copy])
+        }
     }
 }
 
@@ -222,6 +231,7 @@ fn write_runs<W: Write>(
     still: bool,
 ) -> io::Result<()> {
     let pages = bytes.len() / PAGE;
+    let mut copy = (!still).then(|| Vec::with_capacity(MEM_RUN_PAGES * PAGE));
     let mut i = 0;
     while i < pages {
         if !keep(i) {
@@ -237,7 +247,7 @@ fn write_runs<W: Write>(
             w,
             base + (start * PAGE) as u64,
             &bytes[start * PAGE..i * PAGE],
-            still,
+            copy.as_mut(),
         )?;
     }
     Ok(())
