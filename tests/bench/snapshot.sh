@@ -127,7 +127,7 @@ echo "| guest | VMM | stream | total time | pause (downtime) |"
 echo "| --- | --- | --- | --- | --- |"
 } > "$tmp/live"
 head -c 4096 /dev/urandom > "$tmp/initrd"
-for mem in 256M 1G; do
+for mem in 256M 1G 4G; do
 	echo "bench: live migration of a $mem guest writing 4 MiB over and over" >&2
 	vm-run -v -N d -m "$mem" -b "$tiny" -a dirty < /dev/null > /dev/null 2> "$tmp/d.err" &
 	until vm-ctl status d > /dev/null 2>&1; do sleep 0.01; done

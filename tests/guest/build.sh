@@ -3,6 +3,7 @@
 # Builds the Linux guest fixture from Debian packages only:
 #   OUTDIR/bzImage    Debian's cloud kernel (what linux-image-cloud-amd64 depends on)
 #   OUTDIR/vmlinux    the same kernel as an ELF image, for PVH boot
+#   OUTDIR/bzImage-generic  Debian's generic kernel of the same version
 #   OUTDIR/initrd.gz  busybox-static + tests/guest/init + the kernel's virtio modules
 #   OUTDIR/hostmods/  kvm/kvm-amd/tun/bridge/... for the emulated test host (host.sh)
 #   OUTDIR/kernel-version, OUTDIR/config
@@ -63,6 +64,14 @@ vmlinux "$out/bzImage" > "$out/vmlinux"
     { echo "$0: no ELF kernel inside $out/bzImage" >&2; exit 1; }
 cp "$x/boot/config-$kver" "$out/config"
 echo "$kver" > "$out/kernel-version"
+# Debian's generic kernel of the same version, for what the cloud one is
+# built without (CONFIG_VMGENID: tests/snapshot.rs's "reseed"). Only its
+# bzImage: the initramfs has the cloud kernel's modules, so a guest of
+# this one has no virtio devices.
+gver=${kver%-cloud-amd64}-amd64
+(cd "$out/debs" && apt-get download -q -o APT::Sandbox::User=root "linux-image-$gver" >/dev/null)
+dpkg-deb --fsys-tarfile "$(ls -t "$out/debs/linux-image-${gver}_"*.deb | head -n1)" |
+    tar -xO "./boot/vmlinuz-$gver" > "$out/bzImage-generic"
 
 # The deb has no modules.dep (its postinst runs depmod); busybox's depmod makes one.
 mdir=$x/lib/modules/$kver

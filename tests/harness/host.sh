@@ -3,7 +3,7 @@
 #   (defaults target/testhost and target/guest; WITH_QEMU=1 also builds qemu.cpio.gz)
 # Builds the emulated test host (see /work/shared/notes/kvm-on-this-machine.md):
 #   OUTDIR/vmlinuz       Debian's cloud kernel, the fixture's bzImage
-#   OUTDIR/host.cpio.gz  busybox, kvm-amd & co, /guest/{bzImage,vmlinux,initrd.gz}, /init
+#   OUTDIR/host.cpio.gz  busybox, kvm-amd & co, /guest/{bzImage,bzImage-generic,vmlinux,initrd.gz}, /init
 #   OUTDIR/qemu.cpio.gz  qemu-system-x86_64, qemu-img, qemu-io, their libraries
 #                        and QEMU's firmware, to append
 # Both archives are cached, keyed on this script and what goes into them.
@@ -15,7 +15,7 @@ mkdir -p "$out"
 tmp=$(mktemp -d "$out/tmp.XXXXXX"); trap 'rm -rf "$tmp"' EXIT; trap 'exit 1' INT TERM HUP
 me=$root/tests/harness/host.sh
 
-sum=$(cat "$me" "$fix/bzImage" "$fix/vmlinux" "$fix/initrd.gz" "$fix"/hostmods/* | sha256sum)
+sum=$(cat "$me" "$fix/bzImage" "$fix/bzImage-generic" "$fix/vmlinux" "$fix/initrd.gz" "$fix"/hostmods/* | sha256sum)
 if [ ! -f "$out/host.cpio.gz" ] || [ "$(cat "$out/host.stamp" 2>/dev/null)" != "$sum" ]; then
     r=$tmp/host
     mkdir -p "$r/bin/vm" "$r/dev" "$r/proc" "$r/sys" "$r/tmp" "$r/root" "$r/etc" "$r/guest" "$r/lib"
@@ -25,7 +25,7 @@ if [ ! -f "$out/host.cpio.gz" ] || [ "$(cat "$out/host.stamp" 2>/dev/null)" != "
         mkdir -p "$r/${a%/*}"; [ -e "$r/$a" ] || ln -s /bin/busybox "$r/$a"
     done
     cp -r "$fix/hostmods" "$r/lib/modules"
-    cp "$fix/bzImage" "$fix/vmlinux" "$fix/initrd.gz" "$r/guest/"
+    cp "$fix/bzImage" "$fix/bzImage-generic" "$fix/vmlinux" "$fix/initrd.gz" "$r/guest/"
     cat > "$r/init" <<'EOF'
 #!/bin/sh
 # Test host /init. No set -e: PID 1 must reach TESTHOST-DONE and poweroff.
