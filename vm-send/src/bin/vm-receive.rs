@@ -124,16 +124,14 @@ fn incoming(a: Args) -> Result<(Config, Incoming), Error> {
     // Each NIC gets the MAC vm-run would give it: vm-net's lladdr, or the
     // one of the guest's (new) name; an unnamed guest keeps its own. The
     // device shows the guest the MAC its driver read, and one that is to
-    // change is replugged with the new one once the guest runs, which
-    // guests of version 3 streams cannot do (their ACPI tables have no
-    // hotplug slots).
+    // change is replugged with the new one once the guest runs. Guests of
+    // version 3 streams cannot be (their ACPI tables have no hotplug
+    // slots): they keep their MACs, and another lladdr is refused.
     let mut nics = a.nics;
+    let replugs = reader.version() >= 4;
     for (i, (nic, record)) in nics.iter_mut().zip(&conf.nics).enumerate() {
-        let want = nic
-            .lladdr
-            .or_else(|| a.name.as_deref().map(|n| default_mac(Some(n), i)));
-        match want {
-            Some(mac) if mac != record.mac && reader.version() < 4 => {
+        match nic.lladdr {
+            Some(mac) if mac != record.mac && !replugs => {
                 return Err(usage(format!(
                     "fd {}: the guest keeps its MAC {} (a version {} stream)",
                     nic.fd,
@@ -141,9 +139,11 @@ fn incoming(a: Args) -> Result<(Config, Incoming), Error> {
                     reader.version()
                 )))
             }
-            Some(mac) if mac != record.mac => nic.renew = Some(mac),
-            _ => {}
+            _ if !replugs => {}
+            Some(mac) => nic.renew = Some(mac),
+            None => nic.renew = a.name.as_deref().map(|n| default_mac(Some(n), i)),
         }
+        nic.renew = nic.renew.filter(|&mac| mac != record.mac);
         nic.lladdr = Some(record.mac);
     }
     let cfg = Config {
