@@ -217,6 +217,7 @@ fn start(cfg: &Config, incoming: Option<Incoming>) -> Result<Outcome> {
     let hp_vm = vm.clone();
     let hotplug = Arc::new(Mutex::new(Hotplug::new(
         pci.clone(),
+        &nic_slots(cfg),
         Box::new(move || {
             // Fails only if the irqchip is gone, and then so is the guest.
             for level in [true, false] {

@@ -108,6 +108,8 @@ fn slot_name(slot: usize) -> String {
 /// as new, and the guest told so if it was asked to let go of it.
 pub struct Hotplug {
     root: Arc<Mutex<PciRoot>>,
+    /// The slots the DSDT calls ejectable: the only ones an EJ write acts on.
+    slots: u32,
     up: u32,
     down: u32,
     /// Pulses the GED's interrupt.
@@ -115,9 +117,11 @@ pub struct Hotplug {
 }
 
 impl Hotplug {
-    pub fn new(root: Arc<Mutex<PciRoot>>, raise: Box<dyn Fn() + Send>) -> Self {
+    /// `slots` as given to [`aml`].
+    pub fn new(root: Arc<Mutex<PciRoot>>, slots: &[usize], raise: Box<dyn Fn() + Send>) -> Self {
         Hotplug {
             root,
+            slots: slots.iter().fold(0, |m, s| m | 1 << s),
             up: 0,
             down: 0,
             raise,
@@ -137,6 +141,8 @@ impl Hotplug {
     }
 
     fn ejected(&mut self, bits: u32) {
+        // A guest that writes other bits does not get to reset its disks.
+        let bits = bits & self.slots;
         let mut root = self.root.lock().unwrap_or_else(|e| e.into_inner());
         for slot in (0..32).filter(|s| bits & 1 << s != 0) {
             root.replug(slot);
@@ -209,9 +215,14 @@ mod tests {
         let mut root = PciRoot::new(0xc000_0000);
         let dev = ConfigSpace::new(0x1af4, 0x1041, (2, 0, 0), 1);
         root.insert(3, Box::new(Counted(dev, replugs.clone())));
+        // A disk, say: not ejectable.
+        let other = Arc::new(AtomicUsize::new(0));
+        let disk = ConfigSpace::new(0x1af4, 0x1042, (1, 0, 0), 1);
+        root.insert(9, Box::new(Counted(disk, other.clone())));
         let r = raised.clone();
         let mut h = Hotplug::new(
             Arc::new(Mutex::new(root)),
+            &[3, 4],
             Box::new(move || {
                 r.fetch_add(1, Ordering::SeqCst);
             }),
@@ -231,11 +242,13 @@ mod tests {
         assert_eq!(reg(&mut h, UP), 0, "reading UP clears it");
         assert!(!h.pending());
         // An eject nobody asked for: made new, not announced; a slot
-        // without a function and odd writes change nothing.
-        h.write(EJ, &(1u32 << 3 | 1 << 9).to_le_bytes());
+        // without a function, one not ejectable, and odd writes change
+        // nothing.
+        h.write(EJ, &(1u32 << 3 | 1 << 4 | 1 << 9).to_le_bytes());
         h.write(EJ, &[0xff]);
         h.write(UP, &u32::MAX.to_le_bytes());
         assert_eq!(replugs.load(Ordering::SeqCst), 2);
+        assert_eq!(other.load(Ordering::SeqCst), 0);
         assert_eq!(raised.load(Ordering::SeqCst), 2);
         assert_eq!((reg(&mut h, UP), reg(&mut h, DOWN)), (0, 0));
     }
