@@ -175,10 +175,7 @@ fn start(cfg: &Config, incoming: Option<Incoming>) -> Result<Outcome> {
         memory::low_ram_end(cfg.mem_size),
         Box::new(rtc::host_clock),
         Box::new(move || {
-            // Fails only if the irqchip is gone, and then so is the guest.
-            for level in [true, false] {
-                let _ = rtc_vm.set_irq_line(rtc::IRQ, level);
-            }
+            let _ = irqchip::pulse(&rtc_vm, rtc::IRQ);
         }),
     );
     if let Some(s) = loaded.as_ref().and_then(|l| l.rtc.as_ref()) {
@@ -219,10 +216,7 @@ fn start(cfg: &Config, incoming: Option<Incoming>) -> Result<Outcome> {
         pci.clone(),
         &nic_slots(cfg),
         Box::new(move || {
-            // Fails only if the irqchip is gone, and then so is the guest.
-            for level in [true, false] {
-                let _ = hp_vm.set_irq_line(hotplug::GSI, level);
-            }
+            let _ = irqchip::pulse(&hp_vm, hotplug::GSI);
         }),
     )));
     pio.insert(
@@ -281,6 +275,11 @@ fn start(cfg: &Config, incoming: Option<Incoming>) -> Result<Outcome> {
         });
     }
 
+    // The devices go on, and may interrupt, once the vCPUs and the
+    // irqchip hold their state.
+    if loaded.is_some() {
+        lock(&pci_root).quiesce(false);
+    }
     if loaded.as_ref().is_some_and(|l| l.rtc.is_some()) {
         vmgenid::notify(&vm)?;
         lock(&rtc).resend_irq();

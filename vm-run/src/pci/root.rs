@@ -56,7 +56,6 @@ impl PciRoot {
         }
     }
 
-    /// The next free slot, or None when all 32 are taken.
     /// Every function's threads stopped (true) or started again (false).
     pub fn quiesce(&mut self, stop: bool) {
         for d in self.slots.iter_mut().flatten() {
@@ -110,6 +109,7 @@ impl PciRoot {
         }
     }
 
+    /// The next free slot, or None when all 32 are taken.
     pub fn free_slot(&self) -> Option<usize> {
         self.slots.iter().position(Option::is_none)
     }

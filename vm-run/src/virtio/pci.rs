@@ -360,13 +360,21 @@ impl VirtioPci {
         }
     }
 
+    /// Starts the device's thread.
     fn activate(&mut self) -> std::result::Result<(), String> {
-        self.activate_at(&[])
+        let active = self.active_queues(&[])?;
+        let State::Idle(dev) = std::mem::replace(&mut self.state, State::Lost) else {
+            return Err("device is already running".into());
+        };
+        self.spawn(dev, active)
     }
 
-    /// Starts the device's thread; `positions` (a snapshot's next_avail,
-    /// next_used per queue) put the queues back where they were.
-    fn activate_at(&mut self, positions: &[(u16, u16)]) -> std::result::Result<(), String> {
+    /// The queues the driver set up; `positions` (a snapshot's
+    /// next_avail, next_used per queue) put them back where they were.
+    fn active_queues(
+        &self,
+        positions: &[(u16, u16)],
+    ) -> std::result::Result<Vec<ActiveQueue>, String> {
         if self.status & VIRTIO_CONFIG_S_FEATURES_OK as u8 == 0 {
             return Err("driver set DRIVER_OK without FEATURES_OK".into());
         }
@@ -394,10 +402,7 @@ impl VirtioPci {
             let kick = self.kicks[index].clone();
             active.push(ActiveQueue::new(index, q, kick, c.vector));
         }
-        let State::Idle(dev) = std::mem::replace(&mut self.state, State::Lost) else {
-            return Err("device is already running".into());
-        };
-        self.spawn(dev, active)
+        Ok(active)
     }
 
     fn spawn(
@@ -580,12 +585,23 @@ impl PciDevice for VirtioPci {
         self.interrupt.msix().restore(d, control)?;
         self.interrupt.set_isr(isr);
         self.place_kicks(self.pci.bar_range(0).map(|(addr, _)| addr));
+        // Quiesced, not running: the thread starts (resume) once the vCPUs
+        // and the irqchip are restored, whose state would wipe an
+        // interrupt it raised before. A NIC's first frame on the new tap
+        // would be used without the guest ever hearing of it, and with
+        // EVENT_IDX it would hear of no later one either.
         if self.status & VIRTIO_CONFIG_S_DRIVER_OK as u8 != 0 {
-            if let Err(e) = self.activate_at(&positions) {
-                // As a guest would see it on the source: the device wants
-                // a reset, the rest of the guest runs on.
-                eprintln!("vm-run: {}: {e}", self.name);
-                self.needs_reset.store(true, Ordering::SeqCst);
+            let active = self.active_queues(&positions);
+            match (active, std::mem::replace(&mut self.state, State::Lost)) {
+                (Ok(active), State::Idle(dev)) => self.state = State::Quiesced(dev, active),
+                (Err(e), state) => {
+                    // As a guest would see it on the source: the device
+                    // wants a reset, the rest of the guest runs on.
+                    self.state = state;
+                    eprintln!("vm-run: {}: {e}", self.name);
+                    self.needs_reset.store(true, Ordering::SeqCst);
+                }
+                (_, state) => self.state = state,
             }
         }
         Ok(())
@@ -785,6 +801,9 @@ mod tests {
         let mut dec = Dec::new(crate::snapshot::stream::Tag::Devices, &e.0);
         copy.restore(&mut dec).unwrap();
         dec.end().unwrap();
+        // Held until the vCPUs are back, then running.
+        assert!(matches!(copy.state, State::Quiesced(..)));
+        copy.resume();
         assert!(matches!(copy.state, State::Running(_)));
         let mut again = [0u8; 0x38];
         copy.bar_read(0, 0, &mut again);

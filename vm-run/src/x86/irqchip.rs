@@ -36,6 +36,13 @@ pub fn create(vm: &VmFd) -> Result<()> {
         .map_err(|e| Error::Kvm("KVM_CREATE_PIT2".into(), e))
 }
 
+/// An edge on an ISA interrupt line (the RTC's, the GED's): up, then
+/// down. Fails only if the irqchip is gone, and then so is the guest.
+pub fn pulse(vm: &VmFd, gsi: u32) -> std::result::Result<(), kvm_ioctls::Error> {
+    vm.set_irq_line(gsi, true)?;
+    vm.set_irq_line(gsi, false)
+}
+
 /// Wires LINT0 to the PIC (ExtINT) and LINT1 to NMI, as a PC's firmware
 /// leaves them, so the guest gets PIC interrupts before it sets up the
 /// IOAPIC.

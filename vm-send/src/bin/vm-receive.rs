@@ -122,11 +122,11 @@ fn incoming(a: Args) -> Result<(Config, Incoming), Error> {
         )));
     }
     // Each NIC gets the MAC vm-run would give it: vm-net's lladdr, or the
-    // one of the guest's (new) name; an unnamed guest keeps its own. The
-    // device shows the guest the MAC its driver read, and one that is to
-    // change is replugged with the new one once the guest runs. Guests of
-    // version 3 streams cannot be (their ACPI tables have no hotplug
-    // slots): they keep their MACs, and another lladdr is refused.
+    // one of the guest's (new) name, or a random one for a guest without
+    // a name. The device shows the guest the MAC its driver read, and one
+    // that is to change is replugged with the new one once the guest runs.
+    // Guests of version 3 streams cannot be (their ACPI tables have no
+    // hotplug slots): they keep their MACs, and another lladdr is refused.
     let mut nics = a.nics;
     let replugs = reader.version() >= 4;
     for (i, (nic, record)) in nics.iter_mut().zip(&conf.nics).enumerate() {
@@ -141,7 +141,7 @@ fn incoming(a: Args) -> Result<(Config, Incoming), Error> {
             }
             _ if !replugs => {}
             Some(mac) => nic.renew = Some(mac),
-            None => nic.renew = a.name.as_deref().map(|n| default_mac(Some(n), i)),
+            None => nic.renew = Some(default_mac(a.name.as_deref(), i)),
         }
         nic.renew = nic.renew.filter(|&mac| mac != record.mac);
         nic.lladdr = Some(record.mac);
