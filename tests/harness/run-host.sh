@@ -1,19 +1,21 @@
 #!/bin/sh
-# Usage: tests/harness/run-host.sh [-q] [-b BINDIR] [-t TIMEOUT_SECS] [-x EXTRA.cpio.gz] SCENARIO.sh
+# Usage: tests/harness/run-host.sh [-q] [-b BINDIR] [-s SILENT_SECS] [-t TIMEOUT_SECS] [-x EXTRA.cpio.gz] SCENARIO.sh
 # Boots the emulated test host (QEMU TCG with AMD SVM, kvm_amd inside) with
 # SCENARIO.sh as /scenario.sh and the files of BINDIR (default
 # target/x86_64-unknown-linux-musl/release, executables only) in /bin/vm/.
 #   -q  also append qemu.cpio.gz (QEMU inside the host, for comparisons)
+#   -s  a console silent this long is a hung host: stopped, status 3
 #   -t  timeout in seconds (default 600; none when stdin is a terminal)
 #   -x  also append this archive (benchmark tools, for instance)
-# The console goes to stdout; exit status 0 iff it shows TESTHOST-DONE.
+# The console goes to stdout; exit status 0 iff it shows TESTHOST-DONE,
+# 3 if the host's kernel locked up or (-s) fell silent.
 # Interactive (stdin a tty): you type into the host console; Ctrl-A x quits.
 set -eu
 root=$(cd "$(dirname "$0")/../.." && pwd)
-usage() { sed -n 's/^# \{0,1\}//; 2,10p' "$0" >&2; exit 2; }
-withq=; bin=$root/target/x86_64-unknown-linux-musl/release; t=; extra=
-while getopts qb:t:x: o; do
-    case $o in q) withq=1 ;; b) bin=$OPTARG ;; t) t=$OPTARG ;; x) extra=$OPTARG ;; *) usage ;; esac
+usage() { sed -n 's/^# \{0,1\}//; 2,12p' "$0" >&2; exit 2; }
+withq=; bin=$root/target/x86_64-unknown-linux-musl/release; t=; extra=; silent=
+while getopts qb:s:t:x: o; do
+    case $o in q) withq=1 ;; b) bin=$OPTARG ;; s) silent=$OPTARG ;; t) t=$OPTARG ;; x) extra=$OPTARG ;; *) usage ;; esac
 done
 shift $((OPTIND - 1))
 [ $# -eq 1 ] && [ -f "$1" ] || usage
@@ -44,10 +46,16 @@ flock 9
 # Now and then the test host's kernel locks up inside KVM under heavy
 # guest I/O (nested SVM under TCG; see the notes of issue 3). Such a boot
 # is stopped at once and reported with status 3, so that the caller can
-# try again rather than wait for the timeout.
+# try again rather than wait for the timeout. So is one whose console
+# says nothing for -s seconds (its guests stuck in KVM; see tests/README.md).
 : > "$tmp/log"
-( while sleep 2; do
+( quiet=0 seen=0
+while sleep 2; do
 	grep -q 'BUG: soft lockup' "$tmp/log" && { pkill -f "$tmp/initrd"; exit 0; }
+	[ -n "$silent" ] || continue
+	n=$(wc -c < "$tmp/log")
+	if [ "$n" != "$seen" ]; then seen=$n quiet=0; else quiet=$((quiet + 2)); fi
+	[ $quiet -lt "$silent" ] || { : > "$tmp/silent"; pkill -f "$tmp/initrd"; exit 0; }
 done ) &
 watcher=$!
 # TCG warns about each EPYC-Rome feature it cannot emulate; that noise is dropped.
@@ -59,6 +67,10 @@ kill $watcher 2>/dev/null || :
 grep -v 'TCG doesn.t support requested feature' "$tmp/err" >&2 || :
 if grep -q 'BUG: soft lockup' "$tmp/log"; then
 	echo "run-host.sh: the test host's kernel locked up; boot abandoned" >&2
+	exit 3
+fi
+if [ -e "$tmp/silent" ]; then
+	echo "run-host.sh: the test host said nothing for $silent s; boot abandoned" >&2
 	exit 3
 fi
 grep -q TESTHOST-DONE "$tmp/log"

@@ -97,8 +97,10 @@ pub fn run(batch: &str, scenarios: &[Scenario], with_qemu: bool) -> Report {
     let path = dir.join("scenario.sh");
     fs::write(&path, script).expect("write scenario");
 
-    // A boot whose kernel locked up (run-host.sh's status 3, an
-    // environment fault, see its comment) is tried once more.
+    // A boot whose kernel locked up or whose console fell silent for 8
+    // minutes (run-host.sh's status 3, an environment fault, see its
+    // comment) is tried once more. No scenario is silent that long: their
+    // waits are of a minute or two at most.
     let mut console = String::new();
     for attempt in 1..=2 {
         let mut cmd = Command::new(root().join("tests/harness/run-host.sh"));
@@ -109,7 +111,7 @@ pub fn run(batch: &str, scenarios: &[Scenario], with_qemu: bool) -> Report {
         // a test host that shares its cores with a build can take longer.
         let child = cmd
             .process_group(0)
-            .args(["-t", "1200"])
+            .args(["-s", "480", "-t", "1200"])
             .arg("-b")
             .arg(bin_dir())
             .arg(&path)
@@ -129,7 +131,11 @@ pub fn run(batch: &str, scenarios: &[Scenario], with_qemu: bool) -> Report {
         if out.status != 3 && !timed_out {
             break;
         }
-        let why = if timed_out { "timed out" } else { "locked up" };
+        let why = if timed_out {
+            "timed out"
+        } else {
+            "locked up or fell silent"
+        };
         eprintln!("testhost {batch}: the test host {why} (attempt {attempt})");
     }
     fs::write(dir.join("console.log"), &console).ok();
