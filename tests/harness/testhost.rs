@@ -97,9 +97,9 @@ pub fn run(batch: &str, scenarios: &[Scenario], with_qemu: bool) -> Report {
     let path = dir.join("scenario.sh");
     fs::write(&path, script).expect("write scenario");
 
-    // A boot whose kernel locked up or whose console fell silent for 8
-    // minutes (run-host.sh's status 3, an environment fault, see its
-    // comment) is tried once more. No scenario is silent that long: their
+    // A boot whose kernel locked up or panicked, or whose console fell
+    // silent for 8 minutes (run-host.sh's status 3, an environment fault,
+    // see its comments) is tried once more. No scenario is silent that long: their
     // waits are of a minute or two at most.
     let mut console = String::new();
     for attempt in 1..=2 {
@@ -134,7 +134,7 @@ pub fn run(batch: &str, scenarios: &[Scenario], with_qemu: bool) -> Report {
         let why = if timed_out {
             "timed out"
         } else {
-            "locked up or fell silent"
+            "locked up, panicked or fell silent"
         };
         eprintln!("testhost {batch}: the test host {why} (attempt {attempt})");
     }
