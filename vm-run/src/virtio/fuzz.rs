@@ -10,8 +10,9 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
 use super::block::Block;
-use super::drain_queue;
+use super::{drain_queue, ActiveQueue};
 use crate::disk::{Disk, IoVec};
+use vmm_sys_util::eventfd::EventFd;
 
 const MEM_SIZE: usize = 64 << 10;
 const DISK_SIZE: usize = 64 << 10;
@@ -107,7 +108,9 @@ pub fn block_queue(data: &[u8]) {
         return;
     }
     // Errors are how a broken ring is reported; they must not panic.
-    let _ = drain_queue(&mut dev, 0, &mut q, &mem);
+    let kick = std::sync::Arc::new(EventFd::new(0).expect("an eventfd"));
+    let mut q = ActiveQueue::new(0, q, kick, 0);
+    let _ = drain_queue(&mut dev, &mut q, &mem);
 }
 
 #[cfg(test)]

@@ -511,7 +511,7 @@ impl VirtioDevice for Net {
         let mut used = 0u64;
         if kicked == Some(TX) {
             if let Some(q) = queues.iter_mut().find(|q| q.index == TX) {
-                if super::drain_queue(self, TX, &mut q.queue, mem).map_err(|e| (TX, e))? {
+                if super::drain_queue(self, q, mem).map_err(|e| (TX, e))? {
                     used |= 1 << TX;
                 }
             }

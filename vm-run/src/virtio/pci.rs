@@ -400,7 +400,9 @@ impl VirtioPci {
                 return Err(format!("queue {index}: rings outside guest memory"));
             }
             let kick = self.kicks[index].clone();
-            active.push(ActiveQueue::new(index, q, kick, c.vector));
+            active.push(
+                ActiveQueue::new(index, q, kick, c.vector).with_interrupt(self.interrupt.clone()),
+            );
         }
         Ok(active)
     }
