@@ -143,8 +143,9 @@ impl Block {
                 if self.read_only {
                     return Err(Failure::Io);
                 }
-                let offset = self.range(sector, total(&data_out))?;
-                self.last_len = total(&data_out);
+                let len = total(&data_out);
+                let offset = self.range(sector, len)?;
+                self.last_len = len;
                 let iovs = iovecs(mem, &data_out).ok_or(Failure::Io)?;
                 let r = self.disk.write_at(offset, &iovs);
                 self.host(r, "write").map(|_| 0)

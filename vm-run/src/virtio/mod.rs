@@ -184,7 +184,8 @@ pub struct ActiveQueue {
     /// interrupt: with EVENT_IDX it is owed one if its event index lies
     /// between this and the index now.
     signalled: u16,
-    /// Where to signal used chains from within a drain (signal_now).
+    /// Where the queue's interrupts go; a queue without one (a unit
+    /// test's) raises none.
     interrupt: Option<Arc<Interrupt>>,
 }
 
@@ -376,9 +377,7 @@ fn notify(
     match r {
         Ok(used) => {
             for q in queues.iter_mut().filter(|q| used & 1 << q.index != 0) {
-                if q.needs_interrupt(mem) {
-                    shared.interrupt.signal(q.vector, ISR_QUEUE);
-                }
+                q.signal(mem);
             }
         }
         Err((index, e)) => {
