@@ -7,7 +7,7 @@ use nix::unistd::{Gid, Group, Uid, User};
 
 use crate::disk::DiskSpec;
 use crate::error::{Error, Result};
-use crate::net::{self, NicSpec};
+use crate::nic::{self, NicSpec};
 
 pub const USAGE: &str =
     "usage: vm-run [-pv] [-a cmdline] [-c ncpus] [-d [raw:|qcow2:]disk[,ro]] ... \
@@ -67,7 +67,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed> {
     let mut kernel = None;
     let mut initrd = None;
     let mut disks = Vec::new();
-    let mut nics = net::from_env(|k| std::env::var(k).ok()).map_err(Error::Usage)?;
+    let mut nics = nic::from_env(|k| std::env::var(k).ok()).map_err(Error::Usage)?;
     let mut cmdline = None;
     let mut vcpus = 1u8;
     let mut mem_size = DEFAULT_MEM;
@@ -95,7 +95,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed> {
             Short('m') => mem_size = parse_size(&string(p.value().map_err(usage)?, "-m")?)?,
             Short('n') => {
                 let v = string(p.value().map_err(usage)?, "-n")?;
-                nics.push(net::parse_option(&v).map_err(|e| Error::Usage(format!("-n {e}")))?);
+                nics.push(nic::parse_option(&v).map_err(|e| Error::Usage(format!("-n {e}")))?);
             }
             Short('N') => {
                 let v = string(p.value().map_err(usage)?, "-N")?;
@@ -109,7 +109,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed> {
             _ => return Err(usage(arg.unexpected())),
         }
     }
-    net::check(&nics).map_err(Error::Usage)?;
+    nic::check(&nics).map_err(Error::Usage)?;
     let kernel = kernel.ok_or_else(|| Error::Usage("no kernel given (-b kernel)".into()))?;
     if owner.is_some() && name.is_none() {
         return Err(Error::Usage(

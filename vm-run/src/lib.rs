@@ -1,8 +1,10 @@
 //! vm-run's parts, one concern a module; src/main.rs is the command. A
 //! library so that the fuzz targets (fuzz/) drive the same device code.
 
+pub mod board;
 pub mod boot;
 pub mod bus;
+pub mod clock;
 pub mod config;
 pub mod console;
 pub mod control;
@@ -10,8 +12,9 @@ pub mod devices;
 pub mod disk;
 pub mod error;
 pub mod exit;
+pub mod irq;
 pub mod memory;
-pub mod net;
+pub mod nic;
 pub mod outcome;
 pub mod pci;
 pub mod sandbox;

@@ -152,7 +152,7 @@ fn ioctls() -> Vec<u64> {
     ]
     .into_iter()
     // The NICs' offloads, set when the guest negotiates them.
-    .chain(crate::net::tap::RUNTIME_IOCTLS.iter().copied())
+    .chain(crate::nic::tap::RUNTIME_IOCTLS.iter().copied())
     .collect()
 }
 

@@ -14,8 +14,8 @@ use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use crate::bus::Bus;
 use crate::error::{Error, Result};
 use crate::outcome::{Outcome, Reporter};
-use crate::snapshot::VcpuState;
 use crate::x86::regs;
+use crate::x86::state::VcpuState;
 
 /// The signal that kicks a vCPU thread out of KVM_RUN.
 const KICK: libc::c_int = libc::SIGUSR1;
@@ -109,7 +109,7 @@ impl Pauser {
         self.park_all(Duration::from_secs(5))?;
         let mut st = self.lock();
         st.clock = self.vm.get_clock().ok();
-        st.clock_realtime = crate::snapshot::realtime_ns();
+        st.clock_realtime = crate::clock::realtime_ns();
         Ok(())
     }
 

@@ -14,13 +14,11 @@ use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use nix::unistd::{Gid, Uid};
 
 use super::proto::{self, ProtoError, Reply, Request, State, Status};
+use crate::board::{lock, Board};
 use crate::console::Attached;
-use crate::devices::acpi_pm::AcpiPm;
-use crate::devices::serial::Serial;
 use crate::error::{Error, Result};
-use crate::memory::{self, GuestMemory};
+use crate::memory;
 use crate::outcome::{Outcome, Reporter};
-use crate::vcpu::Pauser;
 
 /// Connections served at once; more are told to come back later. Waiters
 /// (`wait`) do not count: they hold no thread.
@@ -39,21 +37,12 @@ pub fn remove_socket() {
     }
 }
 
-/// Everything a request can act on.
-/// Writes the guest's snapshot stream: of the paused guest, or (`true`)
-/// live, pausing it for the last part.
-pub type SnapshotFn =
-    Box<dyn Fn(&mut dyn std::io::Write, bool) -> std::result::Result<(), String> + Send + Sync>;
-
+/// Everything a request can act on: the board (power button, UART,
+/// vCPUs, snapshots) and what the host side knows of the guest.
 pub struct Guest {
-    pub snapshot: SnapshotFn,
+    pub board: Arc<Board>,
     pub name: String,
-    pub vcpus: u8,
-    pub mem: &'static GuestMemory,
     pub tty: String,
-    pub pauser: Arc<Pauser>,
-    pub power: Arc<Mutex<AcpiPm>>,
-    pub serial: Arc<Mutex<Serial>>,
     pub console: Arc<Attached>,
     pub reporter: Reporter,
 }
@@ -247,10 +236,7 @@ fn serve_one(shared: &Shared, mut stream: UnixStream) {
     let reply = match request {
         Request::Status => status(shared).reply(),
         Request::Stop => {
-            g.power
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .press_power_button();
+            lock(&g.board.pm).press_power_button();
             Reply::ok()
         }
         Request::Kill => {
@@ -258,8 +244,13 @@ fn serve_one(shared: &Shared, mut stream: UnixStream) {
             g.reporter.report(Outcome::Stopped);
             return;
         }
-        Request::Pause => g.pauser.pause().map_or_else(Reply::error, |()| Reply::ok()),
+        Request::Pause => g
+            .board
+            .pauser
+            .pause()
+            .map_or_else(Reply::error, |()| Reply::ok()),
         Request::Unpause => g
+            .board
             .pauser
             .resume()
             .map_or_else(Reply::error, |()| Reply::ok()),
@@ -295,21 +286,22 @@ fn send(g: &Guest, mut stream: UnixStream, request: Request) {
         Err(e) => return reply(&mut stream, Reply::error(format!("no fd to write to: {e}"))),
     };
     // A guest paused by vm-ctl is sent as it is and stays paused.
-    let was_paused = g.pauser.is_paused();
+    let pauser = &g.board.pauser;
+    let was_paused = pauser.is_paused();
     let live = request == Request::Migrate && !was_paused;
     if !was_paused && !live {
-        if let Err(e) = g.pauser.pause() {
+        if let Err(e) = pauser.pause() {
             return reply(&mut stream, Reply::error(e));
         }
     }
     let resume = || {
-        if was_paused || !g.pauser.is_paused() {
+        if was_paused || !pauser.is_paused() {
             Ok(())
         } else {
-            g.pauser.resume()
+            pauser.resume()
         }
     };
-    let sent = (g.snapshot)(&mut out, live);
+    let sent = g.board.write_snapshot(&mut out, live);
     drop(out);
     match sent {
         Ok(()) if !keep => {
@@ -364,13 +356,13 @@ fn status(shared: &Shared) -> Status {
     let (uid, gid) = shared.owner;
     Status {
         pid: std::process::id(),
-        vcpus: g.vcpus,
-        maxmem: memory::size(g.mem),
-        curmem: memory::resident(g.mem),
+        vcpus: g.board.conf.vcpus,
+        maxmem: memory::size(g.board.mem),
+        curmem: memory::resident(g.board.mem),
         tty: g.tty.clone(),
         uid: uid.as_raw(),
         gid: gid.as_raw(),
-        state: if g.pauser.is_paused() {
+        state: if g.board.pauser.is_paused() {
             State::Paused
         } else {
             State::Running
@@ -395,11 +387,7 @@ fn console(g: &Guest, mut stream: UnixStream) {
         while let Ok(n @ 1..) = stream.read(&mut buf) {
             let mut rest = &buf[..n];
             while !rest.is_empty() {
-                let taken = g
-                    .serial
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .enqueue(rest);
+                let taken = lock(&g.board.com1).enqueue(rest);
                 rest = &rest[taken..];
                 if taken == 0 {
                     // The guest has not drained its FIFO yet.

@@ -6,6 +6,7 @@
 
 use super::BusDevice;
 use crate::outcome::{Outcome, Reporter};
+use crate::snapshot::stream::{Dec, Enc, StreamError};
 
 pub const PM1_EVT_BLK: u16 = 0x600;
 pub const PM1_EVT_LEN: u8 = 4;
@@ -32,6 +33,10 @@ const PWRBTN: u16 = 1 << 8;
 /// Drives the SCI line: true raises it, false lowers it.
 pub type Sci = Box<dyn Fn(bool) + Send>;
 
+/// The registers a snapshot keeps: status, enable, control.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PmState([u16; 3]);
+
 pub struct AcpiPm {
     status: u16,
     enable: u16,
@@ -54,12 +59,17 @@ impl AcpiPm {
         }
     }
 
-    /// Status, enable and control, for a snapshot.
-    pub fn registers(&self) -> [u16; 3] {
-        [self.status, self.enable, self.control]
+    /// Status, enable and control: the DEVS section's part after the UART.
+    pub fn save(&self, e: &mut Enc) {
+        e.u16(self.status).u16(self.enable).u16(self.control);
     }
 
-    pub fn set_registers(&mut self, [status, enable, control]: [u16; 3]) {
+    pub fn load(d: &mut Dec) -> Result<PmState, StreamError> {
+        Ok(PmState([d.u16()?, d.u16()?, d.u16()?]))
+    }
+
+    /// Puts saved registers back; the SCI follows them.
+    pub fn restore(&mut self, PmState([status, enable, control]): PmState) {
         (self.status, self.enable, self.control) = (status, enable, control);
         self.update_sci();
     }
@@ -187,5 +197,26 @@ mod tests {
         assert_eq!(pm.status, 0x0100);
         pm.write(OFF_EN, &[0xff, 0x00]);
         assert_eq!(pm.enable, 0xff);
+    }
+
+    #[test]
+    fn save_and_restore_round_trip() {
+        let (mut old, _rx, levels) = pm();
+        old.write(OFF_EN, &PWRBTN.to_le_bytes());
+        old.press_power_button();
+        let mut e = Enc::default();
+        old.save(&mut e);
+        let (mut fresh, _rx2, fresh_levels) = pm();
+        let mut d = Dec::new(crate::snapshot::stream::Tag::Devices, &e.0);
+        fresh.restore(AcpiPm::load(&mut d).unwrap());
+        d.end().unwrap();
+        let regs = |p: &AcpiPm| [p.status, p.enable, p.control];
+        assert_eq!(regs(&fresh), regs(&old));
+        assert_eq!(*levels.lock().unwrap(), [true]);
+        assert_eq!(
+            *fresh_levels.lock().unwrap(),
+            [true],
+            "a pending SCI is raised again"
+        );
     }
 }

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::BusDevice;
+use crate::snapshot::stream::{Dec, Enc, StreamError};
 
 pub const PORT_BASE: u16 = 0x70;
 pub const PORT_LEN: u16 = 2;
@@ -98,7 +99,7 @@ pub type Clock = Box<dyn Fn() -> i64 + Send>;
 pub type Irq = Box<dyn Fn() + Send>;
 
 pub fn host_clock() -> i64 {
-    crate::snapshot::realtime_ns() as i64
+    crate::clock::realtime_ns() as i64
 }
 
 pub struct Rtc {
@@ -116,9 +117,9 @@ pub struct Rtc {
 /// selected register, and every CMOS byte.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RtcState {
-    pub offset_ns: i64,
-    pub index: u8,
-    pub cmos: Vec<u8>,
+    offset_ns: i64,
+    index: u8,
+    cmos: [u8; CMOS_LEN],
 }
 
 impl Rtc {
@@ -204,23 +205,36 @@ impl Rtc {
         }
     }
 
-    pub fn state(&self) -> RtcState {
-        RtcState {
-            offset_ns: self.offset_ns,
-            index: self.index,
-            cmos: self.cmos.to_vec(),
-        }
+    /// The RTC section: the offset (i64 as u64), the index register (u8),
+    /// the 128 CMOS bytes (bytes).
+    pub fn save(&self, e: &mut Enc) {
+        e.u64(self.offset_ns as u64)
+            .u8(self.index)
+            .bytes(&self.cmos);
+    }
+
+    pub fn load(d: &mut Dec) -> Result<RtcState, StreamError> {
+        let offset_ns = d.u64()? as i64;
+        let index = d.u8()?;
+        let cmos = d.bytes()?;
+        let cmos = cmos
+            .try_into()
+            .map_err(|_| d.bad(format!("{} CMOS bytes, not {CMOS_LEN}", cmos.len())))?;
+        Ok(RtcState {
+            offset_ns,
+            index,
+            cmos,
+        })
     }
 
     /// Puts a snapshot's state back. The offset applies to this host's
     /// clock, so the guest's RTC has moved on by however long the snapshot
-    /// took to get here. None if the state is not an RTC's.
-    pub fn set_state(&mut self, s: &RtcState) -> Option<()> {
-        self.cmos = s.cmos.as_slice().try_into().ok()?;
+    /// took to get here.
+    pub fn restore(&mut self, s: &RtcState) {
+        self.cmos = s.cmos;
         self.index = s.index & 0x7f;
         self.offset_ns = s.offset_ns;
         self.last_update = self.guest_ns().div_euclid(NS);
-        Some(())
     }
 
     fn guest_ns(&self) -> i64 {
@@ -463,6 +477,7 @@ impl Civil {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::snapshot::stream::Tag;
     use std::sync::atomic::{AtomicI64, Ordering};
     use std::sync::Arc;
 
@@ -584,10 +599,9 @@ mod tests {
         );
         // The offset is what a snapshot keeps: on another host's clock the
         // same offset reads that host's time plus the same difference.
-        let s = rtc.state();
-        assert_eq!(s.offset_ns, (946_684_798 - (T + 5)) * NS);
+        assert_eq!(rtc.offset_ns, (946_684_798 - (T + 5)) * NS);
         let (mut other, _) = rtc_at((T + 67) * NS);
-        other.set_state(&s).unwrap();
+        round_trip(&rtc, &mut other);
         assert_eq!(get(&mut other, 0x00), 0x00);
         assert_eq!(get(&mut other, 0x02), 0x01);
     }
@@ -597,7 +611,7 @@ mod tests {
         let (mut rtc, _) = rtc_at(T * NS);
         set(&mut rtc, 0x02, 0x50);
         assert_eq!(clock(&mut rtc)[..3], [0x07, 0x50, 0x00]);
-        assert_eq!(rtc.state().offset_ns, 9 * 60 * NS);
+        assert_eq!(rtc.offset_ns, 9 * 60 * NS);
     }
 
     #[test]
@@ -672,7 +686,7 @@ mod tests {
         assert_eq!(irqs(), 5);
         // After a receive, a pending one is raised again.
         let mut other = rtc_with_irqs((T + 9) * NS);
-        other.0.set_state(&rtc.state()).unwrap();
+        round_trip(&rtc, &mut other.0);
         other.0.resend_irq();
         assert_eq!(other.2.load(Ordering::Relaxed), 1);
         // While SET holds the clock, no updates.
@@ -693,12 +707,30 @@ mod tests {
                 let _ = clock(&mut rtc);
             }
         }
-        assert!(rtc
-            .set_state(&RtcState {
-                offset_ns: 0,
-                index: 0,
-                cmos: vec![0; 3]
-            })
-            .is_none());
+        let mut short = Enc::default();
+        short.u64(0).u8(0).bytes(&[0; 3]);
+        assert!(Rtc::load(&mut Dec::new(Tag::Rtc, &short.0)).is_err());
+    }
+
+    /// Saves `from` and restores it into `into`, as a send and receive do.
+    fn round_trip(from: &Rtc, into: &mut Rtc) {
+        let mut e = Enc::default();
+        from.save(&mut e);
+        let mut d = Dec::new(Tag::Rtc, &e.0);
+        into.restore(&Rtc::load(&mut d).unwrap());
+        d.end().unwrap();
+    }
+
+    #[test]
+    fn save_and_restore_round_trip() {
+        let (mut rtc, _) = rtc_at(T * NS);
+        set(&mut rtc, 0x02, 0x50);
+        set(&mut rtc, 0x40, 0x5a);
+        get(&mut rtc, 0x33);
+        let (mut fresh, _) = rtc_at(T * NS);
+        round_trip(&rtc, &mut fresh);
+        assert_eq!(fresh.cmos, rtc.cmos);
+        assert_eq!((fresh.index, fresh.offset_ns), (rtc.index, rtc.offset_ns));
+        assert_eq!(clock(&mut fresh), clock(&mut rtc));
     }
 }

@@ -66,7 +66,7 @@ pub fn write_new_id(mem: &GuestMemory) -> Result<[u8; ID_LEN]> {
 /// Tells the guest its ID changed: an edge on the GED's interrupt. Only
 /// once the vCPUs' LAPICs are restored, or their state would wipe it.
 pub fn notify(vm: &VmFd) -> Result<()> {
-    crate::x86::irqchip::pulse(vm, GSI).map_err(|e| Error::Kvm("KVM_IRQ_LINE (vmgenid)".into(), e))
+    crate::irq::pulse(vm, GSI).map_err(|e| Error::Kvm("KVM_IRQ_LINE (vmgenid)".into(), e))
 }
 
 #[cfg(test)]

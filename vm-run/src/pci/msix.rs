@@ -9,8 +9,8 @@ use std::sync::Arc;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::error::{Error, Result};
+use crate::irq::GsiRouter;
 use crate::snapshot::stream::{Dec, Enc, StreamError};
-use crate::x86::irqchip::GsiRouter;
 
 pub const CAP_ID: u8 = 0x11;
 pub const ENTRY_SIZE: u64 = 16;

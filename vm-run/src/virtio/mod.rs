@@ -20,9 +20,9 @@ use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::irq::GsiRouter;
 use crate::memory::GuestMemory;
 use crate::pci::msix::Msix;
-use crate::x86::irqchip::GsiRouter;
 
 /// "No MSI-X vector" in the common configuration.
 pub const NO_VECTOR: u16 = 0xffff;

@@ -25,8 +25,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend as _};
 use super::{ActiveQueue, Chain, VirtioDevice};
 use crate::disk::IoVec;
 use crate::memory::GuestMemory;
-use crate::net::dhcp::{self, Lease};
-use crate::net::tap::{self, Tap};
+use crate::nic::dhcp::{self, Lease};
+use crate::nic::tap::{self, Tap};
 
 pub const QUEUE_SIZE: u16 = 256;
 pub const RX: usize = 0;

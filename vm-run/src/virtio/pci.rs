@@ -23,11 +23,11 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::{ActiveQueue, Interrupt, Shared, VirtioDevice, Worker, NO_VECTOR};
 use crate::error::{Error, Result};
+use crate::irq::GsiRouter;
 use crate::memory::GuestMemory;
 use crate::pci::msix::{self, Msix};
 use crate::pci::{BarMove, ConfigSpace, PciDevice};
 use crate::snapshot::stream::{Dec, Enc, StreamError};
-use crate::x86::irqchip::GsiRouter;
 
 pub const BAR_SIZE: u32 = 0x8000;
 const COMMON: u64 = 0x0000;

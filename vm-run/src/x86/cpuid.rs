@@ -114,6 +114,89 @@ pub fn for_vcpu(base: &CpuId, id: u8, count: u8) -> Result<CpuId> {
     CpuId::from_entries(&entries).map_err(|e| Error::Setup(format!("CPUID table: {e:?}")))
 }
 
+/// CPU features the guest was given that this host's KVM cannot give, by
+/// name where the name is well known: such a guest would crash on its
+/// first use of one.
+pub fn missing_cpu_features(
+    guest: &[kvm_bindings::kvm_cpuid_entry2],
+    host: &[kvm_bindings::kvm_cpuid_entry2],
+) -> Vec<String> {
+    // (leaf, subleaf, register index: 0 eax .. 3 edx, bit, name)
+    const NAMES: &[(u32, u32, usize, u32, &str)] = &[
+        (1, 0, 2, 0, "sse3"),
+        (1, 0, 2, 9, "ssse3"),
+        (1, 0, 2, 12, "fma"),
+        (1, 0, 2, 19, "sse4_1"),
+        (1, 0, 2, 20, "sse4_2"),
+        (1, 0, 2, 22, "movbe"),
+        (1, 0, 2, 23, "popcnt"),
+        (1, 0, 2, 25, "aes"),
+        (1, 0, 2, 26, "xsave"),
+        (1, 0, 2, 28, "avx"),
+        (1, 0, 2, 29, "f16c"),
+        (1, 0, 2, 30, "rdrand"),
+        (1, 0, 3, 25, "sse"),
+        (1, 0, 3, 26, "sse2"),
+        (7, 0, 1, 3, "bmi1"),
+        (7, 0, 1, 5, "avx2"),
+        (7, 0, 1, 8, "bmi2"),
+        (7, 0, 1, 16, "avx512f"),
+        (7, 0, 1, 18, "rdseed"),
+        (7, 0, 1, 19, "adx"),
+        (7, 0, 1, 29, "sha_ni"),
+        (7, 0, 2, 9, "vaes"),
+        (7, 0, 2, 10, "vpclmulqdq"),
+        (0x8000_0001, 0, 2, 5, "abm"),
+    ];
+    // Leaves whose bits are features (not sizes, IDs or topology).
+    const FEATURE_LEAVES: &[(u32, u32, usize)] = &[
+        (1, 0, 2),
+        (1, 0, 3),
+        (7, 0, 1),
+        (7, 0, 2),
+        (7, 0, 3),
+        (0xd, 1, 0),
+        (0x8000_0001, 0, 2),
+        (0x8000_0001, 0, 3),
+    ];
+    // Bits the VMM sets itself or that say nothing of the CPU: the
+    // hypervisor bit and OSXSAVE/APIC-ID-derived bits.
+    const IGNORED: &[(u32, u32, usize, u32)] = &[(1, 0, 2, 27), (1, 0, 2, 31)];
+    let reg = |e: &kvm_bindings::kvm_cpuid_entry2, r: usize| [e.eax, e.ebx, e.ecx, e.edx][r];
+    let find = |t: &[kvm_bindings::kvm_cpuid_entry2], leaf, sub| {
+        t.iter()
+            .find(|e| e.function == leaf && (e.index == sub || leaf != 7 && leaf != 0xd))
+            .copied()
+    };
+    let mut missing = Vec::new();
+    for &(leaf, sub, r) in FEATURE_LEAVES {
+        let Some(g) = find(guest, leaf, sub) else {
+            continue;
+        };
+        let h = find(host, leaf, sub).map_or(0, |h| reg(&h, r));
+        let lacking = reg(&g, r) & !h;
+        for bit in 0..32 {
+            if lacking & (1 << bit) == 0 || IGNORED.contains(&(leaf, sub, r, bit)) {
+                continue;
+            }
+            let name = NAMES
+                .iter()
+                .find(|n| (n.0, n.1, n.2, n.3) == (leaf, sub, r, bit))
+                .map_or_else(
+                    || {
+                        format!(
+                            "CPUID.{leaf:#x}.{sub}:{}[{bit}]",
+                            ["eax", "ebx", "ecx", "edx"][r]
+                        )
+                    },
+                    |n| n.4.to_string(),
+                );
+            missing.push(name);
+        }
+    }
+    missing
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,8 +1,8 @@
 //! x86 specifics: what the vCPUs look like (CPUID, MSRs, registers at entry),
-//! the interrupt controllers, and the ACPI tables that describe it all.
+//! the in-kernel interrupt controllers, and the state KVM keeps of them.
 
-pub mod acpi;
 pub mod cpuid;
 pub mod irqchip;
 pub mod msrs;
 pub mod regs;
+pub mod state;

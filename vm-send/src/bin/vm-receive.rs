@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use vm_run::config::{self, Config, Console};
 use vm_run::disk::DiskSpec;
 use vm_run::error::Error;
-use vm_run::net::{self, NicSpec};
+use vm_run::nic::{self, NicSpec};
 use vm_run::outcome::Outcome;
 use vm_run::snapshot::stream::{Reader, Tag};
 use vm_run::snapshot::GuestConfig;
@@ -39,7 +39,7 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Option<Args>, Error
     let mut p = lexopt::Parser::from_iter(args);
     let mut a = Args {
         disks: Vec::new(),
-        nics: net::from_env(|k| std::env::var(k).ok()).map_err(usage)?,
+        nics: nic::from_env(|k| std::env::var(k).ok()).map_err(usage)?,
         name: None,
         owner: None,
         pty: false,
@@ -59,7 +59,7 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Option<Args>, Error
             Short('n') => {
                 let v = text(p.value().map_err(usage)?, "-n")?;
                 a.nics
-                    .push(net::parse_option(&v).map_err(|e| usage(format!("-n {e}")))?);
+                    .push(nic::parse_option(&v).map_err(|e| usage(format!("-n {e}")))?);
             }
             Short('N') => {
                 let v = text(p.value().map_err(usage)?, "-N")?;
@@ -78,7 +78,7 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Option<Args>, Error
             _ => return Err(usage(arg.unexpected())),
         }
     }
-    net::check(&a.nics).map_err(usage)?;
+    nic::check(&a.nics).map_err(usage)?;
     if a.owner.is_some() && a.name.is_none() {
         return Err(usage("-o: only a named guest (-N) has a control socket"));
     }
@@ -135,7 +135,7 @@ fn incoming(a: Args) -> Result<(Config, Incoming), Error> {
                 return Err(usage(format!(
                     "fd {}: the guest keeps its MAC {} (a version {} stream)",
                     nic.fd,
-                    net::format_mac(&record.mac),
+                    nic::format_mac(&record.mac),
                     reader.version()
                 )))
             }

@@ -1,0 +1,309 @@
+//! The machine a guest sees, as one value: the legacy devices on the port
+//! bus, the PCI root with its functions, the buses the vCPUs dispatch
+//! their exits to, and the disks to flush. `Board::build` makes it the
+//! same way for a guest that boots and for one that is received, as vmd
+//! builds its devices in one place whether it boots or restores; what
+//! differs is only where the state comes from (`snapshot.rs`).
+//!
+//! Adding a device: a field here, a line in `build`, its description in
+//! `acpi.rs`, its state in `snapshot.rs` (save and restore in one order).
+
+pub mod acpi;
+pub mod snapshot;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::{fmt, io};
+
+use kvm_ioctls::VmFd;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::bus::Bus;
+use crate::config::Config;
+use crate::devices::serial::{self, Output, Serial};
+use crate::devices::{acpi_pm, i8042, rtc, BusDevice};
+use crate::disk;
+use crate::error::{Error, Result};
+use crate::irq::{self, GsiRouter};
+use crate::memory::{self, GuestMemory, PCI_MMIO_END, PCI_MMIO_START};
+use crate::nic::tap::Tap;
+use crate::outcome::Reporter;
+use crate::pci::hotplug::{self, Hotplug};
+use crate::pci::root::{self, MmioView, PciRoot, PioView};
+use crate::snapshot::GuestConfig;
+use crate::vcpu::Pauser;
+use crate::virtio::net::{self, Net};
+use crate::virtio::pci::{Placement, VirtioPci, BAR_SIZE};
+use crate::virtio::{block::Block, rng::Rng, VirtioDevice};
+use snapshot::Saved;
+
+pub fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What the board is plugged into on the host side: the outcome channel,
+/// the console, the disks (opened by `open_disks`) and the taps vm-net
+/// handed over.
+pub struct Plugs {
+    pub disks: Vec<Box<dyn disk::Disk>>,
+    pub reporter: Reporter,
+    /// Where COM1's output goes.
+    pub console: Output,
+    /// Signalled when the guest drains COM1's receive FIFO.
+    pub room: EventFd,
+    pub taps: Vec<Tap>,
+}
+
+pub struct Board {
+    pub vm: Arc<VmFd>,
+    pub mem: &'static GuestMemory,
+    pub com1: Arc<Mutex<Serial>>,
+    pub rtc: Arc<Mutex<rtc::Rtc>>,
+    pub pm: Arc<Mutex<acpi_pm::AcpiPm>>,
+    pub i8042: Arc<Mutex<i8042::I8042>>,
+    pub hotplug: Arc<Mutex<Hotplug>>,
+    pub pci: Arc<Mutex<PciRoot>>,
+    /// What the vCPUs' port I/O and MMIO exits go to.
+    pub pio: Arc<Bus>,
+    pub mmio: Arc<Bus>,
+    /// The qcow2 disks, whose cached metadata goes to the file on exit and
+    /// before a snapshot.
+    pub flushers: Vec<disk::Flusher>,
+    /// The PCI slots of the NICs, which ACPI hotplug may replug.
+    pub nic_slots: Vec<usize>,
+    /// Parks and resumes the vCPUs, and has them give their state.
+    pub pauser: Arc<Pauser>,
+    /// What a stream's CONF says of this guest.
+    pub conf: GuestConfig,
+    /// Whether a snapshot leaves out pages the host never gave the guest
+    /// (only where the host does not swap: mincore cannot see swap).
+    skip_absent: bool,
+    verbose: bool,
+}
+
+impl Board {
+    /// Builds every device, in the state `saved` holds or at power-on.
+    /// A device that can interrupt is given its line here (`irq`), so
+    /// none of them reaches for the irqchip itself. The disks are opened
+    /// here, after the stream has been read whole.
+    pub fn build(
+        cfg: &Config,
+        vm: &Arc<VmFd>,
+        mem: &'static GuestMemory,
+        pauser: Arc<Pauser>,
+        conf: GuestConfig,
+        plugs: Plugs,
+        saved: Option<&Saved>,
+    ) -> Result<Board> {
+        let Plugs {
+            disks,
+            reporter,
+            console,
+            room,
+            taps,
+        } = plugs;
+        let com1_irq =
+            EventFd::new(libc::EFD_NONBLOCK).map_err(|e| Error::Os("eventfd".into(), e))?;
+        vm.register_irqfd(&com1_irq, serial::COM1_IRQ)
+            .map_err(|e| Error::Kvm("KVM_IRQFD".into(), e))?;
+        let com1 = match saved {
+            None => Serial::new(com1_irq, room, console),
+            Some(s) => Serial::from_state(com1_irq, room, console, &s.serial),
+        };
+        let i8042 = i8042::I8042::new(reporter.clone());
+        let rtc_vm = vm.clone();
+        let mut rtc = rtc::Rtc::new(
+            cfg.mem_size,
+            memory::low_ram_end(cfg.mem_size),
+            Box::new(rtc::host_clock),
+            Box::new(move || {
+                let _ = irq::pulse(&rtc_vm, rtc::IRQ);
+            }),
+        );
+        if let Some(state) = saved.and_then(|s| s.rtc.as_ref()) {
+            rtc.restore(state);
+        }
+        let sci_vm = vm.clone();
+        let mut pm = acpi_pm::AcpiPm::new(
+            reporter,
+            Box::new(move |on| {
+                // Fails only if the irqchip is gone, and then so is the guest.
+                let _ = sci_vm.set_irq_line(acpi_pm::SCI_IRQ, on);
+            }),
+        );
+        if let Some(s) = saved {
+            pm.restore(s.pm);
+        }
+        let nic_slots = nic_slots(cfg);
+        let flushers = disks.iter().filter_map(|d| d.flusher()).collect();
+        let pci = pci_functions(cfg, vm, mem, disks, taps)?;
+        let pci = Arc::new(Mutex::new(pci));
+        let hp_vm = vm.clone();
+        let hotplug = Hotplug::new(
+            pci.clone(),
+            &nic_slots,
+            Box::new(move || {
+                let _ = irq::pulse(&hp_vm, hotplug::GSI);
+            }),
+        );
+
+        let board = Board {
+            vm: vm.clone(),
+            mem,
+            com1: Arc::new(Mutex::new(com1)),
+            rtc: Arc::new(Mutex::new(rtc)),
+            pm: Arc::new(Mutex::new(pm)),
+            i8042: Arc::new(Mutex::new(i8042)),
+            hotplug: Arc::new(Mutex::new(hotplug)),
+            pci,
+            pio: Arc::default(),
+            mmio: Arc::default(),
+            flushers,
+            nic_slots,
+            pauser,
+            conf,
+            skip_absent: !memory::host_swaps(),
+            verbose: cfg.verbose,
+        };
+        Ok(board.wire())
+    }
+
+    /// Puts every device on its bus, at the addresses the ACPI tables
+    /// (acpi.rs) give the guest.
+    fn wire(mut self) -> Board {
+        fn on(bus: &mut Bus, base: u16, len: u16, dev: Arc<Mutex<impl BusDevice + 'static>>) {
+            bus.insert(base.into(), len.into(), dev);
+        }
+        let mut pio = Bus::default();
+        on(
+            &mut pio,
+            serial::COM1_BASE,
+            serial::PORT_LEN,
+            self.com1.clone(),
+        );
+        on(
+            &mut pio,
+            i8042::PORT_BASE,
+            i8042::PORT_LEN,
+            self.i8042.clone(),
+        );
+        on(&mut pio, rtc::PORT_BASE, rtc::PORT_LEN, self.rtc.clone());
+        on(
+            &mut pio,
+            acpi_pm::PORT_BASE,
+            acpi_pm::PORT_LEN,
+            self.pm.clone(),
+        );
+        on(
+            &mut pio,
+            root::CONFIG_PORT,
+            root::CONFIG_PORT_LEN,
+            Arc::new(Mutex::new(PioView(self.pci.clone()))),
+        );
+        on(
+            &mut pio,
+            hotplug::PORT_BASE,
+            hotplug::PORT_LEN,
+            self.hotplug.clone(),
+        );
+        let mut mmio = Bus::default();
+        mmio.insert(
+            PCI_MMIO_START,
+            PCI_MMIO_END - PCI_MMIO_START,
+            Arc::new(Mutex::new(MmioView(self.pci.clone()))),
+        );
+        (self.pio, self.mmio) = (Arc::new(pio), Arc::new(mmio));
+        self
+    }
+
+    /// Writes out what vm-run caches of its qcow2 disks. The guest's own
+    /// flushes make its data durable; this keeps an image whose guest
+    /// never flushed (vm-run killed by a signal, a guest without flush)
+    /// free of leaked clusters.
+    pub fn flush_disks(&self) -> std::result::Result<(), FlushError> {
+        self.flushers
+            .iter()
+            .try_for_each(|f| f.flush().map_err(|e| FlushError(f.path().to_path_buf(), e)))
+    }
+}
+
+/// A qcow2 disk whose cached metadata could not be written out.
+#[derive(Debug)]
+pub struct FlushError(pub PathBuf, pub io::Error);
+
+impl fmt::Display for FlushError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "{}: {}",
+            self.0.display(),
+            crate::error::strip_os(&self.1)
+        )
+    }
+}
+
+/// The disks in the order given, each locked; a disk another vm-run
+/// still holds is `Error::Locked`, which a receiver waits out.
+pub fn open_disks(cfg: &Config) -> Result<Vec<Box<dyn disk::Disk>>> {
+    cfg.disks.iter().map(disk::open).collect()
+}
+
+/// The PCI slot of each NIC: after the disks, from slot 1 (pci_functions).
+fn nic_slots(cfg: &Config) -> Vec<usize> {
+    (0..cfg.nics.len())
+        .map(|i| 1 + cfg.disks.len() + i)
+        .collect()
+}
+
+/// The MAC of each NIC: the one asked for, or the guest's stable one.
+pub fn nic_macs(cfg: &Config) -> Vec<[u8; 6]> {
+    (cfg.nics.iter().enumerate())
+        .map(|(i, nic)| {
+            nic.lladdr
+                .unwrap_or_else(|| net::default_mac(cfg.name.as_deref(), i))
+        })
+        .collect()
+}
+
+/// The PCI bus: the disks in the order given (vda, vdb, ...), then the
+/// NICs, then the RNG, one slot each from slot 1.
+fn pci_functions(
+    cfg: &Config,
+    vm: &Arc<VmFd>,
+    mem: &'static GuestMemory,
+    disks: Vec<Box<dyn disk::Disk>>,
+    taps: Vec<Tap>,
+) -> Result<PciRoot> {
+    let router = Arc::new(GsiRouter::new(vm.clone()));
+    let mut pci = PciRoot::new(PCI_MMIO_START);
+    let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    for (disk, spec) in disks.into_iter().zip(&cfg.disks) {
+        devices.push(Box::new(Block::new(
+            disk,
+            spec.read_only,
+            spec.serial.clone(),
+        )));
+    }
+    for ((nic, tap), mac) in cfg.nics.iter().zip(taps).zip(nic_macs(cfg)) {
+        let name = format!("virtio-net {}", tap.name());
+        devices.push(Box::new(
+            Net::new(Box::new(tap), name, mac, nic.lease.clone()).renew_mac(nic.renew),
+        ));
+    }
+    devices.push(Box::<Rng>::default());
+    for dev in devices {
+        let slot = pci
+            .free_slot()
+            .ok_or_else(|| Error::Setup("out of PCI slots".into()))?;
+        let at = Placement {
+            bar0: (PCI_MMIO_START + slot as u64 * u64::from(BAR_SIZE)) as u32,
+            gsi: root::intx_gsi(slot),
+        };
+        pci.insert(
+            slot,
+            Box::new(VirtioPci::new(dev, at, router.clone(), mem)?),
+        );
+    }
+    router.install()?;
+    Ok(pci)
+}

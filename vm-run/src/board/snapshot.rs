@@ -1,0 +1,270 @@
+//! The board's snapshot, in the stream's order (docs/SNAPSHOT.md), as vmd's
+//! send_vm lists its devices' dumps:
+//!
+//! ```text
+//! CONF                    what the receiver builds (snapshot/conf.rs)
+//! [MEM ...]               a live migration's pre-copy rounds
+//! DEVS                    COM1, the ACPI PM registers, the PCI bus
+//! RTC                     the CMOS clock
+//! VCPU x vCPUs            each vCPU's KVM state (x86/state.rs)
+//! VMST                    irqchip, PIT, kvmclock (x86/state.rs)
+//! MEM ...                 memory (snapshot/memory.rs)
+//! END
+//! ```
+//!
+//! `Board::write_snapshot` writes it from a paused guest; `read` reads
+//! and checks all of it before anything is built, `Board::build` takes
+//! the devices' part, and `Board::restore` the rest.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::time::Instant;
+
+use vm_superio::serial::SerialState;
+
+use super::{lock, Board, FlushError};
+use crate::devices::acpi_pm::{AcpiPm, PmState};
+use crate::devices::rtc::{Rtc, RtcState};
+use crate::devices::serial::Serial;
+use crate::devices::vmgenid;
+use crate::error::Error;
+use crate::pci::root::PciRoot;
+use crate::snapshot::live::{self, DirtyLog};
+use crate::snapshot::memory::{load_run, write_dirty, write_memory};
+use crate::snapshot::stream::{Dec, Enc, Reader, StreamError, Tag, Writer};
+use crate::snapshot::{MEM_RUN_PAGES, PAGE};
+use crate::x86::state::{VcpuState, VmState};
+
+/// What a stream holds besides CONF and memory (which `read` writes
+/// straight into guest RAM), decoded and checked.
+pub struct Saved {
+    pub serial: SerialState,
+    pub pm: PmState,
+    /// The PCI bus as `PciRoot::save` wrote it: its functions are built
+    /// from the configuration first, then take this.
+    pci: Vec<u8>,
+    /// None from streams before version 3: their guests had no RTC, and
+    /// no vmgenid page either.
+    pub rtc: Option<RtcState>,
+    pub vcpus: Vec<VcpuState>,
+    vm: VmState,
+}
+
+/// Why a send failed; the guest goes on in any case.
+#[derive(Debug)]
+pub enum SendError {
+    /// CONF must name the MAC a NIC has after its replug.
+    Replugging,
+    NotPaused,
+    /// Pausing, or taking the vCPUs' or the VM's state, failed.
+    Kvm(String),
+    Flush(FlushError),
+    /// The stream could not be written (the reader went away).
+    Write(io::Error),
+}
+
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            SendError::Replugging => {
+                f.write_str("a NIC is being plugged back with a new MAC: try again")
+            }
+            SendError::NotPaused => f.write_str("the guest is not paused"),
+            SendError::Kvm(s) => f.write_str(s),
+            SendError::Flush(e) => write!(f, "{e}"),
+            SendError::Write(e) => write!(f, "{}", crate::error::strip_os(e)),
+        }
+    }
+}
+
+impl From<io::Error> for SendError {
+    fn from(e: io::Error) -> Self {
+        SendError::Write(e)
+    }
+}
+
+/// Pre-copy rounds that bound a live migration's final pause: at most
+/// this many after the first, until a round finds at most `SMALL` pages.
+const PRECOPY_ROUNDS: usize = 8;
+const SMALL: usize = 256;
+
+impl Board {
+    /// Writes the guest's stream into `out`. `live`: the guest runs;
+    /// memory goes in pre-copy rounds, and the guest is paused only for
+    /// the last of it (vm-send -l). Otherwise the caller has paused it.
+    pub fn write_snapshot(&self, out: &mut dyn Write, live: bool) -> Result<(), SendError> {
+        if lock(&self.hotplug).pending() {
+            return Err(SendError::Replugging);
+        }
+        let mut w = Writer::new(out)?;
+        w.section(Tag::Config, &[&self.conf.encode()])?;
+        let log = if live {
+            let (log, rest) = self.precopy(&mut w)?;
+            self.pauser.pause().map_err(SendError::Kvm)?;
+            Some((log, rest, Instant::now()))
+        } else {
+            None
+        };
+        // The device threads stop after their current request, so that
+        // queues and memory hold still; they go on afterwards in any case
+        // (a guest that ends after the send does not mind).
+        let mut pci = lock(&self.pci);
+        pci.quiesce(true);
+        let written = self.write_state(&mut w, &pci).and_then(|()| match &log {
+            Some((log, rest, paused)) => {
+                let mut last = log.take().map_err(SendError::Kvm)?;
+                live::merge(&mut last, rest);
+                write_dirty(&mut w, self.mem, &last, true)?;
+                if self.verbose {
+                    // What a live migration is judged by (make bench reads it).
+                    eprintln!(
+                        "vm-run: migrated: paused {:.1} ms for the last {} pages and the devices",
+                        paused.elapsed().as_secs_f64() * 1000.0,
+                        live::pages(&last)
+                    );
+                }
+                Ok(())
+            }
+            None => Ok(write_memory(&mut w, self.mem, self.skip_absent, true)?),
+        });
+        pci.quiesce(false);
+        written?;
+        w.finish()?;
+        Ok(())
+    }
+
+    /// DEVS, RTC, every VCPU and VMST, from the paused guest.
+    fn write_state<W: Write>(&self, w: &mut Writer<W>, pci: &PciRoot) -> Result<(), SendError> {
+        let clock = self.pauser.clock().ok_or(SendError::NotPaused)?;
+        // The receiving vm-run reopens the disks: what vm-run caches of a
+        // qcow2 image must be in the file first.
+        self.flush_disks().map_err(SendError::Flush)?;
+        let mut devs = Enc::default();
+        lock(&self.com1).save(&mut devs);
+        lock(&self.pm).save(&mut devs);
+        let mut bus = Enc::default();
+        pci.save(&mut bus);
+        devs.bytes(&bus.0);
+        w.section(Tag::Devices, &[&devs.0])?;
+        let mut rtc = Enc::default();
+        lock(&self.rtc).save(&mut rtc);
+        w.section(Tag::Rtc, &[&rtc.0])?;
+        for vcpu in self.pauser.save_vcpus().map_err(SendError::Kvm)? {
+            w.section(Tag::Vcpu, &[&vcpu.encode()])?;
+        }
+        let vm = VmState::save(&self.vm, clock, self.pauser.paused_at()).map_err(SendError::Kvm)?;
+        w.section(Tag::Vm, &[&vm.encode()])?;
+        Ok(())
+    }
+
+    /// A live migration's pre-copy: all of memory while the guest runs,
+    /// then rounds of what it wrote meanwhile, until little is left.
+    /// Returns the log (still on) and the pages written since the last
+    /// round sent.
+    fn precopy<W: Write>(
+        &self,
+        w: &mut Writer<W>,
+    ) -> Result<(DirtyLog<'_>, live::Dirty), SendError> {
+        let log = DirtyLog::start(&self.vm, self.mem).map_err(SendError::Kvm)?;
+        write_memory(w, self.mem, self.skip_absent, false)?;
+        for _ in 0..PRECOPY_ROUNDS {
+            let dirty = log.take().map_err(SendError::Kvm)?;
+            if live::pages(&dirty) <= SMALL {
+                return Ok((log, dirty));
+            }
+            write_dirty(w, self.mem, &dirty, false)?;
+        }
+        let dirty = log.take().map_err(SendError::Kvm)?;
+        Ok((log, dirty))
+    }
+
+    /// Puts what `read` found into a board that `build` made from it: the
+    /// PCI functions' state, a new VM generation ID, and the in-kernel
+    /// devices'. Before any vCPU exists; the devices stay quiet until
+    /// `resume_restored`.
+    pub fn restore(&self, saved: &Saved) -> crate::error::Result<()> {
+        let mut d = Dec::new(Tag::Devices, &saved.pci);
+        lock(&self.pci)
+            .restore(&mut d)
+            .and_then(|()| d.end())
+            .map_err(|e| Error::Snapshot(e.to_string()))?;
+        if saved.rtc.is_some() {
+            // This guest may be one of many clones of the snapshot (a
+            // version 3 one: older guests have no vmgenid page).
+            vmgenid::write_new_id(self.mem)?;
+        }
+        saved.vm.restore(&self.vm).map_err(Error::Snapshot)
+    }
+
+    /// The devices go on, and may interrupt, once the vCPUs and the
+    /// irqchip hold their state: an interrupt raised before would be
+    /// wiped by the vCPUs' restored LAPICs.
+    pub fn resume_restored(&self, saved: &Saved) -> crate::error::Result<()> {
+        lock(&self.pci).quiesce(false);
+        if saved.rtc.is_some() {
+            vmgenid::notify(&self.vm)?;
+            lock(&self.rtc).resend_irq();
+        }
+        Ok(())
+    }
+}
+
+/// Reads the rest of a stream whose CONF has been read, checking order,
+/// sizes and checksums; memory runs are written into `mem` as they come.
+pub fn read<R: Read>(
+    r: &mut Reader<R>,
+    mem: &crate::memory::GuestMemory,
+    vcpus: usize,
+) -> Result<Saved, StreamError> {
+    let small = 1 << 20;
+    fn expect(got: Option<(Tag, &[u8])>, want: Tag) -> Result<&[u8], StreamError> {
+        match got {
+            Some((t, p)) if t == want => Ok(p),
+            Some((t, _)) => Err(StreamError::Order(t, "out of order")),
+            None => Err(StreamError::Order(want, "missing")),
+        }
+    }
+    let max_run = (8 + MEM_RUN_PAGES * PAGE) as u64;
+    // A live migration's pre-copied memory comes before DEVS.
+    let devs = loop {
+        match r.next(max_run.max(small))? {
+            Some((Tag::Memory, payload)) => load_run(mem, payload)?,
+            got => break expect(got, Tag::Devices)?.to_vec(),
+        }
+    };
+    let mut d = Dec::new(Tag::Devices, &devs);
+    let serial = Serial::load(&mut d)?;
+    let pm = AcpiPm::load(&mut d)?;
+    let pci = d.bytes()?.to_vec();
+    d.end()?;
+    let rtc = if r.version() >= 3 {
+        let Some((Tag::Rtc, payload)) = r.next(small)? else {
+            return Err(StreamError::Order(Tag::Rtc, "missing"));
+        };
+        let mut d = Dec::new(Tag::Rtc, payload);
+        let rtc = Rtc::load(&mut d)?;
+        d.end()?;
+        Some(rtc)
+    } else {
+        None
+    };
+    let mut states = Vec::with_capacity(vcpus);
+    for _ in 0..vcpus {
+        states.push(VcpuState::decode(expect(r.next(small)?, Tag::Vcpu)?)?);
+    }
+    let vm = VmState::decode(expect(r.next(small)?, Tag::Vm)?)?;
+    while let Some((tag, payload)) = r.next(max_run)? {
+        if tag != Tag::Memory {
+            return Err(StreamError::Order(tag, "out of order"));
+        }
+        load_run(mem, payload)?;
+    }
+    Ok(Saved {
+        serial,
+        pm,
+        pci,
+        rtc,
+        vcpus: states,
+        vm,
+    })
+}
