@@ -297,6 +297,58 @@ fn bad_streams_are_refused_before_any_guest_runs() {
     );
 }
 
+#[test]
+fn a_stream_never_picks_a_host_file_unless_told_to() {
+    let dir = rundir("paths");
+    let disk = dir.join("disk.img");
+    std::fs::write(&disk, vec![0x5a; 1 << 20]).expect("disk");
+    let (src, _con) = echoing(&dir, "src", &["-d", disk.to_str().unwrap()], "p");
+    let snap = dir.join("snap");
+    let o = sh(&dir, &format!("vm-send src > {}", snap.display()));
+    assert_eq!(o.status, 0, "{o:?}");
+    assert_eq!(src.end().status, 0);
+    // The stream names the disk; without -d or -D nothing is opened and
+    // the user is told what the stream would have opened.
+    let o = sh(&dir, &format!("vm-receive -N dst < {}", snap.display()));
+    assert_eq!(o.status, 64, "{o:?}");
+    assert_eq!(
+        o.stderr.lines().next(),
+        Some(
+            format!(
+                "vm-receive: the guest had 1 disks ({}): name them with -d, \
+                 or take the stream's paths with -D",
+                disk.display()
+            )
+            .as_str()
+        )
+    );
+    assert!(!dir.join("dst.sock").exists());
+    let o = sh(
+        &dir,
+        &format!(
+            "vm-receive -D -d {} -N dst < {}",
+            disk.display(),
+            snap.display()
+        ),
+    );
+    assert_eq!(o.status, 64, "-D with -d: {o:?}");
+    // -D takes the stream's path, as a receiver that trusts its sender.
+    let g = Tiny::spawn(
+        {
+            let mut cmd = Command::new("sh");
+            cmd.args(["-c", &format!("vm-receive -D -N dst < {}", snap.display())])
+                .env("PATH", path_with_bins())
+                .stdin(Stdio::null());
+            cmd
+        },
+        &dir,
+        "dst",
+    );
+    assert!(echoes(&dir, "dst", "q"));
+    assert_eq!(sh(&dir, "vm-ctl stop -f dst").status, 0);
+    assert_eq!(g.end().status, 0);
+}
+
 /// `stream` with each section's payload as `edit` makes it (None drops
 /// the section), checksums and lengths made anew.
 fn rewrite(stream: &[u8], mut edit: impl FnMut(Tag, &[u8]) -> Option<Vec<u8>>) -> Vec<u8> {
@@ -397,7 +449,7 @@ fn linux_scenarios() -> Vec<Scenario> {
             script: format!(
                 "vm-img create -f qcow2 -s 8M /tmp/c.img\n\
                  {} > /tmp/c1.log 2>&1 &\n{}\n\
-                 vm-send c | gzip -1 | gunzip | vm-receive -N c > /tmp/c2.log 2>&1 &\n\
+                 vm-send c | gzip -1 | gunzip | vm-receive -D -N c > /tmp/c2.log 2>&1 &\n\
                  {}\n{}\nvm-ctl stop -f -w c\n\
                  echo SRC-LAST $(grep '^COUNT.*END' /tmp/c1.log | tail -n1)\n\
                  echo DST-FIRST $(grep '^COUNT.*END' /tmp/c2.log | head -n1)\n\
@@ -415,7 +467,7 @@ fn linux_scenarios() -> Vec<Scenario> {
             script: format!(
                 "dd if=/dev/zero of=/tmp/l.img bs=1M count=8 2>/dev/null\n\
                  {} > /tmp/l1.log 2>&1 &\n{}\n\
-                 vm-send -l l | vm-receive -N l > /tmp/l2.log 2>&1 &\n\
+                 vm-send -l l | vm-receive -D -N l > /tmp/l2.log 2>&1 &\n\
                  {}\n{}\nvm-ctl stop -f -w l\n\
                  echo SRC-LAST $(grep '^COUNT.*END' /tmp/l1.log | tail -n1)\n\
                  echo DST-FIRST $(grep '^COUNT.*END' /tmp/l2.log | head -n1)\n\
@@ -433,10 +485,10 @@ fn linux_scenarios() -> Vec<Scenario> {
                 "ip link set lo up; ip addr add 127.0.0.1/8 dev lo 2>/dev/null\n\
                  dd if=/dev/zero of=/tmp/t.img bs=1M count=8 2>/dev/null\n\
                  {} > /tmp/t0.log 2>&1 &\n{}\n\
-                 (tail -f /dev/null | nc -l -p 9999 | vm-receive -N t > /tmp/t1.log 2>&1) &\nsleep 1\n\
+                 (tail -f /dev/null | nc -l -p 9999 | vm-receive -D -N t > /tmp/t1.log 2>&1) &\nsleep 1\n\
                  vm-send t | nc 127.0.0.1 9999; echo TCP-SEND-RC=$?\n{}\n\
                  for n in 2 3 4 5 6 7 8 9 10 11; do\n\
-                 vm-send t | vm-receive -N t > /tmp/t$n.log 2>&1 &\n{}\ndone\n\
+                 vm-send t | vm-receive -D -N t > /tmp/t$n.log 2>&1 &\n{}\ndone\n\
                  sleep 1\nvm-ctl stop -f -w t\n\
                  for n in 0 1 2 3 4 5 6 7 8 9 10 11; do g=\"grep ^COUNT.*END /tmp/t$n.log\"; \
                  echo CYCLE $n $($g | wc -l) $($g | head -n1 | cut -d' ' -f2) \
@@ -459,7 +511,7 @@ fn linux_scenarios() -> Vec<Scenario> {
                 "vm-net -B br0 true; ip addr add 10.9.0.1/24 dev br0\n\
                  vm-net -b br0 {} > /tmp/n1.log 2>&1 &\n{}\n\
                  vm-send n > /tmp/n.snap; echo SEND-RC=$?\n\
-                 vm-net -b br0 vm-receive -N n < /tmp/n.snap > /tmp/n2.log 2>&1 &\n{}\n{}\n\
+                 vm-net -b br0 vm-receive -D -N n < /tmp/n.snap > /tmp/n2.log 2>&1 &\n{}\n{}\n\
                  vm-ctl stop -f -w n\n\
                  echo SRC-LAST $(grep '^PING.*END' /tmp/n1.log | tail -n1)\n\
                  echo DST-FIRST $(grep '^PING.*END' /tmp/n2.log | head -n1)\n\
@@ -484,7 +536,7 @@ fn linux_scenarios() -> Vec<Scenario> {
                  vm-send -k m > /tmp/m.snap; echo SEND-RC=$?\nvm-ctl stop -f -w m\n\
                  SRC=$(grep -o 'MAC=[^ ]*' /tmp/m0.log | tail -n1); echo SRC-$SRC\n\
                  for c in m1 m2; do\n\
-                 vm-net -b br0 vm-receive -N $c < /tmp/m.snap > /tmp/$c.log 2>&1 &\n{}\n\
+                 vm-net -b br0 vm-receive -D -N $c < /tmp/m.snap > /tmp/$c.log 2>&1 &\n{}\n\
                  i=0; until [ $(grep ' OK MAC=' /tmp/$c.log | grep -v -c $SRC) -ge 3 ]; \
                  do i=$((i+1)); [ $i -gt 300 ] && break; sleep 0.2; done\n\
                  vm-send -k $c > /dev/null; echo SEND-AFTER-$c=$?\nvm-ctl stop -f -w $c\n\
@@ -508,7 +560,7 @@ fn linux_scenarios() -> Vec<Scenario> {
                  vm-send k > /tmp/k.snap; echo SEND-RC=$? SIZE=$(stat -c %s /tmp/k.snap)\n\
                  echo SRC-LAST $(grep '^COUNT.*END' /tmp/k0.log | tail -n1)\n\
                  sleep 60\n\
-                 vm-receive -N k < /tmp/k.snap > /tmp/k1.log 2>&1 &\n{}\n\
+                 vm-receive -D -N k < /tmp/k.snap > /tmp/k1.log 2>&1 &\n{}\n\
                  for s in 1 2 3; do n=$(grep -c '^COUNT.*END' /tmp/k1.log); \
                  while [ $(grep -c '^COUNT.*END' /tmp/k1.log) -eq $n ]; do sleep 0.05; done; \
                  H=$(date +%s); L=$(grep '^COUNT.*END' /tmp/k1.log | tail -n1 | tr -d '\\r'); \
@@ -516,7 +568,7 @@ fn linux_scenarios() -> Vec<Scenario> {
                  R=${{L##*R=}}; echo RSKEW $(( ${{R%% *}} - H )); done\n\
                  vm-ctl stop -f -w k\n\
                  echo DST1-LAST $(grep '^COUNT.*END' /tmp/k1.log | tail -n1)\n\
-                 vm-receive -N k < /tmp/k.snap > /tmp/k2.log 2>&1 &\n{}\nsleep 1\n\
+                 vm-receive -D -N k < /tmp/k.snap > /tmp/k2.log 2>&1 &\n{}\nsleep 1\n\
                  vm-ctl stop -f -w k\n\
                  echo DST2-LAST $(grep '^COUNT.*END' /tmp/k2.log | tail -n1)\n\
                  grep -E '^(ALARM|HWCLOCK|MODALIAS)' /tmp/k0.log",
@@ -553,7 +605,7 @@ fn linux_scenarios() -> Vec<Scenario> {
                 "{} > /tmp/g0.log 2>&1 &\n{}\n\
                  vm-send -k g > /tmp/g.snap; echo SEND-RC=$?\n{}\nvm-ctl stop -f -w g\n\
                  echo SRC-LAST $(grep '^COUNT.*END' /tmp/g0.log | tail -n1)\n\
-                 for c in g1 g2; do vm-receive -N $c < /tmp/g.snap > /tmp/$c.log 2>&1 &\n{}\n{}\n\
+                 for c in g1 g2; do vm-receive -D -N $c < /tmp/g.snap > /tmp/$c.log 2>&1 &\n{}\n{}\n\
                  vm-ctl stop -f -w $c; echo LAST-$c $(grep '^COUNT.*END' /tmp/$c.log | tail -n1); done",
                 guest(
                     "-N g -m 256M",

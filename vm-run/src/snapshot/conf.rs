@@ -3,8 +3,8 @@
 
 use super::stream::{Dec, Enc, StreamError, Tag};
 
-/// A disk as the guest had it: vm-receive reopens it by path unless told
-/// otherwise.
+/// A disk as the guest had it. The path is the sender's: vm-receive opens
+/// it only when told to (-D), never on the stream's word alone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskRecord {
     pub path: String,

@@ -17,11 +17,14 @@ use vm_run::virtio::net::default_mac;
 use vm_run::vm::{self, Incoming};
 use vm_run::{console, control, exit};
 
-const USAGE: &str = "usage: vm-receive [-pv] [-d [raw:|qcow2:]disk[,ro]] ... [-n fd] ... \
+const USAGE: &str = "usage: vm-receive [-Dpv] [-d [raw:|qcow2:]disk[,ro]] ... [-n fd] ... \
 [-N name [-o user[:group]]] < stream";
 
 struct Args {
     disks: Vec<DiskSpec>,
+    /// -D: open the disks at the paths the stream names. The stream then
+    /// picks host files, so only for a sender trusted as much as root.
+    stream_disks: bool,
     /// VM_NET_FDS's (vm-net), then -n's: one for each NIC of the guest.
     nics: Vec<NicSpec>,
     name: Option<String>,
@@ -39,6 +42,7 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Option<Args>, Error
     let mut p = lexopt::Parser::from_iter(args);
     let mut a = Args {
         disks: Vec::new(),
+        stream_disks: false,
         nics: nic::from_env(|k| std::env::var(k).ok()).map_err(usage)?,
         name: None,
         owner: None,
@@ -72,6 +76,7 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Option<Args>, Error
                     "-o",
                 )?)?)
             }
+            Short('D') => a.stream_disks = true,
             Short('p') => a.pty = true,
             Short('v') => a.verbose = true,
             Short('h') | Long("help") => return Ok(None),
@@ -79,6 +84,9 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Option<Args>, Error
         }
     }
     nic::check(&a.nics).map_err(usage)?;
+    if a.stream_disks && !a.disks.is_empty() {
+        return Err(usage("-D and -d: the disks come from one or the other"));
+    }
     if a.owner.is_some() && a.name.is_none() {
         return Err(usage("-o: only a named guest (-N) has a control socket"));
     }
@@ -95,7 +103,9 @@ fn incoming(a: Args) -> Result<(Config, Incoming), Error> {
         Some((Tag::Config, payload)) => GuestConfig::decode(payload).map_err(stream)?,
         _ => return Err(Error::Snapshot("no CONF section first".into())),
     };
-    let disks = if a.disks.is_empty() {
+    // The stream is read no further, and no file opened, until the disks
+    // are settled: a stream must never pick a host file unless told to.
+    let disks = if a.stream_disks {
         conf.disks
             .iter()
             .map(|d| DiskSpec {
@@ -107,6 +117,13 @@ fn incoming(a: Args) -> Result<(Config, Incoming), Error> {
             .collect()
     } else if a.disks.len() == conf.disks.len() {
         a.disks
+    } else if a.disks.is_empty() {
+        let paths: Vec<&str> = conf.disks.iter().map(|d| d.path.as_str()).collect();
+        return Err(usage(format!(
+            "the guest had {} disks ({}): name them with -d, or take the stream's paths with -D",
+            conf.disks.len(),
+            paths.join(" ")
+        )));
     } else {
         return Err(usage(format!(
             "the guest had {} disks, -d gives {}",
