@@ -76,5 +76,21 @@ impl fmt::Display for Error {
     }
 }
 
+/// A KVM ioctl that failed, by name, on a path that reports rather than
+/// exits (pause, snapshots).
+#[derive(Debug)]
+pub struct KvmError(pub &'static str, pub kvm_ioctls::Error);
+
+impl fmt::Display for KvmError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "{}: {}",
+            self.0,
+            strip_os(&io::Error::from_raw_os_error(self.1.errno()))
+        )
+    }
+}
+
 /// io::Error's Display without the " (os error N)" noise.
 pub use vm_img::error::strip_os;

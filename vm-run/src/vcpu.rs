@@ -12,10 +12,11 @@ use kvm_bindings::{kvm_clock_data, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUT
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 
 use crate::bus::Bus;
+use crate::error::KvmError;
 use crate::error::{Error, Result};
 use crate::outcome::{Outcome, Reporter};
 use crate::x86::regs;
-use crate::x86::state::VcpuState;
+use crate::x86::state::{StateError, StateResult, VcpuState};
 
 /// The signal that kicks a vCPU thread out of KVM_RUN.
 const KICK: libc::c_int = libc::SIGUSR1;
@@ -55,6 +56,32 @@ pub fn install_kick_handler() -> Result<()> {
     Ok(())
 }
 
+/// Why a pause, a resume or a snapshot of the vCPUs failed.
+#[derive(Debug)]
+pub enum PauseError {
+    AlreadyPaused,
+    NotPaused,
+    /// A vCPU has ended, so the guest cannot be saved whole.
+    VcpuGone,
+    /// The vCPUs did not stop, or did not give their state, in time.
+    Timeout(&'static str),
+    State(u8, StateError),
+    Clock(KvmError),
+}
+
+impl std::fmt::Display for PauseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            PauseError::AlreadyPaused => f.write_str("already paused"),
+            PauseError::NotPaused => f.write_str("not paused"),
+            PauseError::VcpuGone => f.write_str("the guest is not paused with every vCPU"),
+            PauseError::Timeout(what) => write!(f, "the vCPUs did not {what}"),
+            PauseError::State(id, e) => write!(f, "vcpu{id}: {e}"),
+            PauseError::Clock(e) => write!(f, "{e}"),
+        }
+    }
+}
+
 /// Pauses and resumes every vCPU, and keeps the guest's clock still while
 /// paused so that it does not jump forward on resume (as QEMU's stop/cont).
 pub struct Pauser {
@@ -81,7 +108,7 @@ struct PauseState {
     /// The host's wall-clock time when `clock` was read (ns since the epoch).
     clock_realtime: u64,
     /// A snapshot in progress: each parked vCPU fills its slot.
-    saving: Option<Vec<Option<std::result::Result<VcpuState, String>>>>,
+    saving: Option<Vec<Option<StateResult<VcpuState>>>>,
 }
 
 impl Pauser {
@@ -105,7 +132,7 @@ impl Pauser {
     }
 
     /// Returns once every vCPU is parked.
-    pub fn pause(&self) -> std::result::Result<(), String> {
+    pub fn pause(&self) -> std::result::Result<(), PauseError> {
         self.park_all(Duration::from_secs(5))?;
         let mut st = self.lock();
         st.clock = self.vm.get_clock().ok();
@@ -121,10 +148,10 @@ impl Pauser {
         let _ = self.park_all(Duration::from_millis(500));
     }
 
-    fn park_all(&self, limit: Duration) -> std::result::Result<(), String> {
+    fn park_all(&self, limit: Duration) -> std::result::Result<(), PauseError> {
         let mut st = self.lock();
         if st.paused {
-            return Err("already paused".into());
+            return Err(PauseError::AlreadyPaused);
         }
         st.paused = true;
         self.requested.store(true, Ordering::SeqCst);
@@ -141,7 +168,7 @@ impl Pauser {
             st.paused = false;
             self.requested.store(false, Ordering::SeqCst);
             self.changed.notify_all();
-            return Err("the vCPUs did not stop".into());
+            return Err(PauseError::Timeout("stop"));
         }
         Ok(())
     }
@@ -160,10 +187,10 @@ impl Pauser {
 
     /// Every vCPU's state, taken by the vCPU threads themselves while
     /// parked (a VcpuFd belongs to its thread). Only while paused.
-    pub fn save_vcpus(&self) -> std::result::Result<Vec<VcpuState>, String> {
+    pub fn save_vcpus(&self) -> std::result::Result<Vec<VcpuState>, PauseError> {
         let mut st = self.lock();
         if !st.paused || st.gone > 0 {
-            return Err("the guest is not paused with every vCPU".into());
+            return Err(PauseError::VcpuGone);
         }
         st.saving = Some((0..self.vcpus).map(|_| None).collect());
         self.changed.notify_all();
@@ -177,20 +204,25 @@ impl Pauser {
             .unwrap_or_else(|e| e.into_inner());
         if wait.timed_out() {
             st.saving = None;
-            return Err("the vCPUs did not give their state".into());
+            return Err(PauseError::Timeout("give their state"));
         }
         st.saving
             .take()
             .unwrap_or_default()
             .into_iter()
-            .map(|s| s.unwrap_or_else(|| Err("missing".into())))
+            .zip(0u8..)
+            .map(|(s, id)| match s {
+                Some(Ok(state)) => Ok(state),
+                Some(Err(e)) => Err(PauseError::State(id, e)),
+                None => Err(PauseError::Timeout("give their state")),
+            })
             .collect()
     }
 
-    pub fn resume(&self) -> std::result::Result<(), String> {
+    pub fn resume(&self) -> std::result::Result<(), PauseError> {
         let mut st = self.lock();
         if !st.paused {
-            return Err("not paused".into());
+            return Err(PauseError::NotPaused);
         }
         if let Some(mut clock) = st.clock.take() {
             // Without flags KVM sets the clock to exactly this value: the
@@ -198,7 +230,7 @@ impl Pauser {
             clock.flags = 0;
             self.vm
                 .set_clock(&clock)
-                .map_err(|e| format!("KVM_SET_CLOCK: {e}"))?;
+                .map_err(|e| PauseError::Clock(KvmError("KVM_SET_CLOCK", e)))?;
         }
         st.paused = false;
         self.requested.store(false, Ordering::SeqCst);

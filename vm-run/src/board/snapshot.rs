@@ -27,13 +27,14 @@ use crate::devices::acpi_pm::{AcpiPm, PmState};
 use crate::devices::rtc::{Rtc, RtcState};
 use crate::devices::serial::Serial;
 use crate::devices::vmgenid;
-use crate::error::Error;
+use crate::error::{Error, KvmError};
 use crate::pci::root::PciRoot;
 use crate::snapshot::live::{self, DirtyLog};
 use crate::snapshot::memory::{load_run, write_dirty, write_memory};
 use crate::snapshot::stream::{Dec, Enc, Reader, StreamError, Tag, Writer};
 use crate::snapshot::{MEM_RUN_PAGES, PAGE};
-use crate::x86::state::{VcpuState, VmState};
+use crate::vcpu::PauseError;
+use crate::x86::state::{StateError, VcpuState, VmState};
 
 /// What a stream holds besides CONF and memory (which `read` writes
 /// straight into guest RAM), decoded and checked.
@@ -56,8 +57,12 @@ pub enum SendError {
     /// CONF must name the MAC a NIC has after its replug.
     Replugging,
     NotPaused,
-    /// Pausing, or taking the vCPUs' or the VM's state, failed.
-    Kvm(String),
+    /// Pausing, or taking the vCPUs' state, failed.
+    Pause(PauseError),
+    /// Taking the VM's state (irqchip, PIT, clock) failed.
+    State(StateError),
+    /// The dirty-page log of a live migration.
+    DirtyLog(KvmError),
     Flush(FlushError),
     /// The stream could not be written (the reader went away).
     Write(io::Error),
@@ -70,7 +75,9 @@ impl fmt::Display for SendError {
                 f.write_str("a NIC is being plugged back with a new MAC: try again")
             }
             SendError::NotPaused => f.write_str("the guest is not paused"),
-            SendError::Kvm(s) => f.write_str(s),
+            SendError::Pause(e) => write!(f, "{e}"),
+            SendError::State(e) => write!(f, "{e}"),
+            SendError::DirtyLog(e) => write!(f, "{e}"),
             SendError::Flush(e) => write!(f, "{e}"),
             SendError::Write(e) => write!(f, "{}", crate::error::strip_os(e)),
         }
@@ -100,7 +107,7 @@ impl Board {
         w.section(Tag::Config, &[&self.conf.encode()])?;
         let log = if live {
             let (log, rest) = self.precopy(&mut w)?;
-            self.pauser.pause().map_err(SendError::Kvm)?;
+            self.pauser.pause().map_err(SendError::Pause)?;
             Some((log, rest, Instant::now()))
         } else {
             None
@@ -112,7 +119,7 @@ impl Board {
         pci.quiesce(true);
         let written = self.write_state(&mut w, &pci).and_then(|()| match &log {
             Some((log, rest, paused)) => {
-                let mut last = log.take().map_err(SendError::Kvm)?;
+                let mut last = log.take().map_err(SendError::DirtyLog)?;
                 live::merge(&mut last, rest);
                 write_dirty(&mut w, self.mem, &last, true)?;
                 if self.verbose {
@@ -149,10 +156,11 @@ impl Board {
         let mut rtc = Enc::default();
         lock(&self.rtc).save(&mut rtc);
         w.section(Tag::Rtc, &[&rtc.0])?;
-        for vcpu in self.pauser.save_vcpus().map_err(SendError::Kvm)? {
+        for vcpu in self.pauser.save_vcpus().map_err(SendError::Pause)? {
             w.section(Tag::Vcpu, &[&vcpu.encode()])?;
         }
-        let vm = VmState::save(&self.vm, clock, self.pauser.paused_at()).map_err(SendError::Kvm)?;
+        let vm =
+            VmState::save(&self.vm, clock, self.pauser.paused_at()).map_err(SendError::State)?;
         w.section(Tag::Vm, &[&vm.encode()])?;
         Ok(())
     }
@@ -165,16 +173,16 @@ impl Board {
         &self,
         w: &mut Writer<W>,
     ) -> Result<(DirtyLog<'_>, live::Dirty), SendError> {
-        let log = DirtyLog::start(&self.vm, self.mem).map_err(SendError::Kvm)?;
+        let log = DirtyLog::start(&self.vm, self.mem).map_err(SendError::DirtyLog)?;
         write_memory(w, self.mem, self.skip_absent, false)?;
         for _ in 0..PRECOPY_ROUNDS {
-            let dirty = log.take().map_err(SendError::Kvm)?;
+            let dirty = log.take().map_err(SendError::DirtyLog)?;
             if live::pages(&dirty) <= SMALL {
                 return Ok((log, dirty));
             }
             write_dirty(w, self.mem, &dirty, false)?;
         }
-        let dirty = log.take().map_err(SendError::Kvm)?;
+        let dirty = log.take().map_err(SendError::DirtyLog)?;
         Ok((log, dirty))
     }
 
@@ -193,7 +201,7 @@ impl Board {
             // version 3 one: older guests have no vmgenid page).
             vmgenid::write_new_id(self.mem)?;
         }
-        saved.vm.restore(&self.vm).map_err(Error::Snapshot)
+        (saved.vm.restore(&self.vm)).map_err(|e| Error::Snapshot(e.to_string()))
     }
 
     /// The devices go on, and may interrupt, once the vCPUs and the

@@ -7,6 +7,7 @@
 use kvm_ioctls::VmFd;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
+use crate::error::KvmError;
 use crate::memory::{self, GuestMemory};
 
 /// Dirty pages, one bitmap (bit n = page n, in u64 words) per region.
@@ -36,23 +37,24 @@ pub struct DirtyLog<'a> {
 impl<'a> DirtyLog<'a> {
     /// Turns logging on; what was written before counts as sent by the
     /// first round, which sends everything.
-    pub fn start(vm: &'a VmFd, mem: &'static GuestMemory) -> Result<Self, String> {
+    pub fn start(vm: &'a VmFd, mem: &'static GuestMemory) -> Result<Self, KvmError> {
         for region in mem.iter() {
             // MmapRegion's whole bitmap, not the region trait's slice of it.
             (**region).bitmap().reset();
         }
-        memory::register(vm, mem, true).map_err(|e| format!("dirty-page logging: {e}"))?;
+        memory::register(vm, mem, true)
+            .map_err(|e| KvmError("KVM_SET_USER_MEMORY_REGION (dirty-page logging)", e))?;
         Ok(DirtyLog { vm, mem })
     }
 
     /// The pages written since the last call (or since `start`).
-    pub fn take(&self) -> Result<Dirty, String> {
+    pub fn take(&self) -> Result<Dirty, KvmError> {
         let mut all = Vec::new();
         for (slot, region) in self.mem.iter().enumerate() {
             let mut kvm = self
                 .vm
                 .get_dirty_log(slot as u32, region.len() as usize)
-                .map_err(|e| format!("KVM_GET_DIRTY_LOG: {e}"))?;
+                .map_err(|e| KvmError("KVM_GET_DIRTY_LOG", e))?;
             let devices = (**region).bitmap().get_and_reset();
             for (k, d) in kvm.iter_mut().zip(devices) {
                 *k |= d;

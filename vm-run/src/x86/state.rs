@@ -14,6 +14,7 @@ use kvm_ioctls::{VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::clock::realtime_ns;
+use crate::error::KvmError;
 use crate::memory::GuestMemory;
 use crate::snapshot::stream::{Dec, Enc, StreamError, Tag};
 
@@ -65,11 +66,32 @@ fn from_bytes<T: Pod>(d: &Dec, b: &[u8], what: &str) -> Result<T, StreamError> {
     Ok(v)
 }
 
-/// What failed while taking or putting back state, for the user.
-pub type StateResult<T> = std::result::Result<T, String>;
+/// What failed while taking or putting back KVM's state.
+#[derive(Debug)]
+pub enum StateError {
+    Kvm(KvmError),
+    /// More MSRs than KVM's list type holds.
+    Msrs(usize),
+    /// This host's KVM refuses an MSR the guest had.
+    MsrRefused(u32),
+}
 
-fn kvm(what: &str) -> impl Fn(kvm_ioctls::Error) -> String + '_ {
-    move |e| format!("{what}: {e}")
+impl std::fmt::Display for StateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            StateError::Kvm(e) => write!(f, "{e}"),
+            StateError::Msrs(n) => write!(f, "{n} MSRs: more than KVM takes"),
+            StateError::MsrRefused(idx) => {
+                write!(f, "KVM_SET_MSRS: this host refuses MSR {idx:#x}")
+            }
+        }
+    }
+}
+
+pub type StateResult<T> = std::result::Result<T, StateError>;
+
+fn kvm(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> StateError {
+    move |e| StateError::Kvm(KvmError(what, e))
 }
 
 /// One vCPU, in the order KVM wants it put back (Firecracker's order:
@@ -117,11 +139,11 @@ impl VcpuState {
         fd.set_debug_regs(&self.debugregs)
             .map_err(kvm("KVM_SET_DEBUGREGS"))?;
         fd.set_lapic(&self.lapic).map_err(kvm("KVM_SET_LAPIC"))?;
-        let msrs = Msrs::from_entries(&self.msrs).map_err(|e| format!("MSRs: {e:?}"))?;
+        let msrs = Msrs::from_entries(&self.msrs).map_err(|_| StateError::Msrs(self.msrs.len()))?;
         let n = fd.set_msrs(&msrs).map_err(kvm("KVM_SET_MSRS"))?;
         if n != self.msrs.len() {
             let idx = self.msrs.get(n).map_or(0, |m| m.index);
-            return Err(format!("KVM_SET_MSRS: this host refuses MSR {idx:#x}"));
+            return Err(StateError::MsrRefused(idx));
         }
         fd.set_vcpu_events(&self.events)
             .map_err(kvm("KVM_SET_VCPU_EVENTS"))?;
@@ -224,7 +246,7 @@ fn read_msrs(fd: &VcpuFd, index: &[u32]) -> StateResult<Vec<kvm_msr_entry>> {
                 ..Default::default()
             })
             .collect();
-        let mut msrs = Msrs::from_entries(&entries).map_err(|e| format!("MSRs: {e:?}"))?;
+        let mut msrs = Msrs::from_entries(&entries).map_err(|_| StateError::Msrs(entries.len()))?;
         let n = fd.get_msrs(&mut msrs).map_err(kvm("KVM_GET_MSRS"))?;
         out.extend_from_slice(&msrs.as_slice()[..n]);
         rest = &rest[(n + 1).min(rest.len())..];
