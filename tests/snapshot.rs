@@ -389,6 +389,18 @@ fn a_version_2_stream_without_rtc_still_runs() {
 }
 
 #[test]
+fn a_stream_written_before_the_board_is_still_received() {
+    let dir = rundir("old-main");
+    let file = vm_tests::root().join("tests/fixtures/v4-tiny-echo.snap");
+    let g = receive(&dir, "old", &format!("cat {}", file.display()));
+    assert!(echoes(&dir, "old", "on-the-new-board"));
+    assert_eq!(sh(&dir, "vm-ctl stop -f old").status, 0);
+    let out = g.end();
+    assert_eq!(out.status, 0, "{out:?}");
+    assert!(out.stdout.contains("on-the-new-board"), "{out:?}");
+}
+
+#[test]
 fn a_cpu_without_the_guests_features_is_named_and_refused() {
     let dir = rundir("cpu");
     let good = good_stream(&dir);
