@@ -462,7 +462,10 @@ fn linux_scenarios() -> Vec<Scenario> {
                 "vm-img create -f qcow2 -s 8M /tmp/c.img\n\
                  {} > /tmp/c1.log 2>&1 &\n{}\n\
                  vm-send c | gzip -1 | gunzip | vm-receive -D -N c > /tmp/c2.log 2>&1 &\n\
-                 {}\n{}\nvm-ctl stop -f -w c\n\
+                 {}\n{}\n\
+                 for t in /proc/$(pidof vm-receive)/task/*; do echo THREAD $(cat $t/comm) \
+                 $(grep -E '^(NoNewPrivs|Seccomp):' $t/status) END; done\n\
+                 vm-ctl stop -f -w c\n\
                  echo SRC-LAST $(grep '^COUNT.*END' /tmp/c1.log | tail -n1)\n\
                  echo DST-FIRST $(grep '^COUNT.*END' /tmp/c2.log | head -n1)\n\
                  echo DST-LAST $(grep '^COUNT.*END' /tmp/c2.log | tail -n1)\ncat /tmp/c2.log | head -n 5",
@@ -681,6 +684,30 @@ fn linux_guest_sent_through_gzip_counts_on_with_its_qcow2_disk() {
         "{}",
         c.output
     );
+}
+
+#[test]
+fn every_thread_of_a_received_linux_guest_is_sandboxed() {
+    // The device threads of a received guest start when it is restored:
+    // they must start inside the sandbox, as the vCPU threads do.
+    let c = case("pipe");
+    let threads: Vec<&str> = c
+        .output
+        .lines()
+        .filter(|l| l.starts_with("THREAD "))
+        .collect();
+    assert!(
+        threads.iter().any(|t| t.starts_with("THREAD virtio-blk")),
+        "no device thread: {}",
+        c.output
+    );
+    for t in &threads {
+        assert!(
+            t.ends_with("NoNewPrivs: 1 Seccomp: 2 END"),
+            "{t}\n{}",
+            c.output
+        );
+    }
 }
 
 #[test]
