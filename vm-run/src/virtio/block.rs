@@ -11,9 +11,9 @@ use std::io;
 
 use virtio_bindings::virtio_blk::*;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
-use vm_memory::bitmap::Bitmap as _;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend as _};
+use vm_memory::{Bytes, GuestAddress};
 
+use super::iovec::{iovec, Dir};
 use super::{Chain, VirtioDevice};
 use crate::disk::{Disk, IoVec};
 use crate::memory::GuestMemory;
@@ -134,7 +134,7 @@ impl Block {
                 let len = total(data_in);
                 let offset = self.range(sector, len)?;
                 self.last_len = len;
-                let iovs = iovecs(mem, data_in).ok_or(Failure::Io)?;
+                let iovs = iovecs(mem, data_in, Dir::IntoGuest).ok_or(Failure::Io)?;
                 let r = self.disk.read_at(offset, &iovs);
                 self.host(r, "read")?;
                 u32::try_from(len).map_err(|_| Failure::Io)
@@ -146,7 +146,7 @@ impl Block {
                 let len = total(&data_out);
                 let offset = self.range(sector, len)?;
                 self.last_len = len;
-                let iovs = iovecs(mem, &data_out).ok_or(Failure::Io)?;
+                let iovs = iovecs(mem, &data_out, Dir::FromGuest).ok_or(Failure::Io)?;
                 let r = self.disk.write_at(offset, &iovs);
                 self.host(r, "write").map(|_| 0)
             }
@@ -385,20 +385,10 @@ fn scatter(mem: &GuestMemory, bufs: &[Buf], data: &[u8]) -> Option<()> {
 
 /// The host addresses of guest buffers, for preadv and pwritev; None if
 /// any lies outside guest RAM (or straddles the end of a region).
-fn iovecs(mem: &GuestMemory, bufs: &[Buf]) -> Option<Vec<IoVec>> {
+fn iovecs(mem: &GuestMemory, bufs: &[Buf], dir: Dir) -> Option<Vec<IoVec>> {
     bufs.iter()
         .filter(|b| b.len > 0)
-        .map(|b| {
-            let len = usize::try_from(b.len).ok()?;
-            let slice = mem.get_slice(GuestAddress(b.addr), len).ok()?;
-            // Written behind vm-memory's back (preadv): a live migration
-            // must send it again.
-            slice.bitmap().mark_dirty(0, len);
-            Some(IoVec {
-                iov_base: slice.ptr_guard_mut().as_ptr().cast(),
-                iov_len: len,
-            })
-        })
+        .map(|b| iovec(mem, GuestAddress(b.addr), usize::try_from(b.len).ok()?, dir))
         .collect()
 }
 

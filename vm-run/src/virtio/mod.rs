@@ -8,6 +8,7 @@
 pub mod block;
 #[cfg(any(test, fuzzing))]
 pub mod fuzz;
+pub mod iovec;
 pub mod net;
 pub mod pci;
 pub mod rng;

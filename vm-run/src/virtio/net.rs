@@ -19,9 +19,9 @@ use std::sync::atomic::Ordering;
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_net::*;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::bitmap::Bitmap as _;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend as _};
 
+use super::iovec::{iovec, Dir};
 use super::{ActiveQueue, Chain, VirtioDevice};
 use crate::disk::IoVec;
 use crate::memory::GuestMemory;
@@ -280,13 +280,10 @@ impl Net {
             if len == 0 {
                 continue;
             }
-            let Ok(slice) = mem.get_slice(d.addr(), len) else {
+            let Some(v) = iovec(mem, d.addr(), len, Dir::FromGuest) else {
                 return;
             };
-            iov.push(IoVec {
-                iov_base: slice.ptr_guard_mut().as_ptr().cast(),
-                iov_len: len,
-            });
+            iov.push(v);
         }
         if total < HDR_LEN {
             return;
@@ -334,15 +331,7 @@ impl RxBuffers {
     fn iovecs(&self, mem: &GuestMemory) -> Vec<IoVec> {
         self.iov
             .iter()
-            .filter_map(|&(addr, len)| {
-                let slice = mem.get_slice(GuestAddress(addr), len).ok()?;
-                // readv writes it behind vm-memory's back.
-                slice.bitmap().mark_dirty(0, len);
-                Some(IoVec {
-                    iov_base: slice.ptr_guard_mut().as_ptr().cast(),
-                    iov_len: len,
-                })
-            })
+            .filter_map(|&(addr, len)| iovec(mem, GuestAddress(addr), len, Dir::IntoGuest))
             .collect()
     }
 
