@@ -44,10 +44,11 @@ pub struct Incoming {
 pub fn run(cfg: &Config) -> Result<Outcome> {
     let mut host = Host::open(cfg)?;
     host.control = host.bind(cfg)?;
-    let (kvm, vm, mem) = kvm(cfg)?;
-    let cpuid = cpuid::supported(&kvm)?;
+    let m = Machine::create(cfg)?;
+    let mem = m.mem;
+    let cpuid = cpuid::supported(&m.kvm)?;
     let disks = board::open_disks(cfg)?;
-    let board = host.board(cfg, &kvm, &vm, mem, &cpuid, disks, None)?;
+    let board = host.board(cfg, &m, &cpuid, disks, None)?;
     let rsdp = acpi::write_tables(mem, cfg.vcpus, &board.nic_slots)?;
     vmgenid::write_new_id(mem)?;
     let entry = boot::load(mem, cfg, rsdp)?;
@@ -59,7 +60,7 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
             cfg.vcpus
         );
     }
-    let vcpus = create_vcpus(cfg, &vm, &board, &cpuid, &host.reporter, |id, fd| {
+    let vcpus = create_vcpus(cfg, &m.vm, &board, &cpuid, &host.reporter, |id, fd| {
         if id == 0 {
             regs::setup_boot_vcpu(fd, entry)?;
         }
@@ -73,8 +74,9 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
 /// stream has been read and checked, and no file is opened before that.
 pub fn receive(cfg: &Config, mut incoming: Incoming) -> Result<Outcome> {
     let mut host = Host::open(cfg)?;
-    let (kvm, vm, mem) = kvm(cfg)?;
-    let host_cpuid = cpuid::supported(&kvm)?;
+    let m = Machine::create(cfg)?;
+    let mem = m.mem;
+    let host_cpuid = cpuid::supported(&m.kvm)?;
     let missing = cpuid::missing_cpu_features(&incoming.config.cpuid, host_cpuid.as_slice());
     if !missing.is_empty() {
         return Err(Error::Unavailable(format!(
@@ -91,9 +93,9 @@ pub fn receive(cfg: &Config, mut incoming: Incoming) -> Result<Outcome> {
     // disks.
     host.control = patiently(|| host.bind(cfg))?;
     let disks = patiently(|| board::open_disks(cfg))?;
-    let board = host.board(cfg, &kvm, &vm, mem, &cpuid, disks, Some(&saved))?;
+    let board = host.board(cfg, &m, &cpuid, disks, Some(&saved))?;
     board.restore(&saved)?;
-    let vcpus = create_vcpus(cfg, &vm, &board, &cpuid, &host.reporter, |id, fd| {
+    let vcpus = create_vcpus(cfg, &m.vm, &board, &cpuid, &host.reporter, |id, fd| {
         saved.vcpus[usize::from(id)]
             .restore(fd, mem)
             .map_err(|e| Error::Snapshot(format!("vcpu{id}: {e}")))
@@ -151,13 +153,11 @@ impl Host {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// The board, plugged into the host side.
     fn board(
         &mut self,
         cfg: &Config,
-        kvm: &Kvm,
-        vm: &Arc<VmFd>,
-        mem: &'static GuestMemory,
+        m: &Machine,
         cpuid: &CpuId,
         disks: Vec<Box<dyn crate::disk::Disk>>,
         saved: Option<&Saved>,
@@ -173,12 +173,12 @@ impl Host {
             .console
             .take_output(self.attached.clone())
             .ok_or_else(|| Error::Setup("console output taken twice".into()))?;
-        let msr_index = kvm
-            .get_msr_index_list()
+        // The MSRs a snapshot saves, read before the sandbox.
+        let msr_index = (m.kvm.get_msr_index_list())
             .map_err(|e| Error::Kvm("KVM_GET_MSR_INDEX_LIST".into(), e))?
             .as_slice()
             .to_vec();
-        let pauser = Arc::new(Pauser::new(vm.clone(), cfg.vcpus.into(), msr_index));
+        let pauser = Arc::new(Pauser::new(m.vm.clone(), cfg.vcpus.into(), msr_index));
         let plugs = Plugs {
             disks,
             reporter: self.reporter.clone(),
@@ -187,7 +187,7 @@ impl Host {
             taps: std::mem::take(&mut self.taps),
         };
         let conf = guest_config(cfg, cpuid);
-        Board::build(cfg, vm, mem, pauser, conf, plugs, saved)
+        Board::build(cfg, &m.vm, m.mem, pauser, conf, plugs, saved)
     }
 
     /// Everything is open and mapped: from here on the guest could be
@@ -251,27 +251,36 @@ impl Host {
     }
 }
 
-/// KVM, the VM with its in-kernel irqchip, and guest memory registered.
-fn kvm(cfg: &Config) -> Result<(Kvm, Arc<VmFd>, &'static GuestMemory)> {
-    let kvm = Kvm::new().map_err(|e| Error::Kvm("/dev/kvm".into(), e))?;
-    let max = kvm.get_max_vcpus().min(MAX_VCPUS);
-    if usize::from(cfg.vcpus) > max {
-        return Err(Error::Unavailable(format!(
-            "-c {}: KVM on this host allows at most {max} vCPUs",
-            cfg.vcpus
-        )));
+/// KVM's side of a guest: the VM with its in-kernel irqchip, and guest
+/// memory registered.
+struct Machine {
+    kvm: Kvm,
+    vm: Arc<VmFd>,
+    mem: &'static GuestMemory,
+}
+
+impl Machine {
+    fn create(cfg: &Config) -> Result<Machine> {
+        let kvm = Kvm::new().map_err(|e| Error::Kvm("/dev/kvm".into(), e))?;
+        let max = kvm.get_max_vcpus().min(MAX_VCPUS);
+        if usize::from(cfg.vcpus) > max {
+            return Err(Error::Unavailable(format!(
+                "-c {}: KVM on this host allows at most {max} vCPUs",
+                cfg.vcpus
+            )));
+        }
+        let vm = Arc::new(
+            kvm.create_vm()
+                .map_err(|e| Error::Kvm("KVM_CREATE_VM".into(), e))?,
+        );
+        irqchip::create(&vm)?;
+        // Guest memory must outlive every vCPU, and vCPUs run until the
+        // process exits: it is never unmapped.
+        let mem: &'static GuestMemory = Box::leak(Box::new(memory::create(cfg.mem_size)?));
+        memory::register(&vm, mem, false)
+            .map_err(|e| Error::Kvm("KVM_SET_USER_MEMORY_REGION".into(), e))?;
+        Ok(Machine { kvm, vm, mem })
     }
-    let vm = Arc::new(
-        kvm.create_vm()
-            .map_err(|e| Error::Kvm("KVM_CREATE_VM".into(), e))?,
-    );
-    irqchip::create(&vm)?;
-    // Guest memory must outlive every vCPU, and vCPUs run until the
-    // process exits: it is never unmapped.
-    let mem: &'static GuestMemory = Box::leak(Box::new(memory::create(cfg.mem_size)?));
-    memory::register(&vm, mem, false)
-        .map_err(|e| Error::Kvm("KVM_SET_USER_MEMORY_REGION".into(), e))?;
-    Ok((kvm, vm, mem))
 }
 
 /// Every vCPU with its CPUID, MSRs, FPU and LAPIC; `start` then gives
