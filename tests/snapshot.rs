@@ -389,6 +389,46 @@ fn a_version_2_stream_without_rtc_still_runs() {
 }
 
 #[test]
+fn a_stream_asking_too_much_is_blamed_not_the_options() {
+    let dir = rundir("too-much");
+    let good = good_stream(&dir);
+    let with_conf = |edit: &dyn Fn(&mut GuestConfig)| {
+        rewrite(&good, |tag, payload| {
+            if tag != Tag::Config {
+                return Some(payload.to_vec());
+            }
+            let mut c = GuestConfig::decode(payload).expect("CONF");
+            edit(&mut c);
+            Some(c.encode())
+        })
+    };
+    let o = refused(&dir, &with_conf(&|c| c.mem_size = 1 << 50));
+    assert_eq!(o.status, 69, "{o:?}");
+    assert!(
+        o.stderr.starts_with(
+            "vm-receive: the stream's 1073741824M of memory: more memory than this host has"
+        ),
+        "{o:?}"
+    );
+    let o = refused(&dir, &with_conf(&|c| c.vcpus = 255));
+    assert_eq!(o.status, 65, "{o:?}");
+    assert!(o.stderr.contains("255 vCPUs"), "{o:?}");
+    let o = refused(
+        &dir,
+        &with_conf(&|c| {
+            let e = c.cpuid[0];
+            c.cpuid.resize(300, e)
+        }),
+    );
+    assert_eq!(o.status, 65, "{o:?}");
+    assert!(
+        o.stderr
+            .contains("300 CPUID entries, more than KVM takes (256)"),
+        "{o:?}"
+    );
+}
+
+#[test]
 fn a_stream_written_before_the_board_is_still_received() {
     let dir = rundir("old-main");
     let file = vm_tests::root().join("tests/fixtures/v4-tiny-echo.snap");

@@ -53,6 +53,27 @@ pub struct Config {
     /// Who may use the control socket besides root and us (vm.conf's
     /// `owner user:group`).
     pub owner: Option<(Uid, Option<Gid>)>,
+    /// The guest's size comes from a snapshot stream (vm-receive), not
+    /// from options: messages about it must not name -m or -c.
+    pub received: bool,
+}
+
+impl Config {
+    /// The memory size as the user gave it, for messages.
+    pub fn mem_words(&self) -> String {
+        match self.received {
+            false => format!("-m {}M", self.mem_size >> 20),
+            true => format!("the stream's {}M of memory", self.mem_size >> 20),
+        }
+    }
+
+    /// The vCPU count as the user gave it, for messages.
+    pub fn vcpu_words(&self) -> String {
+        match self.received {
+            false => format!("-c {}", self.vcpus),
+            true => format!("the stream's {} vCPUs", self.vcpus),
+        }
+    }
 }
 
 pub enum Parsed {
@@ -139,6 +160,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed> {
         mem_size,
         console,
         verbose,
+        received: false,
         name,
         owner,
     }))

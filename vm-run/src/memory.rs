@@ -104,20 +104,20 @@ pub fn register(
     Ok(())
 }
 
-pub fn create(size: u64) -> Result<GuestMemory> {
+/// Guest RAM of `size` bytes; `what` names the size in messages (the
+/// option, or the stream it came from).
+pub fn create(size: u64, what: &str) -> Result<GuestMemory> {
     let host = host_memory();
     if host.is_some_and(|h| size > h) {
         return Err(Error::Unavailable(format!(
-            "-m {}M: more memory than this host has ({}M)",
-            size >> 20,
+            "{what}: more memory than this host has ({}M)",
             host.unwrap_or(0) >> 20
         )));
     }
     // MAP_NORESERVE comes with vm-memory's anonymous mappings: pages are
     // only taken from the host as the guest touches them.
-    let mem = GuestMemoryMmap::from_ranges(&ram_regions(size)).map_err(|e| {
-        Error::Unavailable(format!("-m {}M: cannot map guest memory: {e}", size >> 20))
-    })?;
+    let mem = GuestMemoryMmap::from_ranges(&ram_regions(size))
+        .map_err(|e| Error::Unavailable(format!("{what}: cannot map guest memory: {e}")))?;
     for r in mem.iter() {
         if let Ok(base) = r.get_host_address(vm_memory::MemoryRegionAddress(0)) {
             // Huge pages where the host's THP is "madvise" (Debian's
@@ -223,7 +223,7 @@ mod tests {
 
     #[test]
     fn resident_counts_touched_pages_only() {
-        let mem = create(64 << 20).unwrap();
+        let mem = create(64 << 20, "-m 64M").unwrap();
         assert_eq!(size(&mem), 64 << 20);
         let before = resident(&mem);
         for page in 0..100u64 {

@@ -276,7 +276,8 @@ impl Machine {
         irqchip::create(&vm)?;
         // Guest memory must outlive every vCPU, and vCPUs run until the
         // process exits: it is never unmapped.
-        let mem: &'static GuestMemory = Box::leak(Box::new(memory::create(cfg.mem_size)?));
+        let mem: &'static GuestMemory =
+            Box::leak(Box::new(memory::create(cfg.mem_size, &cfg.mem_words())?));
         memory::register(&vm, mem, false)
             .map_err(|e| Error::Kvm("KVM_SET_USER_MEMORY_REGION".into(), e))?;
         Ok(Machine { kvm, vm, mem })

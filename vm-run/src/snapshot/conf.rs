@@ -31,7 +31,10 @@ pub struct GuestConfig {
 }
 
 /// Upper bounds for a CONF section's counts: far above what vm-run makes.
-const MAX_CPUID: usize = 512;
+/// What KVM_SET_CPUID2 takes at most.
+const MAX_CPUID: usize = kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+/// xAPIC IDs are 8 bits and 0xff is the broadcast ID.
+const MAX_VCPUS: u8 = 254;
 const MAX_DISK_RECORDS: usize = 64;
 const MAX_NIC_RECORDS: usize = 64;
 
@@ -66,12 +69,14 @@ impl GuestConfig {
         let mut d = Dec::new(Tag::Config, payload);
         let mem_size = d.u64()?;
         let vcpus = d.u8()?;
-        if vcpus == 0 || mem_size == 0 || mem_size % 4096 != 0 {
+        if vcpus == 0 || vcpus > MAX_VCPUS || mem_size == 0 || mem_size % 4096 != 0 {
             return Err(d.bad(format!("{vcpus} vCPUs, {mem_size} bytes of memory")));
         }
         let n = d.u32()? as usize;
         if n > MAX_CPUID {
-            return Err(d.bad(format!("{n} CPUID entries")));
+            return Err(d.bad(format!(
+                "{n} CPUID entries, more than KVM takes ({MAX_CPUID})"
+            )));
         }
         let mut cpuid = Vec::with_capacity(n);
         for _ in 0..n {

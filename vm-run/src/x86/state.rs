@@ -5,6 +5,7 @@
 
 use std::mem::size_of;
 
+use kvm_bindings::KVM_MAX_MSR_ENTRIES;
 use kvm_bindings::{
     kvm_clock_data, kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state, kvm_msr_entry,
     kvm_pit_state2, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave, Msrs,
@@ -207,8 +208,10 @@ impl VcpuState {
             field("events")?,
         );
         let n = d.u32()? as usize;
-        if n > 4096 {
-            return Err(d.bad(format!("{n} MSRs")));
+        if n > KVM_MAX_MSR_ENTRIES {
+            return Err(d.bad(format!(
+                "{n} MSRs, more than KVM takes ({KVM_MAX_MSR_ENTRIES})"
+            )));
         }
         let mut msrs = Vec::with_capacity(n);
         for _ in 0..n {

@@ -177,6 +177,7 @@ fn incoming(a: Args) -> Result<(Config, Incoming), Error> {
             Console::StdoutOnly
         },
         verbose: a.verbose,
+        received: true,
         name: a.name,
         owner: a.owner,
     };
