@@ -590,3 +590,40 @@ fn convert_skips_holes_and_unallocated_clusters_but_not_data() {
     let used = fs::metadata(d.join("o.raw")).unwrap().blocks() * 512;
     assert!(used <= 64 << 10, "o.raw takes {used} bytes");
 }
+
+/// qcow2 images whose size is not a whole number of clusters: convert
+/// writes their last, partial cluster (it used to fail with "Cannot
+/// allocate beyond the disk size", exit 74), sizes are whole sectors as
+/// qemu-img makes them, and qemu-img reads the same bytes.
+#[test]
+fn convert_writes_the_partial_last_cluster() {
+    let d = scratch("partial");
+    for len in [1usize, 512, 1000, 65537, 100000] {
+        let raw = format!("p{len}.raw");
+        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8 + 1).collect();
+        fs::write(d.join(&raw), &data).unwrap();
+        for (out, cluster) in [("64k", "64K"), ("4k", "4K")] {
+            let out = format!("p{len}-{out}.qcow2");
+            ok(
+                vm_img(&d, &["convert", "-c", cluster, "-O", "qcow2", &raw, &out]),
+                &out,
+            );
+            assert_eq!(qemu_check(&d, &out), 0, "{out}");
+            ok(
+                qemu_img(&d, &["compare", "-f", "raw", "-F", "qcow2", &raw, &out]),
+                &out,
+            );
+            let info = ok(qemu_img(&d, &["info", "--output=json", &out]), &out).stdout;
+            let sectors = len.next_multiple_of(512);
+            assert!(
+                json_has(&info, "virtual-size", &sectors.to_string()),
+                "{info}"
+            );
+        }
+        let back = format!("p{len}.back");
+        ok(vm_img(&d, &["convert", "-O", "raw", &raw, &back]), &back);
+        let mut want = data.clone();
+        want.resize(len.next_multiple_of(512), 0);
+        assert!(fs::read(d.join(&back)).unwrap() == want, "{back}");
+    }
+}

@@ -30,18 +30,23 @@ pub fn convert(
         },
     )?;
     let size = src.size();
+    // Whole sectors, as qemu-img makes them: it reads a qcow2 image of
+    // 1000 bytes as one of 512.
+    let out_size = size
+        .checked_next_multiple_of(512)
+        .ok_or_else(|| Error::Format(input.to_path_buf(), "too large".into()))?;
     let file = new_file(output)?;
     let done = (|| {
         crate::image::lock_file(&file, output, false)?;
         match format {
             Format::Raw => file
-                .set_len(size)
+                .set_len(out_size)
                 .map_err(|e| Error::Io(output.to_path_buf(), e))?,
             Format::Qcow2 => format_qcow2(
                 file.try_clone()
                     .map_err(|e| Error::Io(output.to_path_buf(), e))?,
                 output,
-                size,
+                out_size,
                 cluster_size,
                 None,
             )?,

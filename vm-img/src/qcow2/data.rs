@@ -157,13 +157,18 @@ impl DataPath {
             return self.write_through(a, at, len, cur, s);
         };
         let start = at & !(cs - 1);
-        let n = len.min(start + cs - at);
+        // The guest part of the cluster: all of it but in the last cluster
+        // of an image whose size is not a multiple of the cluster size
+        // (qemu-img convert of a 1000-byte file makes one). imago maps no
+        // further than the size; the host cluster is whole all the same.
+        let part = cs.min(a.size() - start);
+        let n = len.min(start + part - at);
         if n == cs {
             // Whole clusters, as many as the run holds.
             return self.write_whole(a, at, len & !(cs - 1), cur, s);
         }
-        if let (Mapping::Zero { .. }, whole) = a.get_mapping(start, cs)? {
-            if whole >= cs {
+        if let (Mapping::Zero { .. }, whole) = a.get_mapping(start, part)? {
+            if whole >= part {
                 // Nothing to copy: imago zeroes the rest of the cluster
                 // with write-zeroes, which keeps it sparse (vm-img convert
                 // writes into such clusters, and tests that its output
@@ -179,14 +184,15 @@ impl DataPath {
         }];
         // SAFETY: our own buffer, not otherwise borrowed here. Read before
         // the mapping is prepared: imago may block other I/O on the range
-        // until it is committed.
+        // until it is committed. Past the image's end it reads zeroes, which
+        // fill the host cluster's tail as QEMU fills it.
         unsafe { read_runs(a, start, &old, &mut s.iov) }?;
-        let m = a.prepare_data_mapping(start, cs, true)?;
+        let m = a.prepare_data_mapping(start, part, true)?;
         let (storage, host) = (m.storage(), m.offset());
         // Neither happens in a sound image (a mapping covers whole
         // clusters; data never lies on the L1 table): refuse rather than
         // write past the cluster or around the held-back table.
-        if m.length() < cs {
+        if m.length() < part {
             return Err(io::Error::other("qcow2: imago mapped less than a cluster"));
         }
         if storage.holds(host, cs) {
@@ -595,5 +601,71 @@ mod tests {
         assert!(img.write(size - 1, &[IoSlice::new(b"xy")]).is_err());
         assert!(img.write(u64::MAX, &[IoSlice::new(b"x")]).is_err());
         img.write(size - 1, &[IoSlice::new(b"x")]).unwrap();
+    }
+
+    /// A qcow2 image whose size is not a multiple of its cluster size
+    /// takes writes into its last, partial cluster: a byte at the very
+    /// end, the partial cluster whole, a run across the last full cluster
+    /// into it; into unallocated clusters, allocated ones, and ones that
+    /// read from a base (copy-on-write). QEMU writes there too.
+    #[test]
+    fn writes_reach_the_end_of_a_partial_last_cluster() {
+        let d = dir("partial-end");
+        let mut rng = Rng(0x5851_f42d_4c95_7f2d);
+        let base = d.0.join("base.raw");
+        std::fs::write(&base, vec![0x77u8; 300 << 10]).unwrap();
+        for (i, (size, cs)) in [
+            (512, 64 << 10),
+            (1024, 64 << 10),
+            (66048, 64 << 10),
+            (100352, 64 << 10),
+            (5120, 4096),
+            (1 << 20 | 512, 1 << 20),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            for on_base in [false, true] {
+                let p = d.0.join(format!("e{i}-{on_base}.qcow2"));
+                let file = create::new_file(&p).unwrap();
+                let backing = on_base.then(|| ("base.raw".to_string(), Format::Raw));
+                create::format_qcow2(file, &p, size, cs, backing).unwrap();
+                let img = open(&p, true);
+                assert_eq!(img.size(), size);
+                let mut model = imago_read(&img, 0, size as usize);
+                let last = (size - 1) & !(cs - 1);
+                let writes = [
+                    (size - 1, 1),
+                    (last, size - last),
+                    (last.saturating_sub(100), size - last.saturating_sub(100)),
+                    (size - 1, 1),
+                    (size / 2, size - size / 2),
+                ];
+                for (at, len) in writes {
+                    let data: Vec<u8> = (0..len).map(|_| rng.below(255) as u8 + 1).collect();
+                    img.write(at, &[IoSlice::new(&data)])
+                        .unwrap_or_else(|e| panic!("{size}/{cs}/{on_base}: {len} at {at}: {e}"));
+                    model[at as usize..(at + len) as usize].copy_from_slice(&data);
+                    assert!(
+                        direct_read(&img, &mut rng, 0, size as usize) == model,
+                        "{size}/{cs}/{on_base}: after {len} at {at}"
+                    );
+                }
+                img.flush().unwrap();
+                drop(img);
+                let img = open(&p, false);
+                assert!(
+                    imago_read(&img, 0, size as usize) == model,
+                    "{size}: reopened"
+                );
+                let file = File::open(&p).unwrap();
+                let (h, len) = (
+                    img.layers()[0].header.clone().unwrap(),
+                    img.layers()[0].file_len,
+                );
+                let r = check::check(&file, &h, len).unwrap();
+                assert!(r.is_clean(), "{size}/{cs}/{on_base}: {:?}", r.problems);
+            }
+        }
     }
 }
