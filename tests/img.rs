@@ -627,3 +627,56 @@ fn convert_writes_the_partial_last_cluster() {
         assert!(fs::read(d.join(&back)).unwrap() == want, "{back}");
     }
 }
+
+/// Growing an overlay whose base is longer than the overlay was: the new
+/// area reads as zeroes, as after qemu-img resize, not as the base's
+/// bytes (they showed through). Also from a size inside a cluster, to a
+/// size inside the same cluster, and shrink then grow with no base.
+#[test]
+fn resize_of_an_overlay_does_not_show_the_base() {
+    let d = scratch("resize-overlay");
+    pattern(&d.join("base.raw"), 3 << 20, 13);
+    for (i, (from, to)) in [
+        ("1M", "2M"),
+        ("1000000", "2M"),
+        ("1000000", "1000960"),
+        ("1M", "8M"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (ours, theirs) = (format!("o{i}.qcow2"), format!("q{i}.qcow2"));
+        for f in [&ours, &theirs] {
+            ok(
+                qemu_img(
+                    &d,
+                    &[
+                        "create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", f, from,
+                    ],
+                ),
+                f,
+            );
+        }
+        qemu_io(&d, &["-c", "write -P 0x3c 64k 4k", &ours]);
+        qemu_io(&d, &["-c", "write -P 0x3c 64k 4k", &theirs]);
+        ok(vm_img(&d, &["resize", &ours, to]), &ours);
+        ok(qemu_img(&d, &["resize", "-q", &theirs, to]), &theirs);
+        assert_eq!(qemu_check(&d, &ours), 0, "{ours}");
+        let same = qemu_img(&d, &["compare", &ours, &theirs]);
+        assert_eq!(same.status, 0, "{from} to {to}: {same:?}");
+        // And vm-img reads what qemu-img reads.
+        let flat = format!("o{i}.raw");
+        ok(vm_img(&d, &["convert", "-O", "raw", &ours, &flat]), &flat);
+        ok(
+            qemu_img(&d, &["compare", "-F", "raw", &theirs, &flat]),
+            &flat,
+        );
+    }
+    // No base: what a shrink dropped does not come back.
+    ok(vm_img(&d, &["create", "-s", "2M", "s.qcow2"]), "s");
+    qemu_io(&d, &["-c", "write -P 0x5a 1M 1M", "s.qcow2"]);
+    ok(vm_img(&d, &["resize", "-S", "s.qcow2", "1M"]), "shrink");
+    ok(vm_img(&d, &["resize", "s.qcow2", "2M"]), "grow");
+    qemu_io(&d, &["-c", "read -P 0 1M 1M", "s.qcow2"]);
+    assert_eq!(qemu_check(&d, "s.qcow2"), 0);
+}

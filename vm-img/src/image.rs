@@ -257,11 +257,28 @@ impl Image {
         a.discard_to_zero(offset, len)
     }
 
+    /// Sets the virtual size. Growing an image whose base is longer than
+    /// it was zeroes the new area, or the base's bytes would show through
+    /// it (QEMU's bdrv_co_truncate does the same); as far as the base
+    /// reaches, rounded up to a cluster: past it, a base reads as zeroes.
     pub fn resize(&self, size: u64) -> io::Result<()> {
         // Growing may move the L1 table: no more holding it back.
         self.flush()?;
         *ordered::lock(&self.held) = None;
         let mut a = self.access.write().unwrap_or_else(|e| e.into_inner());
-        a.resize(size, imago::format::PreallocateMode::None)
+        let old = a.size();
+        a.resize(size, imago::format::PreallocateMode::None)?;
+        let (Some(base), Some(h)) = (self.layers.get(1), &self.layers[0].header) else {
+            return Ok(());
+        };
+        let reach = base
+            .virtual_size()
+            .checked_next_multiple_of(h.cluster_size())
+            .unwrap_or(u64::MAX)
+            .min(size);
+        if reach > old {
+            a.write_zeroes(old, reach - old)?;
+        }
+        Ok(())
     }
 }
