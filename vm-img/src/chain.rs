@@ -42,26 +42,63 @@ impl Layer {
     }
 }
 
-/// Opens `path` for reading (and writing), and takes its lock.
-pub fn open_file(path: &Path, write: bool, lock: bool) -> Result<File> {
-    // O_NONBLOCK, so that a name (a base's, from a header) that leads to a
-    // FIFO does not hang the open; nothing but files and disks is taken.
+/// Opens `path` for reading (and writing if asked) if it is a regular
+/// file or a block device, and refuses anything else without blocking:
+/// Error::Format (exit 65) for a FIFO, socket, character device or
+/// directory, Error::Open (66, or 77 for permission) when it cannot be
+/// opened. Every file vm-img and vm-run take (images, bases, kernels,
+/// initrds) should come through here: a FIFO's open(2) blocks until a
+/// writer comes, /dev/zero reads as an endless image, and opening some
+/// character devices does something (a tty becomes the controlling
+/// terminal, a watchdog starts). So the name is looked at (stat) before
+/// it is opened, the open is O_NONBLOCK and O_NOCTTY in case it changed
+/// in between, and the open file is looked at again.
+pub fn open_regular(path: &Path, write: bool) -> Result<File> {
+    let before = std::fs::metadata(path).map_err(|e| Error::Open(path.to_path_buf(), e))?;
+    refuse_kind(path, before.file_type())?;
+    // O_NONBLOCK has no effect on the files and disks that get past here.
     let file = FsOpenOptions::new()
         .read(true)
         .write(write)
-        .custom_flags(libc::O_NONBLOCK)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(path)
         .map_err(|e| Error::Open(path.to_path_buf(), e))?;
-    let kind = file
+    let now = file
         .metadata()
-        .map_err(|e| Error::Open(path.to_path_buf(), e))?
-        .file_type();
-    if !kind.is_file() && !kind.is_block_device() {
+        .map_err(|e| Error::Open(path.to_path_buf(), e))?;
+    refuse_kind(path, now.file_type())?;
+    if (now.dev(), now.ino()) != (before.dev(), before.ino()) {
         return Err(Error::Format(
             path.to_path_buf(),
-            "not a regular file or block device".into(),
+            "replaced while it was being opened".into(),
         ));
     }
+    Ok(file)
+}
+
+fn refuse_kind(path: &Path, kind: std::fs::FileType) -> Result<()> {
+    let what = if kind.is_file() || kind.is_block_device() {
+        return Ok(());
+    } else if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "not a file"
+    };
+    Err(Error::Format(
+        path.to_path_buf(),
+        format!("{what}, not a regular file or block device"),
+    ))
+}
+
+/// Opens `path` as `open_regular` does, and takes its lock.
+pub fn open_file(path: &Path, write: bool, lock: bool) -> Result<File> {
+    let file = open_regular(path, write)?;
     if lock {
         lock_file(&file, path, !write)?;
     }
@@ -203,5 +240,36 @@ pub fn walk(top: File, path: &Path, opts: &OpenOptions) -> Result<(Vec<Layer>, V
         }
         file = open_file(&next, false, opts.lock)?;
         path = next;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::{DATAERR, NOINPUT};
+
+    #[test]
+    fn open_regular_takes_files_only_and_never_blocks() {
+        let d = std::env::temp_dir().join(format!("vm-img-open-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let fifo = d.join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        std::fs::write(d.join("file"), b"data").unwrap();
+        for write in [false, true] {
+            assert!(open_regular(&d.join("file"), write).is_ok());
+            for (p, status) in [
+                (fifo.as_path(), DATAERR),
+                (Path::new("/dev/null"), DATAERR),
+                (d.as_path(), DATAERR),
+                (&d.join("missing"), NOINPUT),
+            ] {
+                let e = open_regular(p, write).unwrap_err();
+                assert_eq!(e.exit_status(), status, "{}: {e}", p.display());
+            }
+        }
+        let _ = std::fs::remove_dir_all(&d);
     }
 }

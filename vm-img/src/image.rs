@@ -18,7 +18,7 @@ use crate::qcow2::data::{self, Access, DataPath};
 use crate::qcow2::ordered::{self, Held, HeldL1, Ordered};
 
 pub use crate::chain::{
-    file_len, lock_file, open_file, probe, resolve_backing, walk, Layer, MAX_CHAIN,
+    file_len, lock_file, open_file, open_regular, probe, resolve_backing, walk, Layer, MAX_CHAIN,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

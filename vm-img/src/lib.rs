@@ -12,5 +12,6 @@ pub mod iov;
 pub mod qcow2;
 pub mod size;
 
+pub use chain::open_regular;
 pub use error::{Error, Result};
 pub use image::{Format, Image, OpenOptions};
