@@ -97,15 +97,6 @@ fn read_lock(l: &RwLock<Access>) -> RwLockReadGuard<'_, Access> {
     l.read().unwrap_or_else(|e| e.into_inner())
 }
 
-fn imago_error(path: &Path, e: io::Error) -> Error {
-    match e.kind() {
-        io::ErrorKind::InvalidData | io::ErrorKind::Unsupported | io::ErrorKind::Other => {
-            Error::Format(path.to_path_buf(), crate::error::strip_os(&e))
-        }
-        _ => Error::Io(path.to_path_buf(), e),
-    }
-}
-
 impl Image {
     pub fn open(path: &Path, opts: &OpenOptions) -> Result<Image> {
         let file = open_file(path, opts.write, opts.lock)?;
@@ -148,7 +139,7 @@ impl Image {
                     .open(gate)
                     .map(FormatAccess::new),
             }
-            .map_err(|e| imago_error(&layer.path, e))?;
+            .map_err(|e| Error::from_io(&layer.path, e))?;
             below = Some(access);
         }
         let access =
