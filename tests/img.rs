@@ -185,7 +185,7 @@ fn data_vm_img_writes_is_what_qemu_img_reads() {
         a.extend(args);
         a.extend(["p.raw", out]);
         let o = ok(vm_img(&d, &a), out);
-        assert_eq!(o.stderr, "", "no progress off a terminal");
+        assert_eq!(o.stderr, "", "no progress without -p");
         assert_eq!(qemu_check(&d, out), 0, "{out}");
         ok(
             qemu_img(&d, &["compare", "-f", "raw", "-F", "qcow2", "p.raw", out]),
@@ -546,21 +546,33 @@ fn a_full_disk_is_one_line_and_leaves_nothing_behind() {
     assert!(left.is_empty(), "{left:?}");
 }
 
+/// `-p` shows the progress as qemu-img's does (on stderr, where qemu-img
+/// uses stdout), on a terminal or not; without it, nothing, even on a
+/// terminal (it used to show progress there unasked).
 #[test]
-fn convert_shows_its_progress_on_a_terminal_only() {
+fn convert_p_shows_progress_as_qemu_img_does() {
     let d = scratch("progress");
     pattern(&d.join("p.raw"), 4 << 20, 9);
-    // script(1) gives vm-img a terminal; off one, data_vm_img_writes_is_
-    // what_qemu_img_reads checks that stderr stays empty.
-    let cmd = format!("{} convert p.raw p.qcow2", bin("vm-img").display());
+    let out = ok(vm_img(&d, &["convert", "-p", "p.raw", "p.qcow2"]), "-p");
+    assert_eq!(out.stdout, "", "{out:?}");
+    assert!(
+        out.stderr.starts_with("    (0.00/100%)\r")
+            && out.stderr.ends_with("    (100.00/100%)\r\n"),
+        "{out:?}"
+    );
+    assert!(out.stderr.contains("    (50.00/100%)\r"), "{out:?}");
+    assert_eq!(qemu_check(&d, "p.qcow2"), 0);
+    ok(qemu_img(&d, &["compare", "p.raw", "p.qcow2"]), "compare");
+    // script(1) gives vm-img a terminal: no -p, no progress.
+    let cmd = format!("{} convert p.raw q.qcow2", bin("vm-img").display());
     let out = ok(
         run(Command::new("script")
             .args(["-qec", &cmd, "/dev/null"])
             .current_dir(&d)),
         "script",
     );
-    assert!(out.stdout.contains("\rvm-img: p.qcow2: 100%"), "{out:?}");
-    assert_eq!(qemu_check(&d, "p.qcow2"), 0);
+    assert_eq!(out.stdout, "", "{out:?}");
+    ok(qemu_img(&d, &["compare", "p.raw", "q.qcow2"]), "compare");
 }
 
 #[test]
@@ -589,4 +601,249 @@ fn convert_skips_holes_and_unallocated_clusters_but_not_data() {
     ok(qemu_img(&d, &["compare", "o.qcow2", "o.raw"]), "compare");
     let used = fs::metadata(d.join("o.raw")).unwrap().blocks() * 512;
     assert!(used <= 64 << 10, "o.raw takes {used} bytes");
+}
+
+/// qcow2 images whose size is not a whole number of clusters: convert
+/// writes their last, partial cluster (it used to fail with "Cannot
+/// allocate beyond the disk size", exit 74), sizes are whole sectors as
+/// qemu-img makes them, and qemu-img reads the same bytes.
+#[test]
+fn convert_writes_the_partial_last_cluster() {
+    let d = scratch("partial");
+    for len in [1usize, 512, 1000, 65537, 100000] {
+        let raw = format!("p{len}.raw");
+        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8 + 1).collect();
+        fs::write(d.join(&raw), &data).unwrap();
+        for (out, cluster) in [("64k", "64K"), ("4k", "4K")] {
+            let out = format!("p{len}-{out}.qcow2");
+            ok(
+                vm_img(&d, &["convert", "-c", cluster, "-O", "qcow2", &raw, &out]),
+                &out,
+            );
+            assert_eq!(qemu_check(&d, &out), 0, "{out}");
+            ok(
+                qemu_img(&d, &["compare", "-f", "raw", "-F", "qcow2", &raw, &out]),
+                &out,
+            );
+            let info = ok(qemu_img(&d, &["info", "--output=json", &out]), &out).stdout;
+            let sectors = len.next_multiple_of(512);
+            assert!(
+                json_has(&info, "virtual-size", &sectors.to_string()),
+                "{info}"
+            );
+        }
+        let back = format!("p{len}.back");
+        ok(vm_img(&d, &["convert", "-O", "raw", &raw, &back]), &back);
+        let mut want = data.clone();
+        want.resize(len.next_multiple_of(512), 0);
+        assert!(fs::read(d.join(&back)).unwrap() == want, "{back}");
+    }
+}
+
+/// Growing an overlay whose base is longer than the overlay was: the new
+/// area reads as zeroes, as after qemu-img resize, not as the base's
+/// bytes (they showed through). Also from a size inside a cluster, to a
+/// size inside the same cluster, and shrink then grow with no base.
+#[test]
+fn resize_of_an_overlay_does_not_show_the_base() {
+    let d = scratch("resize-overlay");
+    pattern(&d.join("base.raw"), 3 << 20, 13);
+    for (i, (from, to)) in [
+        ("1M", "2M"),
+        ("1000000", "2M"),
+        ("1000000", "1000960"),
+        ("1M", "8M"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (ours, theirs) = (format!("o{i}.qcow2"), format!("q{i}.qcow2"));
+        for f in [&ours, &theirs] {
+            ok(
+                qemu_img(
+                    &d,
+                    &[
+                        "create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", f, from,
+                    ],
+                ),
+                f,
+            );
+        }
+        qemu_io(&d, &["-c", "write -P 0x3c 64k 4k", &ours]);
+        qemu_io(&d, &["-c", "write -P 0x3c 64k 4k", &theirs]);
+        ok(vm_img(&d, &["resize", &ours, to]), &ours);
+        ok(qemu_img(&d, &["resize", "-q", &theirs, to]), &theirs);
+        assert_eq!(qemu_check(&d, &ours), 0, "{ours}");
+        let same = qemu_img(&d, &["compare", &ours, &theirs]);
+        assert_eq!(same.status, 0, "{from} to {to}: {same:?}");
+        // And vm-img reads what qemu-img reads.
+        let flat = format!("o{i}.raw");
+        ok(vm_img(&d, &["convert", "-O", "raw", &ours, &flat]), &flat);
+        ok(
+            qemu_img(&d, &["compare", "-F", "raw", &theirs, &flat]),
+            &flat,
+        );
+    }
+    // No base: what a shrink dropped does not come back.
+    ok(vm_img(&d, &["create", "-s", "2M", "s.qcow2"]), "s");
+    qemu_io(&d, &["-c", "write -P 0x5a 1M 1M", "s.qcow2"]);
+    ok(vm_img(&d, &["resize", "-S", "s.qcow2", "1M"]), "shrink");
+    ok(vm_img(&d, &["resize", "s.qcow2", "2M"]), "grow");
+    qemu_io(&d, &["-c", "read -P 0 1M 1M", "s.qcow2"]);
+    assert_eq!(qemu_check(&d, "s.qcow2"), 0);
+}
+
+/// vm-img with a time limit: a FIFO used to hang it in open(2).
+fn vm_img_soon(dir: &Path, args: &[&str]) -> Output {
+    let child = Command::new(bin("vm-img"))
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    wait_output(child, Duration::from_secs(10))
+}
+
+/// What is not a regular file or a block device is refused before it is
+/// opened for reading: a FIFO (open(2) hung), a character device behind a
+/// symlink (/dev/zero read as an empty raw image), a directory (74 from
+/// info, 65 from check); 65 from every command, 66 for what is missing.
+#[test]
+fn what_is_not_a_file_or_disk_is_refused_at_once() {
+    let d = scratch("not-files");
+    let fifo = d.join("fifo");
+    let made = run(Command::new("mkfifo").arg(&fifo));
+    assert_eq!(made.status, 0, "{made:?}");
+    std::os::unix::fs::symlink("/dev/zero", d.join("zero")).unwrap();
+    fs::create_dir_all(d.join("dir")).unwrap();
+    std::os::unix::fs::symlink("nowhere", d.join("dangling")).unwrap();
+    ok(vm_img(&d, &["create", "-s", "1M", "good.qcow2"]), "good");
+    for (name, status) in [("fifo", 65), ("zero", 65), ("dir", 65), ("dangling", 66)] {
+        for args in [
+            &["info", name][..],
+            &["info", "-j", name],
+            &["check", name],
+            &["resize", name, "2M"],
+            &["resize", name, "+1M"],
+            &["convert", name, "out.raw"],
+            &["create", "-b", name, "ov.qcow2"],
+        ] {
+            let out = vm_img_soon(&d, args);
+            refused(&out, "vm-img", name, &[status]);
+            assert!(out.stdout.is_empty(), "{args:?}: {out:?}");
+        }
+        assert!(!d.join("out.raw").exists() && !d.join("ov.qcow2").exists());
+    }
+    // A base name that leads to one of them, too.
+    unchecked_overlay(&d, "fifo", "raw", "on-fifo.qcow2");
+    let out = vm_img_soon(&d, &["info", "on-fifo.qcow2"]);
+    refused(&out, "vm-img", "fifo", &[65]);
+}
+
+/// A copy of `from` with the big-endian u64 at `at` replaced by what `f`
+/// makes of it.
+fn edit_u64(from: &Path, to: &Path, at: u64, f: impl Fn(u64) -> u64) {
+    fs::copy(from, to).unwrap();
+    let old = be64_at(to, at as usize);
+    poke(to, at, &f(old).to_be_bytes());
+}
+
+/// Invalid images are 65 whatever part of them is invalid (these were
+/// 74, the status of a failing disk), and a size no image can have is a
+/// usage error, 64.
+#[test]
+fn invalid_images_are_65_and_impossible_sizes_64() {
+    let d = scratch("statuses");
+    pattern(&d.join("p.raw"), 1 << 20, 17);
+    ok(
+        qemu_img(&d, &["convert", "-O", "qcow2", "p.raw", "d.qcow2"]),
+        "d",
+    );
+    let good = d.join("d.qcow2");
+    let (l1, reftable) = (be64_at(&good, 40), be64_at(&good, 48));
+    let l2 = be64_at(&good, l1 as usize) & 0x00ff_ffff_ffff_fe00;
+    // A reserved bit of an L2 entry; an L2 table off its cluster.
+    edit_u64(&good, &d.join("l2-reserved.qcow2"), l2, |e| e | 2);
+    edit_u64(&good, &d.join("l2-unaligned.qcow2"), l1, |e| e + 512);
+    // A refcount block 2^64 - 64 KiB into the file.
+    edit_u64(&good, &d.join("refblock-far.qcow2"), reftable, |_| {
+        0xffff_ffff_ffff_0000
+    });
+    // A compressed cluster that does not inflate.
+    let text: Vec<u8> = (0..100_000u32)
+        .flat_map(|i| format!("line {i}\n").into_bytes())
+        .collect();
+    fs::write(d.join("t.raw"), &text).unwrap();
+    ok(
+        qemu_img(&d, &["convert", "-c", "-O", "qcow2", "t.raw", "c.qcow2"]),
+        "c",
+    );
+    let c = d.join("c.qcow2");
+    let cl2 = be64_at(&c, be64_at(&c, 40) as usize) & 0x00ff_ffff_ffff_fe00;
+    let entry = be64_at(&c, cl2 as usize);
+    assert!(entry & (1 << 62) != 0, "not compressed: {entry:x}");
+    fs::copy(&c, d.join("inflate.qcow2")).unwrap();
+    poke(
+        &d.join("inflate.qcow2"),
+        entry & ((1 << 54) - 1),
+        &[0xff; 64],
+    );
+    // check's verdict: the metadata of inflate.qcow2 is sound, only its
+    // data is not (qemu-img check agrees; on refblock-far.qcow2 it gives
+    // up with 1).
+    for (name, args, check) in [
+        (
+            "l2-reserved.qcow2",
+            &["convert", "l2-reserved.qcow2", "o.raw"][..],
+            2,
+        ),
+        (
+            "l2-unaligned.qcow2",
+            &["convert", "l2-unaligned.qcow2", "o.raw"],
+            2,
+        ),
+        ("inflate.qcow2", &["convert", "inflate.qcow2", "o.raw"], 0),
+        (
+            "refblock-far.qcow2",
+            &["resize", "refblock-far.qcow2", "+1M"],
+            2,
+        ),
+    ] {
+        refused(&vm_img(&d, args), "vm-img", name, &[65]);
+        assert!(!d.join("o.raw").exists(), "{name}");
+        assert_eq!(vm_img(&d, &["check", name]).status, check, "{name}");
+        assert_eq!(qemu_check(&d, name) == 0, check == 0, "{name}");
+    }
+    let run = run(Command::new(bin("vm-run"))
+        .args(["-m", "16M", "-b", vm_tests::tiny_guest().to_str().unwrap()])
+        .args(["-a", "poweroff", "-d", "refblock-far.qcow2"])
+        .current_dir(&d));
+    refused(&run, "vm-run", "refblock-far.qcow2", &[65]);
+
+    // Too large: 64P needs clusters of 2M (qemu-img agrees); no file
+    // system takes a raw file of 64P; nothing is left behind.
+    ok(vm_img(&d, &["create", "-s", "2P", "2p.qcow2"]), "2P");
+    for args in [
+        &["create", "-s", "64P", "big.qcow2"][..],
+        &["create", "-s", "64P", "big.img"],
+        &["create", "-s", "15E", "big.img"],
+        &["resize", "2p.qcow2", "+1"],
+        &["resize", "2p.qcow2", "+15E"],
+    ] {
+        let out = vm_img(&d, args);
+        assert_eq!(out.status, 64, "{args:?}: {out:?}");
+        assert!(out.stderr.starts_with("vm-img: "), "{out:?}");
+    }
+    assert!(!d.join("big.qcow2").exists() && !d.join("big.img").exists());
+    assert_ne!(
+        qemu_img(&d, &["create", "-f", "qcow2", "q.qcow2", "64P"]).status,
+        0
+    );
+    ok(
+        vm_img(&d, &["create", "-c", "2M", "-s", "64P", "64p.qcow2"]),
+        "64P",
+    );
+    assert_eq!(qemu_check(&d, "64p.qcow2"), 0);
 }

@@ -30,18 +30,23 @@ pub fn convert(
         },
     )?;
     let size = src.size();
+    // Whole sectors, as qemu-img makes them: it reads a qcow2 image of
+    // 1000 bytes as one of 512.
+    let out_size = size
+        .checked_next_multiple_of(512)
+        .ok_or_else(|| Error::Format(input.to_path_buf(), "too large".into()))?;
     let file = new_file(output)?;
     let done = (|| {
         crate::image::lock_file(&file, output, false)?;
         match format {
             Format::Raw => file
-                .set_len(size)
+                .set_len(out_size)
                 .map_err(|e| Error::Io(output.to_path_buf(), e))?,
             Format::Qcow2 => format_qcow2(
                 file.try_clone()
                     .map_err(|e| Error::Io(output.to_path_buf(), e))?,
                 output,
-                size,
+                out_size,
                 cluster_size,
                 None,
             )?,
@@ -63,11 +68,56 @@ pub fn convert(
     done
 }
 
+/// `-p`, as qemu-img's: `    (NN.NN/100%)` and a carriage return each
+/// time the hundredths change, a newline at the end. qemu-img writes it
+/// to its standard output; ours goes to the standard error, which is
+/// where a tool's chatter goes (convert writes nothing else on either).
+struct Progress {
+    on: bool,
+    size: u64,
+    shown: Option<u64>,
+}
+
+impl Progress {
+    fn at(&mut self, offset: u64) {
+        if !self.on {
+            return;
+        }
+        let hundredths =
+            (u128::from(offset.min(self.size)) * 10_000 / u128::from(self.size.max(1))) as u64;
+        if self.shown != Some(hundredths) {
+            self.shown = Some(hundredths);
+            // Progress is not worth failing (or panicking) over a closed
+            // standard error.
+            let mut e = std::io::stderr().lock();
+            let _ = write!(
+                e,
+                "    ({}.{:02}/100%)\r",
+                hundredths / 100,
+                hundredths % 100
+            );
+            let _ = e.flush();
+        }
+    }
+
+    fn end(&mut self) {
+        if self.on {
+            self.at(self.size);
+            let _ = writeln!(std::io::stderr());
+        }
+    }
+}
+
 fn copy(src: &Image, dst: &Image, size: u64, progress: bool, output: &Path) -> Result<()> {
-    let out = |e| Error::Io(output.to_path_buf(), e);
-    let input = |e| Error::Io(src.path().to_path_buf(), e);
+    let out = |e| Error::from_io(output, e);
+    let input = |e| Error::from_io(src.path(), e);
     let mut buf = vec![0u8; CHUNK];
-    let mut shown = None;
+    let mut progress = Progress {
+        on: progress,
+        size,
+        shown: None,
+    };
+    progress.at(0);
     let mut offset = 0u64;
     // What reads as zeroes whatever it holds is skipped unread, as
     // qemu-img does: unallocated clusters, zero clusters, holes.
@@ -77,6 +127,7 @@ fn copy(src: &Image, dst: &Image, size: u64, progress: bool, output: &Path) -> R
             let (data, len) = src.extent(offset, size - offset).map_err(input)?;
             if !data {
                 offset += len;
+                progress.at(offset);
                 continue;
             }
             data_end = offset + len;
@@ -100,17 +151,9 @@ fn copy(src: &Image, dst: &Image, size: u64, progress: bool, output: &Path) -> R
                 .map_err(out)?;
         }
         offset += n as u64;
-        if progress {
-            let pct = offset * 100 / size.max(1);
-            if shown != Some(pct) {
-                shown = Some(pct);
-                eprint!("\rvm-img: {}: {pct:3}%", output.display());
-                let _ = std::io::stderr().flush();
-            }
-        }
+        progress.at(offset);
     }
-    if progress {
-        eprintln!();
-    }
-    dst.flush().map_err(out)
+    dst.flush().map_err(out)?;
+    progress.end();
+    Ok(())
 }

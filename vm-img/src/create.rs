@@ -9,7 +9,7 @@ use imago::FormatCreateBuilder;
 
 use crate::error::{Error, Result};
 use crate::image::{self, Format, Image, OpenOptions};
-use crate::qcow2::header::{MAX_CLUSTER_BITS, MAX_SIZE};
+use crate::qcow2::header::{MAX_CLUSTER_BITS, MAX_L1_BYTES, MAX_SIZE};
 
 pub const DEFAULT_CLUSTER_SIZE: u64 = 64 << 10;
 /// The smallest cluster vm-img makes (qcow2 allows 512 bytes; 4 KiB is
@@ -25,6 +25,52 @@ pub struct CreateOptions {
     /// are relative to the new image's folder, as qemu-img takes them.
     pub base: Option<String>,
     pub cluster_size: u64,
+}
+
+/// The largest qcow2 image with clusters of `cluster_size` bytes: its L1
+/// table may take at most QEMU's 32 MiB (8 bytes an L2 table, an L2 table
+/// maps cluster_size / 8 clusters), and no image is larger than 2^56
+/// bytes. 2 PiB with 64 KiB clusters, 64 PiB with 2 MiB ones, as qemu-img.
+pub fn max_qcow2_size(cluster_size: u64) -> u64 {
+    (MAX_L1_BYTES / 8)
+        .saturating_mul(cluster_size)
+        .saturating_mul(cluster_size / 8)
+        .min(MAX_SIZE)
+}
+
+/// `size` rounded up to whole sectors (the unit of every block device), or
+/// a usage error if no image of `format` can be that large.
+fn whole_size(path: &Path, size: u64, format: Format, cluster_size: u64) -> Result<u64> {
+    let max = match format {
+        Format::Qcow2 => max_qcow2_size(cluster_size),
+        // A file system's own limit comes as EFBIG (too_large).
+        Format::Raw => i64::MAX as u64 & !511,
+    };
+    match size.checked_next_multiple_of(512) {
+        Some(s) if s <= max => Ok(s),
+        _ => Err(Error::Usage(format!(
+            "{}: {size} bytes is larger than a {} image can be ({max}{})",
+            path.display(),
+            format.name(),
+            if format == Format::Qcow2 && max < MAX_SIZE {
+                ", more with larger clusters"
+            } else {
+                ""
+            }
+        ))),
+    }
+}
+
+/// A size the file system refuses (EFBIG) is the user's to change.
+fn too_large(path: &Path, size: u64, e: std::io::Error) -> Error {
+    if e.raw_os_error() == Some(libc::EFBIG) {
+        Error::Usage(format!(
+            "{}: {size} bytes is larger than its file system allows",
+            path.display()
+        ))
+    } else {
+        Error::from_io(path, e)
+    }
 }
 
 /// Checks a cluster size given on the command line.
@@ -73,16 +119,10 @@ pub fn create(path: &Path, opts: &CreateOptions) -> Result<()> {
         (None, Some((_, _, s))) => *s,
         (None, None) => return Err(Error::Usage("-s size: a size is needed without -b".into())),
     };
-    // Sectors are the unit of every block device.
-    let size = size.next_multiple_of(512);
-    if size > MAX_SIZE {
-        return Err(Error::Usage(format!("-s {size}: larger than qcow2 allows")));
-    }
+    let size = whole_size(path, size, opts.format, opts.cluster_size)?;
     let file = new_file(path)?;
     let made = match opts.format {
-        Format::Raw => file
-            .set_len(size)
-            .map_err(|e| Error::Io(path.to_path_buf(), e)),
+        Format::Raw => file.set_len(size).map_err(|e| too_large(path, size, e)),
         Format::Qcow2 => format_qcow2(
             file,
             path,
@@ -128,7 +168,11 @@ pub fn resize(path: &Path, size: u64, shrink: bool) -> Result<()> {
             format: None,
         },
     )?;
-    let size = size.next_multiple_of(512);
+    let cluster_size = img.layers()[0]
+        .header
+        .as_ref()
+        .map_or(0, |h| h.cluster_size());
+    let size = whole_size(path, size, img.format(), cluster_size)?;
     if size < img.size() && !shrink {
         return Err(Error::Usage(format!(
             "{}: {size} is smaller than {}: -S shrinks",
@@ -136,10 +180,6 @@ pub fn resize(path: &Path, size: u64, shrink: bool) -> Result<()> {
             img.size()
         )));
     }
-    if size > MAX_SIZE {
-        return Err(Error::Usage(format!("{size}: larger than qcow2 allows")));
-    }
-    img.resize(size)
-        .map_err(|e| Error::Io(path.to_path_buf(), e))?;
-    img.flush().map_err(|e| Error::Io(path.to_path_buf(), e))
+    img.resize(size).map_err(|e| too_large(path, size, e))?;
+    img.flush().map_err(|e| Error::from_io(path, e))
 }

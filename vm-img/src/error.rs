@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub const USAGE: i32 = 64;
 pub const DATAERR: i32 = 65;
@@ -33,6 +33,23 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
+    /// An error from reading or writing an image, by its cause: one of the
+    /// system's (EIO, ENOSPC) is an I/O error, 74; one about what the image
+    /// holds, which imago and we raise without an errno (reserved bits, a
+    /// cluster that does not decompress, a table out of place), makes it
+    /// an invalid image, 65.
+    pub fn from_io(path: &Path, e: io::Error) -> Error {
+        use io::ErrorKind::*;
+        match e.kind() {
+            InvalidData | InvalidInput | Unsupported | UnexpectedEof | Other
+                if e.raw_os_error().is_none() =>
+            {
+                Error::Format(path.to_path_buf(), strip_os(&e))
+            }
+            _ => Error::Io(path.to_path_buf(), e),
+        }
+    }
+
     pub fn exit_status(&self) -> i32 {
         match self {
             Error::Usage(_) => USAGE,

@@ -2,16 +2,15 @@
 //! lines (awk reads them) or as JSON with qemu-img's names (`-j`).
 
 use std::fmt::Write;
-use std::fs::File;
 use std::path::Path;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::image::{self, Layer, OpenOptions};
 
 /// The image and its bases, top first. Nothing is locked: an image a
 /// guest is using can be looked at.
 pub fn chain(path: &Path) -> Result<Vec<Layer>> {
-    let file = File::open(path).map_err(|e| Error::Open(path.to_path_buf(), e))?;
+    let file = image::open_file(path, false, false)?;
     Ok(image::walk(file, path, &OpenOptions::default())?.0)
 }
 

@@ -1,10 +1,12 @@
 //! Vectored I/O on caller buffers described by iovecs, for the image's
-//! direct paths (image.rs): a request's buffers cut at the boundaries of
-//! the runs imago maps, and preadv/pwritev that finish what they start.
+//! direct paths (qcow2/data.rs): a request's buffers cut at the boundaries
+//! of the runs imago maps, preadv/pwritev that finish what they start, and
+//! the same buffers as imago's vectors where imago moves the bytes.
 
 use std::io;
 use std::os::fd::RawFd;
 
+use imago::io_buffers::{IoVector, IoVectorMut};
 use libc::iovec;
 
 /// preadv and pwritev take at most this many buffers.
@@ -83,16 +85,34 @@ fn offset_of(off: u64) -> io::Result<libc::off_t> {
     libc::off_t::try_from(off).map_err(|_| io::Error::other("offset overflow"))
 }
 
-/// Reads until the buffers are full; past the end of the file they read as
-/// zeroes, as imago's own file does.
+/// Which of preadv and pwritev `transfer` calls.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dir {
+    Read,
+    Write,
+}
+
+/// preadv or pwritev until every buffer is done; returns the iovecs left
+/// when the file ended first (reads only: a write of 0 bytes is an error).
 ///
 /// # Safety
-/// As for [`zero`]; `iov` itself is consumed (its entries are moved on).
-pub unsafe fn preadv_all(fd: RawFd, mut iov: &mut [iovec], mut off: u64) -> io::Result<()> {
+/// As for [`preadv_all`] (reads) and [`pwritev_all`] (writes).
+unsafe fn transfer(
+    fd: RawFd,
+    mut iov: &mut [iovec],
+    mut off: u64,
+    dir: Dir,
+) -> io::Result<&mut [iovec]> {
     while !iov.is_empty() {
-        let n = iov.len().min(IOV_MAX);
+        let n = iov.len().min(IOV_MAX) as libc::c_int;
+        let at = offset_of(off)?;
         // SAFETY: the caller vouches for the buffers; n entries exist.
-        let r = unsafe { libc::preadv(fd, iov.as_ptr(), n as libc::c_int, offset_of(off)?) };
+        let r = unsafe {
+            match dir {
+                Dir::Read => libc::preadv(fd, iov.as_ptr(), n, at),
+                Dir::Write => libc::pwritev(fd, iov.as_ptr(), n, at),
+            }
+        };
         if r < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
@@ -101,13 +121,27 @@ pub unsafe fn preadv_all(fd: RawFd, mut iov: &mut [iovec], mut off: u64) -> io::
             return Err(e);
         }
         if r == 0 {
-            // SAFETY: as above.
-            unsafe { zero(iov) };
-            return Ok(());
+            return match dir {
+                Dir::Read => Ok(iov),
+                Dir::Write => Err(io::ErrorKind::WriteZero.into()),
+            };
         }
         off += r as u64;
         iov = advance(iov, r as usize);
     }
+    Ok(iov)
+}
+
+/// Reads until the buffers are full; past the end of the file they read as
+/// zeroes, as imago's own file does.
+///
+/// # Safety
+/// As for [`zero`]; `iov` itself is consumed (its entries are moved on).
+pub unsafe fn preadv_all(fd: RawFd, iov: &mut [iovec], off: u64) -> io::Result<()> {
+    // SAFETY: the caller's promise, passed on.
+    let rest = unsafe { transfer(fd, iov, off, Dir::Read) }?;
+    // SAFETY: what is left of the caller's buffers.
+    unsafe { zero(rest) };
     Ok(())
 }
 
@@ -115,25 +149,44 @@ pub unsafe fn preadv_all(fd: RawFd, mut iov: &mut [iovec], mut off: u64) -> io::
 ///
 /// # Safety
 /// Each iovec must describe readable memory; `iov` itself is consumed.
-pub unsafe fn pwritev_all(fd: RawFd, mut iov: &mut [iovec], mut off: u64) -> io::Result<()> {
-    while !iov.is_empty() {
-        let n = iov.len().min(IOV_MAX);
-        // SAFETY: the caller vouches for the buffers; n entries exist.
-        let r = unsafe { libc::pwritev(fd, iov.as_ptr(), n as libc::c_int, offset_of(off)?) };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        if r == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        off += r as u64;
-        iov = advance(iov, r as usize);
+pub unsafe fn pwritev_all(fd: RawFd, iov: &mut [iovec], off: u64) -> io::Result<()> {
+    // SAFETY: the caller's promise, passed on.
+    unsafe { transfer(fd, iov, off, Dir::Write) }.map(|_| ())
+}
+
+/// A slice of IoSlice or IoSliceMut as the iovecs they are.
+pub fn as_iovecs<T>(bufs: &[T]) -> &[iovec] {
+    const { assert!(std::mem::size_of::<T>() == std::mem::size_of::<iovec>()) };
+    // SAFETY: only called on IoSlice and IoSliceMut, which std guarantees
+    // to be ABI compatible with iovec on Unix; same length, same lifetime.
+    unsafe { std::slice::from_raw_parts(bufs.as_ptr().cast(), bufs.len()) }
+}
+
+/// The buffers as an imago vector to read into.
+///
+/// # Safety
+/// As for [`zero`], for as long as the vector lives.
+pub unsafe fn imago_mut<'a>(iov: &[iovec]) -> IoVectorMut<'a> {
+    let mut v = IoVectorMut::with_capacity(iov.len());
+    for b in iov {
+        // SAFETY: the caller's promise.
+        v.push(unsafe { std::slice::from_raw_parts_mut(b.iov_base.cast::<u8>(), b.iov_len) });
     }
-    Ok(())
+    v
+}
+
+/// The buffers as an imago vector to write from.
+///
+/// # Safety
+/// Each iovec must describe readable memory that nothing writes for as
+/// long as the vector lives.
+pub unsafe fn imago<'a>(iov: &[iovec]) -> IoVector<'a> {
+    let mut v = IoVector::with_capacity(iov.len());
+    for b in iov {
+        // SAFETY: the caller's promise.
+        v.push(unsafe { std::slice::from_raw_parts(b.iov_base.cast::<u8>(), b.iov_len) });
+    }
+    v
 }
 
 #[cfg(test)]

@@ -1,13 +1,13 @@
 //! vm-img: creates and inspects raw and qcow2 images (vm-img(1)).
 
 use std::ffi::OsString;
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process;
 
 use lexopt::prelude::*;
 use vm_img::create::{self, CreateOptions, DEFAULT_CLUSTER_SIZE};
-use vm_img::error::{self, Error, Result};
+use vm_img::error::{Error, Result};
 use vm_img::image::{self, Format};
 use vm_img::qcow2::check;
 use vm_img::{convert, info, size};
@@ -15,7 +15,7 @@ use vm_img::{convert, info, size};
 const USAGE: &str = "usage: vm-img create [-f raw|qcow2] [-b base] [-c cluster] [-s size] file
        vm-img info [-j] file
        vm-img check file
-       vm-img convert [-O raw|qcow2] [-c cluster] in out
+       vm-img convert [-p] [-O raw|qcow2] [-c cluster] in out
        vm-img resize [-S] file [+]size";
 
 /// `vm-img check` tells its findings as `qemu-img check` does.
@@ -172,10 +172,7 @@ fn cmd_check(p: &mut lexopt::Parser) -> Result<Run> {
         debug_assert_eq!(format, Format::Raw);
         return Ok(Run::Status(0));
     };
-    let report = check::check(&f, &h, len).map_err(|e| match e.kind() {
-        std::io::ErrorKind::Other => Error::Format(file.clone(), error::strip_os(&e)),
-        _ => Error::Io(file.clone(), e),
-    })?;
+    let report = check::check(&f, &h, len).map_err(|e| Error::from_io(&file, e))?;
     if report.is_clean() {
         return Ok(Run::Status(0));
     }
@@ -204,11 +201,12 @@ fn cmd_check(p: &mut lexopt::Parser) -> Result<Run> {
 }
 
 fn cmd_convert(p: &mut lexopt::Parser) -> Result<Run> {
-    let (mut format, mut cluster) = (None, DEFAULT_CLUSTER_SIZE);
+    let (mut format, mut cluster, mut progress) = (None, DEFAULT_CLUSTER_SIZE, false);
     let mut names = Vec::new();
     while let Some(a) = p.next().map_err(arg_error)? {
         match a {
             Short('O') => format = Some(format_arg(p.value().map_err(arg_error)?, "-O")?),
+            Short('p') => progress = true,
             Short('c') => {
                 cluster = create::cluster_size(size_arg(p.value().map_err(arg_error)?, "-c")?)?
             }
@@ -221,7 +219,6 @@ fn cmd_convert(p: &mut lexopt::Parser) -> Result<Run> {
         .try_into()
         .map_err(|_| usage("convert: an input and an output file"))?;
     let format = format.unwrap_or_else(|| Format::from_file_name(&output));
-    let progress = std::io::stderr().is_terminal();
     convert::convert(&input, &output, format, cluster, progress)?;
     Ok(Run::Status(0))
 }

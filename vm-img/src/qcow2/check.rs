@@ -417,11 +417,19 @@ fn refcount(block: &[u8], k: u64, bits: u32) -> u64 {
     }
 }
 
-/// Reads as much of `buf` as the file has at `offset`.
+/// Reads as much of `buf` as the file has at `offset`. No file has
+/// anything past 2^63 (where pread fails with EINVAL): an offset from a
+/// hostile table that points there reads nothing, as past the end.
 pub(crate) fn read_upto(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     let mut done = 0;
     while done < buf.len() {
-        match file.read_at(&mut buf[done..], offset + done as u64) {
+        let Some(at) = offset
+            .checked_add(done as u64)
+            .filter(|&at| at <= i64::MAX as u64)
+        else {
+            break;
+        };
+        match file.read_at(&mut buf[done..], at) {
             Ok(0) => break,
             Ok(n) => done += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
