@@ -220,7 +220,6 @@ fn missing_files_exit_66() {
         66,
         "/nonexistent/initrd: No such file",
     );
-    assert_fails(&vm_run(&["-b", "/"]), 66, "/: Is a directory");
 }
 
 #[test]
@@ -240,6 +239,27 @@ fn not_a_kernel_exits_65() {
         65,
         "not a bootable kernel",
     );
+}
+
+#[test]
+fn what_is_not_a_file_is_refused_at_once_with_65() {
+    let k = tiny_guest().to_str().unwrap();
+    let dir = target_dir().join("tmp/not-files");
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let fifo = fifo.to_str().unwrap();
+    // A FIFO used to block the open with SIGTERM masked: only SIGKILL
+    // ended it. vm_run gives up after 30 s.
+    let started = std::time::Instant::now();
+    assert_fails(&vm_run(&["-b", fifo]), 65, "a FIFO, not a regular file");
+    assert_fails(&vm_run(&["-b", k, "-i", fifo]), 65, "a FIFO");
+    assert_fails(&vm_run(&["-b", k, "-d", fifo]), 65, "a FIFO");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    assert_fails(&vm_run(&["-b", "/"]), 65, "/: a directory");
+    assert_fails(&vm_run(&["-b", k, "-d", "/"]), 65, "/: a directory");
+    assert_fails(&vm_run(&["-b", "/dev/zero"]), 65, "a character device");
 }
 
 #[test]

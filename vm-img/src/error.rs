@@ -5,14 +5,9 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
-pub const USAGE: i32 = 64;
-pub const DATAERR: i32 = 65;
-pub const NOINPUT: i32 = 66;
-pub const UNAVAILABLE: i32 = 69;
-pub const SOFTWARE: i32 = 70;
-pub const CANTCREAT: i32 = 73;
-pub const IOERR: i32 = 74;
-pub const NOPERM: i32 = 77;
+pub use crate::exit::{
+    CANTCREAT, DATAERR, IOERR, NOINPUT, NOPERM, SOFTWARE, UNAVAILABLE, USAGE,
+};
 
 #[derive(Debug)]
 pub enum Error {

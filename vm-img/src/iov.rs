@@ -86,8 +86,8 @@ fn offset_of(off: u64) -> io::Result<libc::off_t> {
 }
 
 /// Which of preadv and pwritev `transfer` calls.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Dir {
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Dir {
     Read,
     Write,
 }
@@ -97,7 +97,7 @@ enum Dir {
 ///
 /// # Safety
 /// As for [`preadv_all`] (reads) and [`pwritev_all`] (writes).
-unsafe fn transfer(
+pub unsafe fn transfer(
     fd: RawFd,
     mut iov: &mut [iovec],
     mut off: u64,

@@ -6,6 +6,7 @@ pub mod chain;
 pub mod convert;
 pub mod create;
 pub mod error;
+pub mod exit;
 pub mod image;
 pub mod info;
 pub mod iov;

@@ -19,12 +19,16 @@ use user::UserError;
 const USAGE: &str =
     "usage: vm-net [-L] [-a lladdr] [-b bridge | -B bridge] [-i ifname] [-u user[:group]] prog [args ...]";
 
-// sysexits(3), and the shell's statuses for a program it cannot run.
-const EX_USAGE: i32 = 64;
-const EX_NOUSER: i32 = 67;
-const EX_UNAVAILABLE: i32 = 69;
-const EX_OSERR: i32 = 71;
-const EX_NOPERM: i32 = 77;
+// sysexits(3), the same numbers as the other tools' (vm-net depends on
+// no crate of ours, so the file is included), and the shell's statuses
+// for a program it cannot run.
+#[path = "../../vm-img/src/exit.rs"]
+#[allow(dead_code)]
+mod exit;
+use exit::{
+    NOPERM as EX_NOPERM, NOUSER as EX_NOUSER, OSERR as EX_OSERR, UNAVAILABLE as EX_UNAVAILABLE,
+    USAGE as EX_USAGE,
+};
 const CANNOT_EXEC: i32 = 126;
 const NOT_FOUND: i32 = 127;
 

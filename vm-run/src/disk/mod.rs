@@ -76,7 +76,8 @@ pub fn open(spec: &DiskSpec) -> Result<Box<dyn Disk>> {
 }
 
 /// vm-img's errors as vm-run reports them (with the same exit statuses).
-fn from_img(e: vm_img::Error) -> Error {
+/// vm-img's errors as vm-run's (the same exit statuses).
+pub fn from_img(e: vm_img::Error) -> Error {
     match e {
         vm_img::Error::Open(p, e) | vm_img::Error::Io(p, e) | vm_img::Error::Create(p, e) => {
             Error::Open(p, e)

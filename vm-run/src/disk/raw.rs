@@ -6,11 +6,10 @@ use std::io::{self, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
+use vm_img::iov::Dir;
+
 use super::{Disk, IoVec};
 use crate::error::{Error, Result};
-
-/// preadv and pwritev take at most this many buffers.
-const IOV_MAX: usize = 1024;
 
 pub struct Raw {
     file: File,
@@ -44,7 +43,7 @@ impl Raw {
         if !self.probed || offset >= n {
             return Ok(false);
         }
-        transfer(self.file.as_raw_fd(), 0, &[iovec_of(&mut head)], false).or_else(|e| {
+        transfer(self.file.as_raw_fd(), 0, &[iovec_of(&mut head)], Dir::Read).or_else(|e| {
             // A file shorter than a header reads short: zeroes.
             if e.kind() == io::ErrorKind::UnexpectedEof {
                 Ok(())
@@ -99,52 +98,21 @@ fn iovec_of(b: &mut [u8]) -> IoVec {
     }
 }
 
-/// Runs preadv or pwritev until every buffer is done, however the
-/// kernel splits the transfer.
-fn transfer(fd: i32, mut offset: u64, bufs: &[IoVec], write: bool) -> io::Result<()> {
-    let mut iovs: Vec<IoVec> = bufs.iter().filter(|b| b.iov_len > 0).copied().collect();
-    let mut start = 0;
-    while start < iovs.len() {
-        let n = (iovs.len() - start).min(IOV_MAX);
-        let (iov, off) = (iovs[start..].as_ptr(), offset as libc::off_t);
-        // SAFETY: every iovec points into guest memory (or our own
-        // buffer) that stays mapped for the whole call.
-        let done = unsafe {
-            if write {
-                libc::pwritev(fd, iov, n as i32, off)
-            } else {
-                libc::preadv(fd, iov, n as i32, off)
-            }
-        };
-        if done < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        if done == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "image shrank under the guest",
-            ));
-        }
-        offset += done as u64;
-        let mut left = done as usize;
-        while left > 0 {
-            let iov = &mut iovs[start];
-            if left >= iov.iov_len {
-                left -= iov.iov_len;
-                start += 1;
-            } else {
-                // SAFETY: advancing within the same buffer.
-                iov.iov_base = unsafe { iov.iov_base.add(left) };
-                iov.iov_len -= left;
-                left = 0;
-            }
-        }
+/// Runs preadv or pwritev until every buffer is done, however the kernel
+/// splits the transfer (vm-img's loop, which qcow2 images use too).
+fn transfer(fd: i32, offset: u64, bufs: &[IoVec], dir: Dir) -> io::Result<()> {
+    let mut iov: Vec<IoVec> = bufs.iter().filter(|b| b.iov_len > 0).copied().collect();
+    // SAFETY: every iovec points into guest memory (or our own buffer)
+    // that stays mapped for the whole call.
+    let rest = unsafe { vm_img::iov::transfer(fd, &mut iov, offset, dir) }?;
+    if rest.is_empty() {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "image shrank under the guest",
+        ))
     }
-    Ok(())
 }
 
 impl Disk for Raw {
@@ -157,7 +125,7 @@ impl Disk for Raw {
     }
 
     fn read_at(&mut self, offset: u64, bufs: &[IoVec]) -> io::Result<()> {
-        transfer(self.file.as_raw_fd(), offset, bufs, false)
+        transfer(self.file.as_raw_fd(), offset, bufs, Dir::Read)
     }
 
     fn write_at(&mut self, offset: u64, bufs: &[IoVec]) -> io::Result<()> {
@@ -167,7 +135,7 @@ impl Disk for Raw {
                 "the guest wrote a qcow2 header into a raw image (raw: allows it)",
             ));
         }
-        transfer(self.file.as_raw_fd(), offset, bufs, true)
+        transfer(self.file.as_raw_fd(), offset, bufs, Dir::Write)
     }
 
     fn flush(&mut self) -> io::Result<()> {
