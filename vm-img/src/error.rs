@@ -5,9 +5,7 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
-pub use crate::exit::{
-    CANTCREAT, DATAERR, IOERR, NOINPUT, NOPERM, SOFTWARE, UNAVAILABLE, USAGE,
-};
+pub use crate::exit::{CANTCREAT, DATAERR, IOERR, NOINPUT, NOPERM, SOFTWARE, UNAVAILABLE, USAGE};
 
 #[derive(Debug)]
 pub enum Error {

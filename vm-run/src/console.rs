@@ -37,6 +37,10 @@ pub struct Console {
     /// input thread.
     input: Option<File>,
     output: Option<Output>,
+    /// Output that may block (stdout), queued for a writer thread: the
+    /// queue, and the writer until its thread starts.
+    queue: Option<Arc<OutQueue>>,
+    writer: Option<Output>,
     /// The terminal the console is on, for vm-ctl status.
     tty: Option<String>,
     /// Held open so that the pty stays usable between two users.
@@ -58,6 +62,8 @@ impl Console {
                         .map_err(|e| Error::Os("console: stdout".into(), e))?,
                 )),
                 tty: None,
+                queue: None,
+                writer: None,
                 _pty_slave: None,
             }),
         }
@@ -89,6 +95,8 @@ impl Console {
             input: Some(input),
             output: Some(Box::new(output)),
             tty,
+            queue: None,
+            writer: None,
             _pty_slave: None,
         })
     }
@@ -117,14 +125,48 @@ impl Console {
             input: Some(master),
             output: Some(Box::new(Lossy(output))),
             tty: Some(name.display().to_string()),
+            queue: None,
+            writer: None,
             _pty_slave: Some(pty.slave),
         })
     }
 
     /// The guest's output, also copied to whoever attaches to `attached`.
+    /// Stdout goes through a bounded queue that `spawn_output`'s thread
+    /// drains (a pty's output is already lossy and never blocks).
     pub fn take_output(&mut self, attached: Arc<Attached>) -> Option<Output> {
-        let out = self.output.take()?;
+        let mut out = self.output.take()?;
+        if self._pty_slave.is_none() {
+            let queue = Arc::new(OutQueue::default());
+            self.writer = Some(out);
+            self.queue = Some(queue.clone());
+            out = Box::new(Queued(queue));
+        }
         Some(Box::new(Tee { out, attached }))
+    }
+
+    /// Starts the thread that writes queued output to stdout.
+    pub fn spawn_output(&mut self) -> Result<()> {
+        let (Some(queue), Some(out)) = (self.queue.clone(), self.writer.take()) else {
+            return Ok(());
+        };
+        thread::Builder::new()
+            .name("console-out".into())
+            .spawn(move || queue.write_out(out))
+            .map(|_| ())
+            .map_err(|e| Error::Os("console output thread".into(), e))
+    }
+
+    /// Waits, at most `limit`, for queued output to be written, so that
+    /// the guest's last words reach stdout before vm-run exits; says on
+    /// stderr how much a reader that did not keep up lost.
+    pub fn drain(&self, limit: Duration) {
+        if let Some(q) = &self.queue {
+            let lost = q.drain(limit);
+            if lost > 0 {
+                eprintln!("vm-run: console: {lost} bytes of output lost (stdout was not read)");
+            }
+        }
     }
 
     pub fn tty(&self) -> Option<&str> {
@@ -217,6 +259,99 @@ impl Write for Tee {
     }
 }
 
+/// Console output queued beyond what stdout's pipe holds (64 KiB by
+/// default): slack for a reader that falls behind, such as a busy
+/// journal; a reader that stops loses what is beyond.
+const QUEUE_MAX: usize = 64 << 10;
+
+/// Output for a writer thread. A vCPU writes the UART's bytes here while
+/// it holds the UART; were it to write to a pipe nobody reads, it would
+/// block there, and with it everyone who needs the UART (the console
+/// client, vm-ctl). So what does not fit is dropped and counted.
+#[derive(Default)]
+pub struct OutQueue {
+    state: Mutex<QueueState>,
+    changed: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct QueueState {
+    bytes: std::collections::VecDeque<u8>,
+    /// What the writer took and is writing; it counts against the bound.
+    busy: usize,
+    /// The writer has ended (stdout closed).
+    gone: bool,
+    lost: u64,
+}
+
+impl OutQueue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push(&self, b: &[u8]) {
+        let mut st = self.lock();
+        let room = QUEUE_MAX.saturating_sub(st.bytes.len() + st.busy);
+        let take = if st.gone { 0 } else { b.len().min(room) };
+        st.bytes.extend(&b[..take]);
+        st.lost += (b.len() - take) as u64;
+        if take > 0 && st.busy == 0 {
+            self.changed.notify_all();
+        }
+    }
+
+    fn write_out(&self, mut out: Output) {
+        let mut chunk = Vec::with_capacity(64 << 10);
+        loop {
+            {
+                let mut st = self.lock();
+                st.busy = 0;
+                self.changed.notify_all();
+                while st.bytes.is_empty() {
+                    st = self.changed.wait(st).unwrap_or_else(|e| e.into_inner());
+                }
+                let n = st.bytes.len().min(chunk.capacity());
+                chunk.clear();
+                chunk.extend(st.bytes.drain(..n));
+                st.busy = n;
+            }
+            if out.write_all(&chunk).and_then(|()| out.flush()).is_err() {
+                let mut st = self.lock();
+                st.gone = true;
+                st.busy = 0;
+                st.bytes.clear();
+                self.changed.notify_all();
+                return;
+            }
+        }
+    }
+
+    /// Waits until everything queued is written; returns the bytes lost.
+    fn drain(&self, limit: Duration) -> u64 {
+        let st = self.lock();
+        let (st, _) = self
+            .changed
+            .wait_timeout_while(st, limit, |st| {
+                !st.gone && (st.busy > 0 || !st.bytes.is_empty())
+            })
+            .unwrap_or_else(|e| e.into_inner());
+        st.lost + st.bytes.len() as u64
+    }
+}
+
+/// The UART's side of an `OutQueue`.
+struct Queued(Arc<OutQueue>);
+
+impl Write for Queued {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.0.push(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// A writer that drops what it cannot write at once.
 struct Lossy(File);
 
@@ -275,5 +410,45 @@ fn input_loop(mut input: File, serial: &Mutex<Serial>, room: &EventFd) {
                 let _ = room.read();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer that takes 512 bytes a millisecond.
+    struct Slow(Arc<Mutex<Vec<u8>>>);
+    impl Write for Slow {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            thread::sleep(Duration::from_millis(1));
+            let n = b.len().min(512);
+            self.0.lock().unwrap().extend_from_slice(&b[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn output_beyond_the_queue_is_dropped_and_counted_never_waited_for() {
+        let q = Arc::new(OutQueue::default());
+        let mut w = Queued(q.clone());
+        let started = std::time::Instant::now();
+        // Nobody writes out yet: the queue fills, the rest is counted.
+        w.write_all(&vec![b'a'; QUEUE_MAX + 1000]).unwrap();
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert_eq!(q.drain(Duration::from_millis(10)), QUEUE_MAX as u64 + 1000);
+        // A writer drains what was queued; what was lost stays lost.
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (q2, s2) = (q.clone(), seen.clone());
+        thread::spawn(move || q2.write_out(Box::new(Slow(s2))));
+        assert_eq!(q.drain(Duration::from_secs(60)), 1000);
+        w.write_all(b"end").unwrap();
+        assert_eq!(q.drain(Duration::from_secs(60)), 1000);
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), QUEUE_MAX + 3);
+        assert!(seen.ends_with(b"aaaend"));
     }
 }

@@ -227,6 +227,7 @@ impl Host {
             .take()
             .ok_or_else(|| Error::Setup("console room taken twice".into()))?;
         self.console.spawn_input(board.com1.clone(), room)?;
+        self.console.spawn_output()?;
         rtc::spawn_ticker(board.rtc.clone())
             .map_err(|e| Error::Os("spawn rtc thread".into(), e))?;
         for v in vcpus {
@@ -241,6 +242,7 @@ impl Host {
         if let Err(e) = board.flush_disks() {
             eprintln!("vm-run: {e}");
         }
+        self.console.drain(Duration::from_secs(2));
         crate::console::restore_terminal();
         if let Some(c) = self.control {
             c.finish(outcome.exit_status());
