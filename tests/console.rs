@@ -25,15 +25,14 @@ fn a_guest_flooding_an_unread_stdout_runs_on() {
     // allows, 4 KiB, so that the echo guest fills it at once.
     let stdout = child.stdout.as_ref().expect("stdout").as_raw_fd();
     // SAFETY: fcntl on a pipe we hold, with integer arguments.
-    assert_eq!(
-        unsafe { libc::fcntl(stdout, libc::F_SETPIPE_SZ, 4096) },
-        4096
-    );
+    let size = unsafe { libc::fcntl(stdout, libc::F_SETPIPE_SZ, 4096) };
+    assert_eq!(size, 4096);
     // The same for stdin: once the typing is done, the guest has read
     // all but the last 4 KiB of it.
     let keys = child.stdin.as_ref().expect("stdin").as_raw_fd();
     // SAFETY: as above.
-    assert_eq!(unsafe { libc::fcntl(keys, libc::F_SETPIPE_SZ, 4096) }, 4096);
+    let size = unsafe { libc::fcntl(keys, libc::F_SETPIPE_SZ, 4096) };
+    assert_eq!(size, 4096);
     // 100 KiB typed: the guest echoes all of it, more than the pipe and
     // vm-run's queue (64 KiB) hold. A guest that stalled would stop
     // reading, and the typing would never end.
