@@ -14,6 +14,7 @@ pub mod memory;
 pub mod net;
 pub mod outcome;
 pub mod pci;
+pub mod ratelimit;
 pub mod sandbox;
 pub mod signals;
 pub mod snapshot;
