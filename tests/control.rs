@@ -368,7 +368,15 @@ const STATUS: &[u8] = b"vmc\x01\0\0\0\x06status";
 #[test]
 fn abandoned_waiters_are_let_go() {
     let dir = rundir("waiters");
-    let g = Tiny::start(&dir, "waited", &[]);
+    // A low descriptor limit, where leaked waiters soon stop accept.
+    let mut cmd = Command::new("prlimit");
+    cmd.arg("--nofile=48")
+        .arg(bin("vm-run"))
+        .args(["-N", "waited", "-m", "16M", "-b"])
+        .arg(tiny_guest())
+        .args(["-a", "echo"])
+        .stdin(Stdio::null());
+    let g = Tiny::spawn(cmd, &dir, "waited");
     let sock = g.socket();
     ok(&ctl(&dir, &["status", "waited"]));
     let before = fd_count(g.pid());
