@@ -549,4 +549,25 @@ mod tests {
         assert_eq!(field("NoNewPrivs:"), "1");
         assert_eq!(field("Seccomp:"), "2");
     }
+
+    #[test]
+    fn abort_still_ends_a_sandboxed_process() {
+        // SAFETY: the child enters the sandbox and aborts, nothing else.
+        let child = unsafe { libc::fork() };
+        if child == 0 {
+            let _ = enter(None);
+            // glibc raises SIGABRT with tgkill to itself; musl's tkill is
+            // refused and it crashes instead. Either way the process ends.
+            std::process::abort();
+        }
+        let mut ws = 0;
+        // SAFETY: waitpid on our own child.
+        unsafe { libc::waitpid(child, &mut ws, 0) };
+        assert!(libc::WIFSIGNALED(ws), "status {ws:#x}");
+        let sig = libc::WTERMSIG(ws);
+        assert!(
+            [libc::SIGABRT, libc::SIGSEGV, libc::SIGILL].contains(&sig),
+            "signal {sig}"
+        );
+    }
 }
