@@ -1,5 +1,8 @@
 //! vm-run's side of the control socket: bound before the sandbox, served
-//! by an accept thread after it, removed on the way out.
+//! by an accept thread after it. Removed on the way out only if vm-run
+//! ends before its sandbox, which allows no file's removal: after that a
+//! socket refuses connections once its vm-run is gone, and the next
+//! vm-run of its name (bind) or vm-ctl (client.rs) clears it away.
 
 use std::io::{self, Read};
 use std::os::fd::AsFd;
@@ -84,7 +87,7 @@ pub struct Control {
 impl Control {
     /// Binds `dir/name.sock`, mode 0660, owned by `owner` (default: who we
     /// run as). A live guest of the same name is an error; a socket left
-    /// by a guest that died is replaced.
+    /// by a guest that ended (it refuses connections) is replaced.
     pub fn bind(dir: &Path, name: &str, owner: Option<(Uid, Option<Gid>)>) -> Result<Control> {
         let path = super::socket_path(dir, name);
         let os = |e: io::Error| Error::Os(path.display().to_string(), e);
