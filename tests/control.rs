@@ -311,7 +311,7 @@ fn one_guest_a_name_and_stale_sockets_are_replaced() {
 }
 
 #[test]
-fn socket_goes_when_the_guest_ends_on_its_own_or_by_signal() {
+fn a_guest_that_ends_on_its_own_or_by_signal_is_gone() {
     let dir = rundir("cleanup");
     let out = Command::new(bin("vm-run"))
         .env("VM_RUNDIR", &dir)
