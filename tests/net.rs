@@ -256,7 +256,7 @@ fn a_guest_with_a_nic_is_received_onto_a_tap_of_its_own() {
          cp snap snap3; printf '\\003' | dd of=snap3 bs=1 seek=8 conv=notrunc 2>/dev/null\n\
          vm-net -a fe:e1:ba:d0:00:08 vm-receive -N dst < snap3; echo V3-OTHER-MAC=$?\n\
          vm-net -a fe:e1:ba:d0:00:07 vm-receive -N dst < snap > dst.out 2>&1 &\n\
-         while [ ! -S dst.sock ]; do sleep 0.1; done; sleep 1\n\
+         until vm-ctl status dst >/dev/null 2>&1; do sleep 0.1; done; sleep 1\n\
          vm-ctl stop -f -w dst; wait
          echo BAD=$(cat src.out dst.out | grep -c BAD) DST-ROUNDS=$(tr -cd . < dst.out | wc -c)"
     ));

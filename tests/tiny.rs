@@ -327,24 +327,131 @@ fn no_permission_on_dev_kvm_exits_77() {
     assert_fails(&out, 77, "/dev/kvm: Permission denied");
 }
 
+/// The threads of a running process, each `/proc/PID/task/TID/status`.
+fn thread_statuses(pid: u32) -> Vec<(String, String)> {
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|t| {
+            let t = t.unwrap();
+            let status = fs::read_to_string(t.path().join("status")).unwrap_or_default();
+            (t.file_name().to_string_lossy().into_owned(), status)
+        })
+        .collect()
+}
+
+fn field(status: &str, name: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .map(str::trim)
+        .unwrap_or_default()
+        .to_string()
+}
+
 #[test]
 fn running_guest_is_sandboxed() {
-    let mut child = waiting_guest();
+    // Named, so that the control socket's thread is there too.
+    let dir = target_dir().join("tmp/tiny-sandboxed");
+    let _ = fs::remove_dir_all(&dir);
+    let mut child = Command::new(bin("vm-run"))
+        .env("VM_RUNDIR", &dir)
+        .args(["-N", "boxed", "-m", "16M", "-b"])
+        .arg(tiny_guest())
+        .args(["-a", "echo"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let _stdout = wait_for_banner(&mut child);
-    let status = fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    // The banner comes from the vCPU, the last thread started.
+    std::thread::sleep(Duration::from_millis(200));
+    let threads = thread_statuses(child.id());
     kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
     let out = wait_output(child, Duration::from_secs(10));
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(str::trim)
-            .unwrap_or_default()
-            .to_string()
-    };
-    assert_eq!(field("NoNewPrivs:"), "1");
-    assert_eq!(field("Seccomp:"), "2", "seccomp filter mode");
     assert_eq!(out.status, 0, "{out:?}");
+    let names: Vec<String> = threads.iter().map(|(_, s)| field(s, "Name:")).collect();
+    for want in ["vcpu0", "control", "signals"] {
+        assert!(
+            names.iter().any(|n| n.starts_with(want)),
+            "no {want}: {names:?}"
+        );
+    }
+    for (tid, status) in &threads {
+        let name = field(status, "Name:");
+        assert_eq!(field(status, "NoNewPrivs:"), "1", "{tid} {name}");
+        assert_eq!(field(status, "Seccomp:"), "2", "{tid} {name}: filter mode");
+        for cap in ["CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"] {
+            assert_eq!(field(status, cap), "0000000000000000", "{tid} {name} {cap}");
+        }
+    }
+}
+
+#[test]
+fn inherited_descriptors_are_closed() {
+    use std::os::unix::process::CommandExt;
+    let leak = fs::File::open("/etc/hostname").unwrap();
+    let leaked = std::os::fd::AsRawFd::as_raw_fd(&leak);
+    let mut cmd = Command::new(bin("vm-run"));
+    cmd.args(["-m", "16M", "-b"])
+        .arg(tiny_guest())
+        .args(["-a", "echo"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: dup2 is async-signal-safe; it leaves fd 7 open across exec,
+    // as a careless parent would.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(leaked, 7) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let _stdout = wait_for_banner(&mut child);
+    let fds: Vec<String> = fs::read_dir(format!("/proc/{}/fd", child.id()))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let seven = fs::read_link(format!("/proc/{}/fd/7", child.id()));
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let out = wait_output(child, Duration::from_secs(10));
+    assert_eq!(out.status, 0, "{out:?}");
+    assert!(
+        !seven.as_ref().is_ok_and(|p| p.ends_with("hostname")),
+        "fd 7 inherited: {seven:?}, open: {fds:?}"
+    );
+}
+
+#[test]
+fn an_ordinary_user_in_the_kvm_group_runs_a_guest() {
+    // The kvm group, as Debian's udev rules make it; /dev/kvm is replaced
+    // in a mount namespace of the test's own, so the real one is untouched.
+    let made = Command::new("sh")
+        .args(["-c", "getent group kvm >/dev/null || groupadd -r kvm"])
+        .status()
+        .unwrap();
+    assert!(made.success(), "no kvm group");
+    let script = format!(
+        "set -e; d=$(mktemp -d); mount -t tmpfs none $d; mknod -m 660 $d/kvm c 10 232; \
+         chgrp kvm $d/kvm; mount --bind $d/kvm /dev/kvm; \
+         exec setpriv --reuid=65534 --regid=kvm --clear-groups {} -m 16M -b {} -a poweroff",
+        bin("vm-run").display(),
+        tiny_guest().display()
+    );
+    let child = Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_output(child, Duration::from_secs(30));
+    assert_eq!(out.status, 0, "{out:?}");
+    assert_eq!(out.stdout, "tiny: poweroff\n", "{out:?}");
+    assert_eq!(out.stderr, "", "{out:?}");
 }
 
 #[test]

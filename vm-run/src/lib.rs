@@ -17,6 +17,7 @@ pub mod memory;
 pub mod nic;
 pub mod outcome;
 pub mod pci;
+pub mod ratelimit;
 pub mod sandbox;
 pub mod signals;
 pub mod snapshot;

@@ -3,9 +3,18 @@
 
 use std::process;
 
+use vm_run::config::Config;
 use vm_run::config::{self, Parsed};
+use vm_run::error::{Error, Result};
 use vm_run::outcome::Outcome;
-use vm_run::{console, control, exit, vm};
+use vm_run::{console, control, exit, sandbox, vm};
+
+/// Nothing inherited but stdio and the taps stays open (vm-run(1)).
+fn close_inherited(cfg: &Config) -> Result<()> {
+    let taps: Vec<_> = cfg.nics.iter().map(|n| n.fd).collect();
+    sandbox::close_inherited(&taps)
+        .map_err(|e| Error::Os("closing inherited descriptors".into(), e))
+}
 
 fn main() {
     // No panic is expected; should one come, the user still gets their
@@ -21,7 +30,7 @@ fn main() {
             println!("{}", config::USAGE);
             exit::OK
         }
-        Ok(Parsed::Run(cfg)) => match vm::run(&cfg) {
+        Ok(Parsed::Run(cfg)) => match close_inherited(&cfg).and_then(|()| vm::run(&cfg)) {
             Ok(Outcome::Failed(why)) => {
                 eprintln!("vm-run: {why}");
                 exit::SOFTWARE

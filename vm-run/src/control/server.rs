@@ -1,15 +1,20 @@
 //! vm-run's side of the control socket: bound before the sandbox, served
-//! by an accept thread after it, removed on the way out.
+//! by an accept thread after it. Removed on the way out only if vm-run
+//! ends before its sandbox, which allows no file's removal: after that a
+//! socket refuses connections once its vm-run is gone, and the next
+//! vm-run of its name (bind) or vm-ctl (client.rs) clears it away.
 
 use std::io::{self, Read};
+use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use nix::unistd::{Gid, Uid};
 
@@ -23,7 +28,11 @@ use crate::outcome::{Outcome, Reporter};
 /// Connections served at once; more are told to come back later. Waiters
 /// (`wait`) do not count: they hold no thread.
 const MAX_CONNECTIONS: usize = 8;
-/// How long a client may take to send its request.
+/// Waiters held at once, each a descriptor; those whose client hung up
+/// are let go first (see `prune`).
+const MAX_WAITERS: usize = 64;
+/// How long a client may take to send its whole request, however it
+/// spreads the bytes.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The socket path to remove should vm-run panic (the hook cannot reach
@@ -67,7 +76,7 @@ pub struct Control {
 impl Control {
     /// Binds `dir/name.sock`, mode 0660, owned by `owner` (default: who we
     /// run as). A live guest of the same name is an error; a socket left
-    /// by a guest that died is replaced.
+    /// by a guest that ended (it refuses connections) is replaced.
     pub fn bind(dir: &Path, name: &str, owner: Option<(Uid, Option<Gid>)>) -> Result<Control> {
         let path = super::socket_path(dir, name);
         let os = |e: io::Error| Error::Os(path.display().to_string(), e);
@@ -136,6 +145,9 @@ impl Control {
             .name("control".into())
             .spawn(move || {
                 for conn in listener.incoming() {
+                    // Abandoned `wait` clients go before they add up to
+                    // the descriptor limit, which would stop accept.
+                    prune(&shared.waiters);
                     match conn {
                         Ok(stream) => accept(&shared, stream),
                         // EMFILE and friends: wait, do not spin.
@@ -168,17 +180,65 @@ impl Drop for Control {
     }
 }
 
+/// Drops the waiters whose client has hung up: nobody will read their
+/// answer, and each holds a descriptor.
+fn prune(waiters: &Mutex<Vec<UnixStream>>) {
+    let mut waiters = waiters.lock().unwrap_or_else(|e| e.into_inner());
+    if waiters.is_empty() {
+        return;
+    }
+    let gone: Vec<bool> = {
+        let mut fds: Vec<PollFd> = waiters
+            .iter()
+            .map(|w| PollFd::new(w.as_fd(), PollFlags::empty()))
+            .collect();
+        if poll(&mut fds, PollTimeout::ZERO).is_err() {
+            return;
+        }
+        // A Unix stream socket whose peer closed polls as hung up.
+        let hup = PollFlags::POLLHUP | PollFlags::POLLERR;
+        fds.iter()
+            .map(|f| f.revents().is_some_and(|r| r.intersects(hup)))
+            .collect()
+    };
+    let mut gone = gone.into_iter();
+    waiters.retain(|_| !gone.next().unwrap_or(false));
+}
+
+/// Reads from `stream` until `until`, however the bytes trickle in: the
+/// socket's own timeout bounds one read, not a request.
+struct Deadline<'a> {
+    stream: &'a UnixStream,
+    until: Instant,
+}
+
+impl Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        let mut s = self.stream;
+        s.read(buf)
+    }
+}
+
 /// Answers with an error and hangs up. What the client sent is read
-/// first: closing a Unix socket with unread data resets the connection,
-/// and the client would see ECONNRESET instead of our answer.
+/// first, for at most `linger`: closing a Unix socket with unread data
+/// resets the connection, and the client would see ECONNRESET instead of
+/// our answer.
 fn refuse(mut stream: UnixStream, why: impl std::fmt::Display, linger: Duration) {
     let _ = proto::write_frame(&mut stream, &Reply::error(why).encode());
     let _ = stream.shutdown(std::net::Shutdown::Write);
-    let _ = stream.set_read_timeout(Some(linger));
+    let mut rest = Deadline {
+        stream: &stream,
+        until: Instant::now() + linger,
+    };
     let mut sink = [0u8; 512];
     let mut left = proto::MAX_LEN as usize + 8;
     while left > 0 {
-        match stream.read(&mut sink) {
+        match rest.read(&mut sink) {
             Ok(n @ 1..) => left = left.saturating_sub(n),
             _ => break,
         }
@@ -186,6 +246,7 @@ fn refuse(mut stream: UnixStream, why: impl std::fmt::Display, linger: Duration)
 }
 
 fn accept(shared: &Arc<Shared>, stream: UnixStream) {
+    let until = Instant::now() + REQUEST_TIMEOUT;
     let _ = stream.set_write_timeout(Some(REQUEST_TIMEOUT));
     // On the accept thread: a short linger, so nobody can hold it up.
     let linger = Duration::from_millis(100);
@@ -200,7 +261,7 @@ fn accept(shared: &Arc<Shared>, stream: UnixStream) {
     let spawned = thread::Builder::new()
         .name("control-conn".into())
         .spawn(move || {
-            serve_one(&s, stream);
+            serve_one(&s, stream, until);
             s.active.fetch_sub(1, Ordering::AcqRel);
         });
     if spawned.is_err() {
@@ -224,15 +285,20 @@ fn permitted(shared: &Shared, stream: &UnixStream) -> std::result::Result<(), &'
     }
 }
 
-fn serve_one(shared: &Shared, mut stream: UnixStream) {
+fn serve_one(shared: &Shared, mut stream: UnixStream, until: Instant) {
     let g = &shared.guest;
-    let _ = stream.set_read_timeout(Some(REQUEST_TIMEOUT));
-    let request = match proto::read_frame(&mut stream).and_then(|t| Request::parse(&t)) {
+    let mut within = Deadline {
+        stream: &stream,
+        until,
+    };
+    let request = match proto::read_frame(&mut within).and_then(|t| Request::parse(&t)) {
         Ok(r) => r,
         // Gone or silent: nobody to answer.
         Err(ProtoError::Eof | ProtoError::Io(_)) => return,
         Err(e) => return refuse(stream, e, REQUEST_TIMEOUT),
     };
+    // What follows the request (vm-send's fd) has the old per-read limit.
+    let _ = stream.set_read_timeout(Some(REQUEST_TIMEOUT));
     let reply = match request {
         Request::Status => status(shared).reply(),
         Request::Stop => {
@@ -256,11 +322,13 @@ fn serve_one(shared: &Shared, mut stream: UnixStream) {
             .map_or_else(Reply::error, |()| Reply::ok()),
         Request::Wait => {
             let _ = stream.set_write_timeout(Some(REQUEST_TIMEOUT));
-            shared
-                .waiters
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(stream);
+            prune(&shared.waiters);
+            let mut waiters = shared.waiters.lock().unwrap_or_else(|e| e.into_inner());
+            if waiters.len() >= MAX_WAITERS {
+                drop(waiters);
+                return refuse(stream, "too many waiting clients", REQUEST_TIMEOUT);
+            }
+            waiters.push(stream);
             return;
         }
         Request::Console => return console(g, stream),

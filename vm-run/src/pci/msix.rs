@@ -178,7 +178,7 @@ impl Msix {
         }
         match self.router.set_msi(self.gsis[i], e.addr, e.data) {
             Ok(()) => self.routed[i] = Some((e.addr, e.data)),
-            Err(err) => eprintln!("vm-run: MSI-X vector {i}: {err}"),
+            Err(err) => crate::ratelimit::warn(format_args!("MSI-X vector {i}: {err}")),
         }
     }
 

@@ -229,7 +229,10 @@ impl Block {
             Err(e) => {
                 if self.last_error != Some(e.kind()) {
                     self.last_error = Some(e.kind());
-                    eprintln!("vm-run: {}: {what}: {e}", self.disk.path().display());
+                    crate::ratelimit::warn(format_args!(
+                        "{}: {what}: {e}",
+                        self.disk.path().display()
+                    ));
                 }
                 Err(Failure::Io)
             }

@@ -126,7 +126,7 @@ impl Interrupt {
 
     fn set_line(&self, level: bool) {
         if let Err(e) = self.router.vm().set_irq_line(self.gsi, level) {
-            eprintln!("vm-run: KVM_IRQ_LINE {}: {e}", self.gsi);
+            crate::ratelimit::warn(format_args!("KVM_IRQ_LINE {}: {e}", self.gsi));
         }
     }
 
@@ -382,7 +382,7 @@ fn notify(
             }
         }
         Err((index, e)) => {
-            eprintln!("vm-run: {}: queue {index}: {e}", dev.name());
+            crate::ratelimit::warn(format_args!("{}: queue {index}: {e}", dev.name()));
             *broken |= 1 << index;
             shared.needs_reset.store(true, Ordering::SeqCst);
             shared.interrupt.signal(shared.config_vector, ISR_CONFIG);

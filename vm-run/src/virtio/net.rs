@@ -129,7 +129,7 @@ impl Net {
 
     fn report(&mut self, what: &str, e: &io::Error) {
         if self.last_error != Some(e.kind()) {
-            eprintln!("vm-run: {}: {what}: {e}", self.name);
+            crate::ratelimit::warn(format_args!("{}: {what}: {e}", self.name));
             self.last_error = Some(e.kind());
         }
     }

@@ -354,7 +354,7 @@ impl VirtioPci {
         self.status = v;
         if new & VIRTIO_CONFIG_S_DRIVER_OK as u8 != 0 {
             if let Err(e) = self.activate() {
-                eprintln!("vm-run: {}: {e}", self.name);
+                crate::ratelimit::warn(format_args!("{}: {e}", self.name));
                 self.needs_reset.store(true, Ordering::SeqCst);
             }
         }
@@ -468,7 +468,7 @@ impl VirtioPci {
             let addr = IoEventAddress::Mmio(new + NOTIFY + u64::from(NOTIFY_MULTIPLIER) * i as u64);
             if let Err(e) = vm.register_ioevent(k, &addr, NoDatamatch) {
                 // Kicks then come through bar_write: slower, still right.
-                eprintln!("vm-run: {}: KVM_IOEVENTFD: {e}", self.name);
+                crate::ratelimit::warn(format_args!("{}: KVM_IOEVENTFD: {e}", self.name));
             }
         }
         self.kick_base = Some(new);
@@ -519,7 +519,7 @@ impl PciDevice for VirtioPci {
         }
         if let State::Quiesced(dev, queues) = std::mem::replace(&mut self.state, State::Lost) {
             if let Err(e) = self.spawn(dev, queues) {
-                eprintln!("vm-run: {}: {e}", self.name);
+                crate::ratelimit::warn(format_args!("{}: {e}", self.name));
                 self.needs_reset.store(true, Ordering::SeqCst);
             }
         }
@@ -600,7 +600,7 @@ impl PciDevice for VirtioPci {
                     // As a guest would see it on the source: the device
                     // wants a reset, the rest of the guest runs on.
                     self.state = state;
-                    eprintln!("vm-run: {}: {e}", self.name);
+                    crate::ratelimit::warn(format_args!("{}: {e}", self.name));
                     self.needs_reset.store(true, Ordering::SeqCst);
                 }
                 (_, state) => self.state = state,
