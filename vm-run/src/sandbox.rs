@@ -163,9 +163,6 @@ fn arg_is(arg: u8, value: u64) -> Backend<SeccompRule> {
     )?])
 }
 
-/// The signal the Pauser kicks vCPU threads with (vcpu.rs's KICK).
-const KICK: libc::c_int = libc::SIGUSR1;
-
 /// The allow-list, for process `pid`: what is not in it fails with EPERM.
 fn filter(pid: u32) -> Backend<BpfProgram> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
@@ -183,12 +180,9 @@ fn filter(pid: u32) -> Backend<BpfProgram> {
     // Signals to our own threads only (Pauser, glibc's raise and
     // pthread_kill): the thread group must be ours.
     rules.insert(libc::SYS_tgkill, vec![arg_is(0, u64::from(pid))?]);
-    // musl's pthread_kill (the Pauser's kick) names the thread alone, so
-    // tkill cannot be held to our threads here: only the kick's signal
-    // passes, which landlock's signal scope then keeps inside the
-    // process. musl's abort() raises SIGABRT with tkill; refused, it
-    // falls through to a crash, which ends the process all the same.
-    rules.insert(libc::SYS_tkill, vec![arg_is(1, KICK as u64)?]);
+    // No tkill: it names a thread alone, of any process. The Pauser's kick
+    // uses tgkill; musl's abort() raises SIGABRT with tkill, and refused,
+    // it falls through to a crash, which ends the process all the same.
     // Threads, never a new process: clone must share the thread group.
     let thread = libc::CLONE_THREAD as u64;
     rules.insert(
@@ -372,6 +366,9 @@ pub fn enter(_rundir: Option<&Path>) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The signal the Pauser kicks vCPU threads with (vcpu.rs's KICK).
+    const KICK: libc::c_int = libc::SIGUSR1;
 
     #[test]
     fn ioctl_numbers_match_the_kernel() {

@@ -101,9 +101,8 @@ struct PauseState {
     parked: usize,
     /// vCPU threads whose run has ended: they count as parked.
     gone: usize,
-    /// pthread_t of each vCPU thread, as an integer: musl's is a pointer,
-    /// which is not Send.
-    threads: Vec<usize>,
+    /// The kernel's thread id of each vCPU thread.
+    threads: Vec<libc::c_long>,
     clock: Option<kvm_clock_data>,
     /// The host's wall-clock time when `clock` was read (ns since the epoch).
     clock_realtime: u64,
@@ -155,10 +154,14 @@ impl Pauser {
         }
         st.paused = true;
         self.requested.store(true, Ordering::SeqCst);
+        // tgkill, not pthread_kill (musl's is tkill, which names no
+        // process): the sandbox lets vm-run signal its own threads only.
+        // SAFETY: getpid has no preconditions.
+        let pid = unsafe { libc::getpid() };
         for t in &st.threads {
             // SAFETY: a vCPU thread leaves this list (gone(), under this
-            // lock) before it exits, so every pthread_t here is alive.
-            unsafe { libc::pthread_kill(*t as libc::pthread_t, KICK) };
+            // lock) before it exits, so every thread id here is ours.
+            unsafe { libc::syscall(libc::SYS_tgkill, pid, *t, KICK) };
         }
         let (mut st, wait) = self
             .changed
@@ -239,16 +242,14 @@ impl Pauser {
     }
 
     fn register(&self) {
-        // SAFETY: pthread_self has no preconditions.
-        let me = unsafe { libc::pthread_self() };
-        self.lock().threads.push(me as usize);
+        let me = thread_id();
+        self.lock().threads.push(me);
     }
 
     /// Called by a vCPU thread whose run has ended, before it exits: it
     /// must not be signalled once it is gone.
     fn gone(&self) {
-        // SAFETY: pthread_self has no preconditions.
-        let me = unsafe { libc::pthread_self() } as usize;
+        let me = thread_id();
         let mut st = self.lock();
         st.threads.retain(|t| *t != me);
         st.gone += 1;
@@ -281,6 +282,12 @@ impl Pauser {
         }
         st.parked -= 1;
     }
+}
+
+/// The calling thread's id, as tgkill takes it.
+fn thread_id() -> libc::c_long {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::syscall(libc::SYS_gettid) }
 }
 
 pub struct Vcpu {

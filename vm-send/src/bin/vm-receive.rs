@@ -15,7 +15,7 @@ use vm_run::snapshot::stream::{Reader, Tag};
 use vm_run::snapshot::GuestConfig;
 use vm_run::virtio::net::default_mac;
 use vm_run::vm::{self, Incoming};
-use vm_run::{console, control, exit};
+use vm_run::{console, control, exit, sandbox};
 
 const USAGE: &str = "usage: vm-receive [-Dpv] [-d [raw:|qcow2:]disk[,ro]] ... [-n fd] ... \
 [-N name [-o user[:group]]] < stream";
@@ -201,6 +201,10 @@ fn main() {
         let Some(a) = parse(std::env::args_os())? else {
             return Ok(None);
         };
+        // Nothing inherited but stdio and the taps stays open, as in vm-run.
+        let taps: Vec<_> = a.nics.iter().map(|n| n.fd).collect();
+        sandbox::close_inherited(&taps)
+            .map_err(|e| Error::Os("closing inherited descriptors".into(), e))?;
         let (cfg, inc) = incoming(a)?;
         vm::receive(&cfg, inc).map(Some)
     };
