@@ -231,6 +231,9 @@ fn start_puts_the_console_in_the_journal_and_stop_presses_the_power_button() {
     }
     assert_eq!(field("NoNewPrivs"), "1");
     assert_eq!(field("Seccomp"), "2");
+    // vm-net gave it a tap (no bridge in VM_NET_OPTS).
+    let out = c.sh("ls /sys/class/net");
+    assert!(out.stdout.lines().any(|l| l.starts_with("tap")), "{out:?}");
     let out = c.sh("vm-ctl status web");
     assert_eq!(out.status, 0, "{out:?}");
     assert!(out.stdout.ends_with(" running web\n"), "{out:?}");
@@ -440,6 +443,46 @@ fn the_sandbox_is_rated_ok_and_holds() {
     );
     let out = c.sh("systemctl stop vm@box");
     assert_eq!(out.status, 0, "{out:?}");
+}
+
+/// A guest without a NIC, through the drop-in docs/OPERATIONS.md gives:
+/// no vm-net, no root at all.
+#[test]
+fn a_guest_without_a_nic_runs_as_vm_from_the_start() {
+    let _s = serial();
+    let c = guest("nonet", "wait");
+    let dropin =
+        std::fs::read_to_string(root().join("docs/OPERATIONS.md")).expect("docs/OPERATIONS.md");
+    let dropin = dropin
+        .split("```ini\n# /etc/systemd/system/vm@NAME.service.d/no-nic.conf\n")
+        .nth(1)
+        .and_then(|s| s.split("```").next())
+        .expect("the no-nic drop-in in docs/OPERATIONS.md");
+    let out = c.sh_in(
+        "mkdir -p /etc/systemd/system/vm@nonet.service.d && \
+         cat > /etc/systemd/system/vm@nonet.service.d/no-nic.conf && systemctl daemon-reload",
+        dropin,
+    );
+    assert_eq!(out.status, 0, "{out:?}");
+    start(c, "nonet");
+    await_journal(c, "nonet", |j| banners(j) == 1);
+    let pid = show(c, "nonet")["MainPID"].clone();
+    let out = c.sh(&format!(
+        "grep -E '^(Uid|CapBnd):' /proc/{pid}/status; nsenter -t {pid} -n ls /sys/class/net; \
+         ls /sys/class/net"
+    ));
+    assert!(out.stdout.contains("CapBnd:\t0000000000000000"), "{out:?}");
+    assert!(!out.stdout.contains("Uid:\t0"), "{out:?}");
+    assert!(!out.stdout.contains("tap"), "{out:?}");
+    let out = c.sh("systemctl stop vm@nonet");
+    assert_eq!(out.status, 0, "{out:?}");
+    let p = show(c, "nonet");
+    assert_eq!(
+        (p["ActiveState"].as_str(), p["Result"].as_str()),
+        ("inactive", "success")
+    );
+    assert_no_failure(&journal(c, "nonet"));
+    c.sh("rm -r /etc/systemd/system/vm@nonet.service.d; systemctl daemon-reload");
 }
 
 /// On this machine, no container: what vm-ctl stop -w says of a guest
