@@ -110,9 +110,15 @@ fn serial() -> MutexGuard<'static, ()> {
 /// A guest vm@`name` whose tiny guest gets the command line `mode`,
 /// configured as docs/OPERATIONS.md says.
 fn guest(name: &str, mode: &str) -> &'static Container {
+    guest_on(name, "", mode)
+}
+
+/// The same, with the vm-net options `net`.
+fn guest_on(name: &str, net: &str, mode: &str) -> &'static Container {
     let c = container();
-    let conf =
-        format!("VM_NET_OPTS=\nVM_RUN_OPTS=-m 16M -b /var/lib/vm/guest/tiny.elf -a \"{mode}\"\n");
+    let conf = format!(
+        "VM_NET_OPTS={net}\nVM_RUN_OPTS=-m 16M -b /var/lib/vm/guest/tiny.elf -a \"{mode}\"\n"
+    );
     let out = c.sh_in(
         &format!("systemctl reset-failed vm@{name} 2>/dev/null; cat > /etc/vm/{name}.conf"),
         &conf,
@@ -192,7 +198,7 @@ fn assert_no_failure(journal: &str) {
 fn start_puts_the_console_in_the_journal_and_stop_presses_the_power_button() {
     let _s = serial();
     // Words in quotes stay one argument of -a, as the unit's comment shows.
-    let c = guest("web", "wait for the button");
+    let c = guest_on("web", "-B br0", "wait for the button");
     start(c, "web");
     await_journal(c, "web", |j| j.contains("tiny: wait for the button\n"));
     let p = show(c, "web");
@@ -231,9 +237,9 @@ fn start_puts_the_console_in_the_journal_and_stop_presses_the_power_button() {
     }
     assert_eq!(field("NoNewPrivs"), "1");
     assert_eq!(field("Seccomp"), "2");
-    // vm-net gave it a tap (no bridge in VM_NET_OPTS).
-    let out = c.sh("ls /sys/class/net");
-    assert!(out.stdout.lines().any(|l| l.starts_with("tap")), "{out:?}");
+    // vm-net made the bridge and put the guest's tap on it, in the sandbox.
+    let out = c.sh("ls /sys/class/net/br0/brif");
+    assert!(out.stdout.starts_with("tap"), "{out:?}");
     let out = c.sh("vm-ctl status web");
     assert_eq!(out.status, 0, "{out:?}");
     assert!(out.stdout.ends_with(" running web\n"), "{out:?}");
@@ -385,7 +391,8 @@ fn a_guest_that_powers_off_leaves_the_unit_inactive_not_failed() {
 #[test]
 fn the_sandbox_is_rated_ok_and_holds() {
     let _s = serial();
-    let c = guest("box", "wait");
+    // vmd's local interface: vm-net sets the host side's address too.
+    let c = guest_on("box", "-L", "wait");
     let out = c.sh("systemd-analyze security vm@box.service --no-pager");
     let verdict = out
         .stdout
@@ -407,6 +414,8 @@ fn the_sandbox_is_rated_ok_and_holds() {
     start(c, "box");
     await_journal(c, "box", |j| banners(j) == 1);
     let pid = show(c, "box")["MainPID"].clone();
+    let out = c.sh("grep -c '100\\.64\\.' /proc/net/fib_trie");
+    assert_ne!(out.stdout.trim(), "0", "no 100.64/10 address: {out:?}");
     // What vm-run's mount namespace holds: a /dev of pseudo devices, KVM
     // and the tun device; a read-only system; no homes; a private /tmp.
     let out = c.sh(&format!(
