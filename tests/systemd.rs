@@ -454,6 +454,47 @@ fn the_sandbox_is_rated_ok_and_holds() {
     assert_eq!(out.status, 0, "{out:?}");
 }
 
+/// A mistake in /etc/vm/NAME.conf: the unit fails at once, not in a loop,
+/// with the tool's one line and its exit status where the operator looks.
+#[test]
+fn a_bad_configuration_fails_the_unit_with_the_tools_message() {
+    let _s = serial();
+    for (name, net, mode, status, says) in [
+        (
+            "nokernel",
+            "",
+            "",
+            "66",
+            "vm-run: /var/lib/vm/guest/missing.elf: No such file or directory",
+        ),
+        (
+            "nobridge",
+            "-b nosuchbr",
+            "wait",
+            "69",
+            "vm-net: nosuchbr: no such bridge",
+        ),
+    ] {
+        let c = guest_on(name, net, mode);
+        if name == "nokernel" {
+            let conf = "VM_RUN_OPTS=-m 16M -b /var/lib/vm/guest/missing.elf\n";
+            let out = c.sh_in(&format!("cat > /etc/vm/{name}.conf"), conf);
+            assert_eq!(out.status, 0, "{out:?}");
+        }
+        start(c, name);
+        let p = await_state(c, name, "failed");
+        assert_eq!(
+            (p["Result"].as_str(), p["ExecMainStatus"].as_str()),
+            ("exit-code", status),
+            "{name}: {p:?}"
+        );
+        assert_eq!(p["NRestarts"], "0", "{name}: {p:?}");
+        let j = journal(c, name);
+        assert!(j.contains(says), "{name}: {j}");
+        c.sh(&format!("systemctl reset-failed vm@{name}"));
+    }
+}
+
 /// A guest without a NIC, through the drop-in docs/OPERATIONS.md gives:
 /// no vm-net, no root at all.
 #[test]
