@@ -8,13 +8,18 @@
  * one starting with "dirty" writes memory for ever, for live migration:
  * in rounds over 1024 pages from 2 MiB up, each page gets the round's
  * number after it was checked to hold the last round's ("BAD" on COM1 and
- * a halt if not), a '.' every 8 rounds; anything
+ * a halt if not), a '.' every 8 rounds; one starting with "wait"
+ * sleeps with interrupts on (PIC, no timer) until the ACPI power button
+ * (SCI, IRQ 9), which powers off, or a byte on COM1 (IRQ 4), which
+ * resets, as a service manager's guest would; one starting with "hang"
+ * halts with interrupts off, deaf to the power button; anything
  * else resets at once through the i8042 (0xfe to port 0x64), and should
  * that be ignored, triple-faults. Port 0xf4 ends QEMU when it is given
  * -device isa-debug-exit; QEMU's microvm has no i8042.
  */
 #define DIRTY_START 0x200000
 #define DIRTY_END (DIRTY_START + 1024 * 4096)
+#define IDT_ENTRIES 0x30
 
 	.section .note.pvh, "a"
 	.balign 4
@@ -56,8 +61,13 @@ echo:	add	$5, %dx			/* line status register */
 
 2:	cmpl	$0x74726964, (%esi)	/* "dirt" */
 	je	dirty
+	cmpl	$0x74696177, (%esi)	/* "wait" */
+	je	wait
+	cmpl	$0x676e6168, (%esi)	/* "hang" */
+	je	hang
 	cmpl	$0x65776f70, (%esi)	/* "powe" */
 	jne	reset
+poweroff:
 	mov	$0x604, %dx
 	mov	$0x3401, %ax		/* SLP_TYP=5 << 10 | SLP_EN | SCI_EN */
 	out	%ax, %dx
@@ -88,6 +98,77 @@ dirty:	mov	$1, %ebp		/* this round */
 6:	mov	$20000, %ecx		/* a breath between rounds */
 7:	loop	7b
 	jmp	4b
+/*
+ * Every vector is one gate to `irq` (exceptions reset): a CPU fault here
+ * is a bug, and a guest that reboots on one shows it. The PICs move to
+ * vectors 0x20-0x2f with only IRQ 4 (COM1), the cascade and IRQ 9 (SCI)
+ * unmasked, so no timer ever wakes the vCPU.
+ */
+wait:	mov	%cs, %ax
+	mov	$idt, %edi
+	xor	%ecx, %ecx
+9:	mov	$reset, %ebx
+	cmp	$0x20, %ecx
+	jb	10f
+	mov	$irq, %ebx
+10:	mov	%bx, (%edi)		/* offset 15:0 */
+	mov	%ax, 2(%edi)		/* selector: ours, whatever PVH gave */
+	movw	$0x8e00, 4(%edi)	/* present, 32-bit interrupt gate */
+	shr	$16, %ebx
+	mov	%bx, 6(%edi)		/* offset 31:16 */
+	add	$8, %edi
+	inc	%ecx
+	cmp	$IDT_ENTRIES, %ecx
+	jb	9b
+	lidt	idt_desc
+	mov	$0x11, %al		/* ICW1: edge, cascade, ICW4 follows */
+	out	%al, $0x20
+	out	%al, $0xa0
+	mov	$0x20, %al		/* ICW2: vector bases */
+	out	%al, $0x21
+	mov	$0x28, %al
+	out	%al, $0xa1
+	mov	$4, %al			/* ICW3: slave on IRQ 2 */
+	out	%al, $0x21
+	mov	$2, %al
+	out	%al, $0xa1
+	mov	$1, %al			/* ICW4: 8086 mode */
+	out	%al, $0x21
+	out	%al, $0xa1
+	mov	$0xeb, %al		/* IRQ 2 and 4 */
+	out	%al, $0x21
+	mov	$0xfd, %al		/* IRQ 9 */
+	out	%al, $0xa1
+	mov	$0x3f9, %dx		/* COM1 IER: received data */
+	mov	$1, %al
+	out	%al, %dx
+	add	$3, %dx			/* MCR: OUT2 gates the UART's IRQ on a PC */
+	mov	$8, %al
+	out	%al, %dx
+	mov	$0x602, %dx		/* PM1 enable: PWRBTN_EN */
+	mov	$0x100, %ax
+	out	%ax, %dx
+	sti
+11:	hlt
+	jmp	11b
+
+irq:	mov	$0x600, %dx		/* PM1 status */
+	in	%dx, %ax
+	test	$0x100, %ax		/* PWRBTN_STS */
+	jnz	poweroff
+	mov	$0x3fd, %dx		/* COM1 LSR */
+	in	%dx, %al
+	test	$1, %al
+	jnz	reset
+	mov	$0x20, %al		/* neither (spurious): EOI to both PICs */
+	out	%al, $0xa0
+	out	%al, $0x20
+	iret
+
+hang:	cli
+12:	hlt
+	jmp	12b
+
 bad:	mov	$badmsg, %esi
 	call	puts
 8:	hlt
@@ -109,3 +190,11 @@ badmsg:	.asciz "BAD\n"
 null_idt:
 	.word 0
 	.long 0
+idt_desc:
+	.word IDT_ENTRIES * 8 - 1
+	.long idt
+
+	/* Written at run time: the one loaded segment is writable. */
+	.text
+	.balign 8
+idt:	.fill IDT_ENTRIES, 8, 0

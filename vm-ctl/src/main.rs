@@ -139,7 +139,10 @@ fn run(cmd: Command) -> Result<(), Fail> {
 }
 
 /// Presses each guest's power button (or ends it, -f); with -w, returns
-/// once they are all gone. Guests that vanish on the way are fine with -a.
+/// once they are all gone. Guests that vanish on the way are fine with -a,
+/// and with -w, whose promise is that the guest is gone: systemd runs a
+/// unit's ExecStop (vm-ctl stop -w) after a guest powered off or rebooted
+/// by itself too, and would call that unit failed.
 fn stop(guests: &[Guest], force: bool, wait: bool, all: bool) -> Result<(), Fail> {
     let req = if force { Request::Kill } else { Request::Stop };
     let mut waits = Vec::new();
@@ -152,7 +155,7 @@ fn stop(guests: &[Guest], force: bool, wait: bool, all: bool) -> Result<(), Fail
         match (r, w) {
             (Ok(()), Some(Ok(s))) => waits.push(s),
             (Ok(()), Some(Err(e))) | (Err(e), _) => {
-                if !(all && matches!(e, ClientError::NoGuest(_))) {
+                if !((all || wait) && matches!(e, ClientError::NoGuest(_))) {
                     eprintln!("vm-ctl: {e}");
                     failed.get_or_insert(e.exit_status());
                 }
