@@ -15,6 +15,7 @@ pub mod net;
 pub mod outcome;
 pub mod pci;
 pub mod sandbox;
+pub mod scsi;
 pub mod signals;
 pub mod snapshot;
 pub mod vcpu;

@@ -28,7 +28,7 @@ use crate::snapshot::{self, DiskRecord, GuestConfig, NicRecord, VmState};
 use crate::vcpu::{self, Pauser, Vcpu};
 use crate::virtio::net::{self, Net};
 use crate::virtio::pci::{Placement, VirtioPci, BAR_SIZE};
-use crate::virtio::{block::Block, rng::Rng, VirtioDevice};
+use crate::virtio::{block::Block, rng::Rng, scsi::Scsi, VirtioDevice};
 use crate::x86::irqchip::GsiRouter;
 use crate::x86::{acpi, cpuid, irqchip, msrs, regs};
 use crate::{boot, disk, sandbox, signals};
@@ -500,7 +500,7 @@ fn nic_macs(cfg: &Config) -> Vec<[u8; 6]> {
 }
 
 /// The PCI bus: the disks in the order given (vda, vdb, ...), then the
-/// NICs, then the RNG, one slot each from slot 1; and the disks that need
+/// NICs, then the CD-ROM, then the RNG, one slot each from slot 1; and the disks that need
 /// a flush on exit. The taps are taken only once the disks are open, so
 /// that a try that finds a disk still locked can be made again.
 fn pci_devices(
@@ -527,6 +527,10 @@ fn pci_devices(
         devices.push(Box::new(
             Net::new(Box::new(tap), name, mac, nic.lease.clone()).renew_mac(nic.renew),
         ));
+    }
+    // After the NICs, so that their slots stay where nic_slots() says.
+    if let Some(iso) = &cfg.cdrom {
+        devices.push(Box::new(Scsi::open(iso)?));
     }
     devices.push(Box::<Rng>::default());
     for dev in devices {

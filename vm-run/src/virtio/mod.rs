@@ -11,6 +11,7 @@ pub mod fuzz;
 pub mod net;
 pub mod pci;
 pub mod rng;
+pub mod scsi;
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{fence, AtomicBool, Ordering};
