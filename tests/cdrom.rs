@@ -119,18 +119,30 @@ fn scenarios() -> Vec<Scenario> {
          dd if=/dev/zero of=/dev/sr0 bs=2048 count=1 2>/dev/null || echo WRITE-REFUSED; \
          umount /mnt\""
     );
-    vec![Scenario {
-        name: "cdrom",
-        script: format!(
-            "{}{}cat /guest/initrd.gz /tmp/mods.cpio.gz > /tmp/initrd-cd.gz\n\
-             echo ISO-SUM=$(sha256sum < /tmp/cd.iso)\n\
-             vm-run -m 256M -r /tmp/cd.iso -b /guest/bzImage -i /tmp/initrd-cd.gz \
-             -a 'console=ttyS0 quiet {run}'\n\
-             rc=$?\necho VM-RUN-RC=$rc\nexit $rc",
-            carry(iso(), "/tmp/cd.iso"),
-            carry(&modules(), "/tmp/mods.cpio.gz"),
-        ),
-    }]
+    vec![
+        // The files first, in a scenario of their own: with them in the
+        // same one as vm-run, the test host's shell ended twice right
+        // after vm-run, before the scenario's end marker. Not
+        // understood: a probe with a large heredoc and vm-run in one
+        // scenario ended well, and so does this split.
+        Scenario {
+            name: "payload",
+            script: format!(
+                "{}{}ls -l /tmp/cd.iso /tmp/mods.cpio.gz",
+                carry(iso(), "/tmp/cd.iso"),
+                carry(&modules(), "/tmp/mods.cpio.gz"),
+            ),
+        },
+        Scenario {
+            name: "cdrom",
+            script: format!(
+                "cat /guest/initrd.gz /tmp/mods.cpio.gz > /tmp/initrd-cd.gz\n\
+                 echo ISO-SUM=$(sha256sum < /tmp/cd.iso)\n\
+                 vm-run -m 256M -r /tmp/cd.iso -b /guest/bzImage -i /tmp/initrd-cd.gz \
+                 -a 'console=ttyS0 quiet {run}'"
+            ),
+        },
+    ]
 }
 
 fn case(name: &str) -> &'static Case {
@@ -149,6 +161,11 @@ fn value<'a>(c: &'a Case, key: &str) -> &'a str {
         .trim()
 }
 
+/// The hash sha256sum printed, without the file name.
+fn hash(line: &str) -> &str {
+    line.split_whitespace().next().unwrap_or_default()
+}
+
 #[test]
 fn linux_reads_the_whole_iso_through_sr0() {
     let c = case("cdrom");
@@ -156,9 +173,13 @@ fn linux_reads_the_whole_iso_through_sr0() {
     assert_eq!(value(c, "DEV="), "5/VM-TOOLS/1", "{}", c.output);
     let size = fs::metadata(iso()).expect("iso").len();
     assert_eq!(value(c, "SIZE=").parse::<u64>().ok(), Some(size / 512));
-    let host = value(c, "ISO-SUM=");
-    assert_eq!(host.len(), 64 + 3, "{host}");
-    assert_eq!(value(c, "CD-SUM="), host, "/dev/sr0 differs from the ISO");
+    let host = hash(value(c, "ISO-SUM="));
+    assert_eq!(host.len(), 64, "{host}");
+    assert_eq!(
+        hash(value(c, "CD-SUM=")),
+        host,
+        "/dev/sr0 differs from the ISO"
+    );
     assert_eq!(c.status, 0, "{}", c.output);
 }
 
@@ -171,7 +192,7 @@ fn linux_mounts_the_iso_and_reads_its_files() {
         "sha256sum < {}",
         iso().parent().expect("dir").join("src/lines.txt").display()
     ));
-    assert_eq!(value(c, "LINES-SUM="), want.trim());
+    assert_eq!(hash(value(c, "LINES-SUM=")), hash(&want));
     assert!(c.output.contains("WRITE-REFUSED"), "{}", c.output);
 }
 
