@@ -1,16 +1,21 @@
 //! The CD-ROM drive (`vm-run -r file.iso`: virtio-scsi, one MMC LUN) as
 //! a stock Linux guest drives it (Debian's virtio_scsi, sr_mod, cdrom
 //! and isofs modules) in the emulated test host: /dev/sr0 reads back the
-//! ISO made on this machine with xorriso, byte for byte, and mounts. Bad
-//! `-r` arguments are tried with the tiny guest on this machine.
+//! ISO made on this machine with xorriso, byte for byte, and mounts. On
+//! this machine's /dev/kvm: SeaBIOS boots an El Torito image from it
+//! (tests/cdrom/boot.S), and bad `-r` arguments are tried with the tiny
+//! guest.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+use std::process::Stdio;
+use std::time::Duration;
 use vm_tests::testhost::{self, Case, Report, Scenario};
-use vm_tests::{root, target_dir, tiny_guest, vm_run};
+
+use vm_tests::{bin, root, target_dir, tiny_guest, vm_run, wait_output};
 
 /// What hello.txt on the ISO says.
 const HELLO: &str = "CDROM-FILE-OK";
@@ -232,4 +237,44 @@ fn a_guest_with_a_cd_rom_runs_and_bad_ones_are_refused() {
     assert_fails(&tiny(&["-r", empty]), 65, "empty.iso: not a CD image");
     assert_fails(&tiny(&["-r", iso, "-r", iso]), 64, "-r");
     assert_fails(&tiny(&["-r", iso, "-d", iso]), 64, "-r");
+}
+
+/// An ISO whose El Torito boot image (no emulation) is tests/cdrom/boot.S.
+fn boot_iso() -> PathBuf {
+    let d = dir();
+    let src = d.join("boot-src");
+    fs::create_dir_all(&src).expect("create boot source dir");
+    let (obj, image, iso) = (d.join("boot.o"), src.join("boot.bin"), d.join("boot.iso"));
+    sh(&format!(
+        "cc -c tests/cdrom/boot.S -o {o} && \
+         ld -m elf_x86_64 -Ttext 0x7c00 --oformat binary -e _start {o} -o {b} && \
+         truncate -s 2048 {b} && \
+         xorriso -as mkisofs -quiet -V BOOT -o {i} -b boot.bin -no-emul-boot \
+         -boot-load-size 4 {s} 2>/dev/null",
+        o = obj.display(),
+        b = image.display(),
+        i = iso.display(),
+        s = src.display()
+    ));
+    iso
+}
+
+#[test]
+fn seabios_boots_from_the_cd_and_reads_it_through_int13() {
+    // No -b: Debian's SeaBIOS, which finds the LUN, boots its El Torito
+    // image, and serves the image's int 0x13 reads from the drive.
+    let iso = boot_iso();
+    let child = Command::new(bin("vm-run"))
+        .args(["-m", "64M", "-r"])
+        .arg(&iso)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn vm-run");
+    let out = wait_output(child, Duration::from_secs(120));
+    // 0xe0: the BIOS's first CD drive number.
+    assert!(out.stdout.contains("CDBOOT-OK drive E0"), "{out:?}");
+    assert!(out.stdout.contains("CD-PVD-OK"), "{out:?}");
+    assert_eq!(out.status, 0, "{out:?}");
 }
