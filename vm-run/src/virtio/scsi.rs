@@ -438,7 +438,7 @@ mod tests {
     use crate::error::Error;
     use std::path::PathBuf;
     use std::sync::Arc;
-    use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
+    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
     use virtio_queue::{Queue, QueueT};
@@ -774,6 +774,25 @@ mod tests {
         );
         // The event queue serves nothing.
         assert_eq!(r.run(EVENT_QUEUE, &[desc(DATA, 16, W)]), 0);
+    }
+
+    #[test]
+    fn descriptor_loops_end() {
+        // A chain whose last descriptor points back at the first: the
+        // walk stops after the queue size, and a readable descriptor
+        // after writable ones makes it no request at all.
+        let mut r = rig("loop");
+        r.header(LUN0, &read10(0, 1));
+        let q = MockSplitQueue::new(&r.mem, 4);
+        let next = VRING_DESC_F_NEXT as u16;
+        let descs = [
+            RawDescriptor::from(SplitDescriptor::new(REQ, REQ_LEN as u32, next, 1)),
+            RawDescriptor::from(SplitDescriptor::new(RESP, RESP_LEN as u32, W | next, 2)),
+            RawDescriptor::from(SplitDescriptor::new(DATA, 2048, W | next, 0)),
+        ];
+        let chain = q.build_multiple_desc_chains(&descs).unwrap();
+        assert_eq!(r.dev.handle(REQUEST_QUEUE, chain, &r.mem), 0);
+        assert_eq!(r.resp().response, 0xaa, "nothing written");
     }
 
     /// A control request of `req` bytes; returns the used length and the
