@@ -42,7 +42,7 @@ lint: setup-rust
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-# Fuzzes the virtio-blk queue (vm-run/fuzz) and then qcow2 images
+# Fuzzes the virtio-blk and virtio-scsi queues (vm-run/fuzz) and then qcow2 images
 # (vm-img/fuzz: header, refcount walk, imago's reads and writes), each for
 # FUZZ_SECONDS, with nightly and cargo-fuzz. New inputs go to
 # */fuzz/corpus-new, crashes to */fuzz/artifacts; the seeds in
@@ -52,6 +52,8 @@ fuzz:
 	@cargo +nightly fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 	mkdir -p vm-run/fuzz/corpus-new/virtio_blk
 	cd vm-run && cargo +nightly fuzz run virtio_blk fuzz/corpus-new/virtio_blk fuzz/corpus/virtio_blk -- -max_total_time=$(FUZZ_SECONDS)
+	mkdir -p vm-run/fuzz/corpus-new/virtio_scsi
+	cd vm-run && cargo +nightly fuzz run virtio_scsi fuzz/corpus-new/virtio_scsi fuzz/corpus/virtio_scsi -- -max_total_time=$(FUZZ_SECONDS)
 	mkdir -p vm-img/fuzz/corpus-new/qcow2_open
 	cd vm-img && cargo +nightly fuzz run qcow2_open fuzz/corpus-new/qcow2_open ../tests/qcow2-corpus -- -max_total_time=$(FUZZ_SECONDS) -malloc_limit_mb=256 -timeout=10
 

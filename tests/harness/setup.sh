@@ -9,7 +9,7 @@ set -eu
 need=
 for pair in qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils busybox:busybox-static cpio:cpio \
 	mandoc:mandoc ld:binutils cc:gcc unshare:util-linux setpriv:util-linux \
-	xz:xz-utils zstd:zstd hyperfine:hyperfine nsenter:util-linux \
+	xz:xz-utils zstd:zstd hyperfine:hyperfine nsenter:util-linux xorriso:xorriso \
 	systemd-nspawn:systemd-container debootstrap:debootstrap; do
 	command -v "${pair%%:*}" >/dev/null 2>&1 || need="$need ${pair#*:}"
 done

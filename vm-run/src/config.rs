@@ -11,7 +11,7 @@ use crate::nic::{self, NicSpec};
 
 pub const USAGE: &str =
     "usage: vm-run [-pv] [-a cmdline] [-c ncpus] [-d [raw:|qcow2:]disk[,ro]] ... \
-[-i initrd] [-m size] [-n fd[,lladdr=mac]] ... [-N name [-o user[:group]]] -b kernel";
+[-i initrd] [-m size] [-n fd[,lladdr=mac]] ... [-N name [-o user[:group]]] [-r iso] -b kernel";
 
 /// Disks a guest may have: vmd allows 4, PCI slots allow 30 with room
 /// for the RNG and a NIC or two.
@@ -40,6 +40,9 @@ pub struct Config {
     pub kernel: PathBuf,
     pub initrd: Option<PathBuf>,
     pub disks: Vec<DiskSpec>,
+    /// The ISO image in the CD-ROM drive (`-r`), read-only; a plain
+    /// path, never a `-d` specification.
+    pub cdrom: Option<PathBuf>,
     /// NICs: VM_NET_FDS's (vm-net) in order, then -n's.
     pub nics: Vec<NicSpec>,
     pub cmdline: String,
@@ -88,6 +91,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed> {
     let mut kernel = None;
     let mut initrd = None;
     let mut disks = Vec::new();
+    let mut cdrom: Option<PathBuf> = None;
     let mut nics = nic::from_env(|k| std::env::var(k).ok()).map_err(Error::Usage)?;
     let mut cmdline = None;
     let mut vcpus = 1u8;
@@ -124,6 +128,16 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed> {
                 name = Some(v);
             }
             Short('o') => owner = Some(parse_owner(&string(p.value().map_err(usage)?, "-o")?)?),
+            Short('r') => {
+                let v = PathBuf::from(p.value().map_err(usage)?);
+                if cdrom.is_some() {
+                    return Err(Error::Usage(format!(
+                        "-r {}: a guest has one CD-ROM drive",
+                        v.display()
+                    )));
+                }
+                cdrom = Some(v);
+            }
             Short('p') => console = Console::Pty,
             Short('v') => verbose = true,
             Short('h') | Long("help") => return Ok(Parsed::Help),
@@ -131,6 +145,15 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed> {
         }
     }
     nic::check(&nics).map_err(Error::Usage)?;
+    if let Some(iso) = cdrom
+        .as_ref()
+        .filter(|c| disks.iter().any(|d| d.path == **c))
+    {
+        return Err(Error::Usage(format!(
+            "-r {}: also a disk (-d); an image is one or the other",
+            iso.display()
+        )));
+    }
     let kernel = kernel.ok_or_else(|| Error::Usage("no kernel given (-b kernel)".into()))?;
     if owner.is_some() && name.is_none() {
         return Err(Error::Usage(
@@ -154,6 +177,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed> {
         kernel,
         initrd,
         disks,
+        cdrom,
         nics,
         cmdline: cmdline.unwrap_or_else(|| DEFAULT_CMDLINE.into()),
         vcpus,
@@ -311,12 +335,25 @@ mod tests {
         assert_eq!(c.console, Console::Pty);
         assert_eq!(c.cmdline, "quiet");
         assert_eq!(c.name, None);
+        assert_eq!(c.cdrom, None);
         let c = config("-b k -n 3 -n 4,lladdr=fe:e1:ba:d0:00:02");
         assert_eq!(c.nics.iter().map(|n| n.fd).collect::<Vec<_>>(), [3, 4]);
         assert_eq!(
             config("-b k -N web-1.a_b").name.as_deref(),
             Some("web-1.a_b")
         );
+    }
+
+    #[test]
+    fn a_cd_rom_is_a_plain_path_not_a_disk() {
+        // What -d would parse (a format prefix, options) is part of the
+        // file name here.
+        let c = config("-b k -d d.img -r raw:x.iso,ro");
+        assert_eq!(c.cdrom, Some(PathBuf::from("raw:x.iso,ro")));
+        assert_eq!(c.disks.len(), 1);
+        let c = config("-r cd.iso -b k");
+        assert_eq!(c.cdrom, Some(PathBuf::from("cd.iso")));
+        assert!(c.disks.is_empty());
     }
 
     #[test]
@@ -342,6 +379,10 @@ mod tests {
             "-b k -n 3 -n 3",
             "-b k -N w -o no-such-user-here",
             "-b k -N w -o root:no-such-group-here",
+            "-b k -r",
+            "-b k -r a.iso -r b.iso",
+            "-b k -r a.iso -d a.iso",
+            "-b k -d a.iso,ro -r a.iso",
         ] {
             match parse(args(bad)) {
                 Err(e @ Error::Usage(_)) => assert_eq!(e.exit_status(), 64),

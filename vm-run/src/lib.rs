@@ -19,6 +19,7 @@ pub mod outcome;
 pub mod pci;
 pub mod ratelimit;
 pub mod sandbox;
+pub mod scsi;
 pub mod signals;
 pub mod snapshot;
 pub mod vcpu;

@@ -47,8 +47,8 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
     let m = Machine::create(cfg)?;
     let mem = m.mem;
     let cpuid = cpuid::supported(&m.kvm)?;
-    let disks = board::open_disks(cfg)?;
-    let board = host.board(cfg, &m, &cpuid, disks, None)?;
+    let media = board::open_media(cfg)?;
+    let board = host.board(cfg, &m, &cpuid, media, None)?;
     let rsdp = acpi::write_tables(mem, cfg.vcpus, &board.nic_slots)?;
     vmgenid::write_new_id(mem)?;
     let entry = boot::load(mem, cfg, rsdp)?;
@@ -92,8 +92,8 @@ pub fn receive(cfg: &Config, mut incoming: Incoming) -> Result<Outcome> {
     // stream is written: give it a moment to let go of its name and its
     // disks.
     host.control = patiently(|| host.bind(cfg))?;
-    let disks = patiently(|| board::open_disks(cfg))?;
-    let board = host.board(cfg, &m, &cpuid, disks, Some(&saved))?;
+    let media = patiently(|| board::open_media(cfg))?;
+    let board = host.board(cfg, &m, &cpuid, media, Some(&saved))?;
     board.restore(&saved)?;
     let vcpus = create_vcpus(cfg, &m.vm, &board, &cpuid, &host.reporter, |id, fd| {
         saved.vcpus[usize::from(id)]
@@ -159,7 +159,7 @@ impl Host {
         cfg: &Config,
         m: &Machine,
         cpuid: &CpuId,
-        disks: Vec<Box<dyn crate::disk::Disk>>,
+        media: board::Media,
         saved: Option<&Saved>,
     ) -> Result<Board> {
         let eventfd =
@@ -180,7 +180,7 @@ impl Host {
             .to_vec();
         let pauser = Arc::new(Pauser::new(m.vm.clone(), cfg.vcpus.into(), msr_index));
         let plugs = Plugs {
-            disks,
+            media,
             reporter: self.reporter.clone(),
             console,
             room,

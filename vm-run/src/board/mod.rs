@@ -34,7 +34,7 @@ use crate::snapshot::GuestConfig;
 use crate::vcpu::Pauser;
 use crate::virtio::net::{self, Net};
 use crate::virtio::pci::{Placement, VirtioPci, BAR_SIZE};
-use crate::virtio::{block::Block, rng::Rng, VirtioDevice};
+use crate::virtio::{block::Block, rng::Rng, scsi::Scsi, VirtioDevice};
 use snapshot::Saved;
 
 pub fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -45,7 +45,7 @@ pub fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// the console, the disks (opened by `open_disks`) and the taps vm-net
 /// handed over.
 pub struct Plugs {
-    pub disks: Vec<Box<dyn disk::Disk>>,
+    pub media: Media,
     pub reporter: Reporter,
     /// Where COM1's output goes.
     pub console: Output,
@@ -71,6 +71,8 @@ pub struct Board {
     pub flushers: Vec<disk::Flusher>,
     /// The PCI slots of the NICs, which ACPI hotplug may replug.
     pub nic_slots: Vec<usize>,
+    /// The CD-ROM's PCI slot (-r), after the NICs.
+    pub cdrom_slot: Option<usize>,
     /// Parks and resumes the vCPUs, and has them give their state.
     pub pauser: Arc<Pauser>,
     /// What a stream's CONF says of this guest.
@@ -96,7 +98,7 @@ impl Board {
         saved: Option<&Saved>,
     ) -> Result<Board> {
         let Plugs {
-            disks,
+            media,
             reporter,
             console,
             room,
@@ -135,8 +137,12 @@ impl Board {
             pm.restore(s.pm);
         }
         let nic_slots = nic_slots(cfg);
-        let flushers = disks.iter().filter_map(|d| d.flusher()).collect();
-        let pci = pci_functions(cfg, vm, mem, disks, taps)?;
+        let flushers = media.disks.iter().filter_map(|d| d.flusher()).collect();
+        let cdrom_slot = media
+            .cdrom
+            .as_ref()
+            .map(|_| nic_slots.len() + cfg.disks.len() + 1);
+        let pci = pci_functions(cfg, vm, mem, media, taps)?;
         let pci = Arc::new(Mutex::new(pci));
         let hp_vm = vm.clone();
         let hotplug = Hotplug::new(
@@ -160,6 +166,7 @@ impl Board {
             mmio: Arc::default(),
             flushers,
             nic_slots,
+            cdrom_slot,
             pauser,
             conf,
             skip_absent: !memory::host_swaps(),
@@ -242,10 +249,20 @@ impl fmt::Display for FlushError {
     }
 }
 
-/// The disks in the order given, each locked; a disk another vm-run
-/// still holds is `Error::Locked`, which a receiver waits out.
-pub fn open_disks(cfg: &Config) -> Result<Vec<Box<dyn disk::Disk>>> {
-    cfg.disks.iter().map(disk::open).collect()
+/// The guest's images, opened and locked before the board is built.
+pub struct Media {
+    pub disks: Vec<Box<dyn disk::Disk>>,
+    pub cdrom: Option<Scsi>,
+}
+
+/// The disks in the order given and the CD-ROM, each locked; an image
+/// another vm-run still holds is `Error::Locked`, which a receiver waits
+/// out.
+pub fn open_media(cfg: &Config) -> Result<Media> {
+    Ok(Media {
+        disks: cfg.disks.iter().map(disk::open).collect::<Result<_>>()?,
+        cdrom: cfg.cdrom.as_deref().map(Scsi::open).transpose()?,
+    })
 }
 
 /// The PCI slot of each NIC: after the disks, from slot 1 (pci_functions).
@@ -266,18 +283,18 @@ pub fn nic_macs(cfg: &Config) -> Vec<[u8; 6]> {
 }
 
 /// The PCI bus: the disks in the order given (vda, vdb, ...), then the
-/// NICs, then the RNG, one slot each from slot 1.
+/// NICs, then the CD-ROM, then the RNG, one slot each from slot 1.
 fn pci_functions(
     cfg: &Config,
     vm: &Arc<VmFd>,
     mem: &'static GuestMemory,
-    disks: Vec<Box<dyn disk::Disk>>,
+    media: Media,
     taps: Vec<Tap>,
 ) -> Result<PciRoot> {
     let router = Arc::new(GsiRouter::new(vm.clone()));
     let mut pci = PciRoot::new(PCI_MMIO_START);
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
-    for (disk, spec) in disks.into_iter().zip(&cfg.disks) {
+    for (disk, spec) in media.disks.into_iter().zip(&cfg.disks) {
         devices.push(Box::new(Block::new(
             disk,
             spec.read_only,
@@ -289,6 +306,9 @@ fn pci_functions(
         devices.push(Box::new(
             Net::new(Box::new(tap), name, mac, nic.lease.clone()).renew_mac(nic.renew),
         ));
+    }
+    if let Some(cdrom) = media.cdrom {
+        devices.push(Box::new(cdrom));
     }
     devices.push(Box::<Rng>::default());
     for dev in devices {

@@ -56,6 +56,8 @@ pub struct Saved {
 pub enum SendError {
     /// CONF must name the MAC a NIC has after its replug.
     Replugging,
+    /// The CD-ROM's state and image are not in the stream (version 4).
+    Cdrom,
     NotPaused,
     /// Pausing, or taking the vCPUs' state, failed.
     Pause(PauseError),
@@ -75,6 +77,7 @@ impl fmt::Display for SendError {
                 f.write_str("a NIC is being plugged back with a new MAC: try again")
             }
             SendError::NotPaused => f.write_str("the guest is not paused"),
+            SendError::Cdrom => f.write_str("a guest with a CD-ROM (-r) cannot be sent yet"),
             SendError::Pause(e) => write!(f, "{e}"),
             SendError::State(e) => write!(f, "{e}"),
             SendError::DirtyLog(e) => write!(f, "{e}"),
@@ -102,6 +105,9 @@ impl Board {
     pub fn write_snapshot(&self, out: &mut dyn Write, live: bool) -> Result<(), SendError> {
         if lock(&self.hotplug).pending() {
             return Err(SendError::Replugging);
+        }
+        if self.cdrom_slot.is_some() {
+            return Err(SendError::Cdrom);
         }
         let mut w = Writer::new(out)?;
         w.section(Tag::Config, &[&self.conf.encode()])?;

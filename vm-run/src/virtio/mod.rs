@@ -12,6 +12,7 @@ pub mod iovec;
 pub mod net;
 pub mod pci;
 pub mod rng;
+pub mod scsi;
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{fence, AtomicBool, Ordering};

@@ -167,6 +167,8 @@ fn incoming(a: Args) -> Result<(Config, Incoming), Error> {
         kernel: PathBuf::new(),
         initrd: None,
         disks,
+        // Snapshots do not record a CD-ROM yet.
+        cdrom: None,
         nics,
         cmdline: String::new(),
         vcpus: conf.vcpus,
