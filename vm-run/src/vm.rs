@@ -13,7 +13,7 @@ use crate::bus::Bus;
 use crate::config::Config;
 use crate::console::{Attached, Console};
 use crate::control::{self, Control};
-use crate::devices::{acpi_pm, i8042, rtc, serial, vmgenid};
+use crate::devices::{acpi_pm, debugcon, fw_cfg, i8042, rtc, serial, vmgenid};
 use crate::error::{Error, Result};
 use crate::memory::{self, GuestMemory};
 use crate::memory::{PCI_MMIO_END, PCI_MMIO_START};
@@ -96,13 +96,24 @@ fn start(cfg: &Config, incoming: Option<Incoming>) -> Result<Outcome> {
         .map_err(|e| Error::Kvm("KVM_SET_USER_MEMORY_REGION".into(), e))?;
 
     let host_cpuid = cpuid::supported(&kvm)?;
+    // A BIOS boot's fw_cfg (boot/bios.rs); None for a kernel or a receive.
+    let mut firmware = None;
     let (entry, loaded, base_cpuid) = match incoming {
         None => {
-            let rsdp = acpi::write_tables(mem, cfg.vcpus, &nic_slots(cfg))?;
             vmgenid::write_new_id(mem)?;
-            let entry = boot::load(mem, cfg, rsdp)?;
-            regs::write_boot_structures(mem, entry)?;
-            (Some(entry), None, host_cpuid)
+            match boot::probe(cfg)? {
+                boot::Image::Kernel => {
+                    let rsdp = acpi::write_tables(mem, cfg.vcpus, &nic_slots(cfg))?;
+                    let entry = boot::load(mem, cfg, rsdp)?;
+                    regs::write_boot_structures(mem, entry)?;
+                    (Some(entry), None, host_cpuid)
+                }
+                boot::Image::Bios(image) => {
+                    // vCPU 0 starts at the reset vector: no entry.
+                    firmware = Some(firmware_setup(cfg, &vm, mem, &image)?);
+                    (None, None, host_cpuid)
+                }
+            }
         }
         Some(mut inc) => {
             let missing = snapshot::missing_cpu_features(&inc.config.cpuid, host_cpuid.as_slice());
@@ -197,6 +208,18 @@ fn start(cfg: &Config, incoming: Option<Incoming>) -> Result<Outcome> {
         acpi_pm::PORT_LEN.into(),
         power.clone(),
     );
+    if let Some(fw) = firmware {
+        pio.insert(
+            fw_cfg::PORT_BASE.into(),
+            fw_cfg::PORT_LEN.into(),
+            Arc::new(Mutex::new(fw)),
+        );
+        pio.insert(
+            debugcon::PORT.into(),
+            debugcon::PORT_LEN.into(),
+            Arc::new(Mutex::new(debugcon::Debugcon::new(cfg.verbose))),
+        );
+    }
     let mut mmio = Bus::default();
     let (pci, flushers) = if receiving {
         patiently(|| pci_devices(cfg, &vm, mem, &mut taps))?
@@ -426,6 +449,22 @@ fn start(cfg: &Config, incoming: Option<Incoming>) -> Result<Outcome> {
     }
     // vCPU threads may still be in KVM_RUN: the process exit ends them.
     Ok(outcome)
+}
+
+/// Firmware boot: the BIOS mapped and the fw_cfg device that describes
+/// this guest to it. The disks take the slots from 1 on (pci_devices);
+/// the CD-ROM has none yet.
+fn firmware_setup(
+    cfg: &Config,
+    vm: &VmFd,
+    mem: &'static GuestMemory,
+    image: &[u8],
+) -> Result<fw_cfg::FwCfg> {
+    let slots = boot::bios::BootSlots {
+        disks: (1..=cfg.disks.len()).collect(),
+        cdrom: None,
+    };
+    boot::bios::setup(cfg, vm, mem, image, &slots, &nic_slots(cfg))
 }
 
 /// Retries `f` while what it needs is held by another vm-run, for up to

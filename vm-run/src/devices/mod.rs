@@ -4,6 +4,8 @@
 //! of vCPUs.
 
 pub mod acpi_pm;
+pub mod debugcon;
+pub mod fw_cfg;
 pub mod i8042;
 pub mod rtc;
 pub mod serial;

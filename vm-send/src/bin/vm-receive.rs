@@ -148,6 +148,7 @@ fn incoming(a: Args) -> Result<(Config, Incoming), Error> {
     }
     let cfg = Config {
         kernel: PathBuf::new(),
+        firmware: Default::default(),
         initrd: None,
         disks,
         nics,
