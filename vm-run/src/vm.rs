@@ -13,6 +13,7 @@ use crate::bus::Bus;
 use crate::config::Config;
 use crate::console::{Attached, Console};
 use crate::control::{self, Control};
+use crate::devices::reset_control::ResetControl;
 use crate::devices::{acpi_pm, debugcon, fw_cfg, i8042, rtc, serial, vmgenid};
 use crate::error::{Error, Result};
 use crate::memory::{self, GuestMemory};
@@ -229,10 +230,14 @@ fn start(cfg: &Config, incoming: Option<Incoming>) -> Result<Outcome> {
     let flushers = Arc::new(flushers);
     let pci = Arc::new(Mutex::new(pci));
     let pci_root = pci.clone();
+    // 0xcf9, inside the config ports, is the reset control register.
     pio.insert(
         root::CONFIG_PORT.into(),
         root::CONFIG_PORT_LEN.into(),
-        Arc::new(Mutex::new(PioView(pci.clone()))),
+        Arc::new(Mutex::new(ResetControl::new(
+            PioView(pci.clone()),
+            reporter.clone(),
+        ))),
     );
     let hp_vm = vm.clone();
     let hotplug = Arc::new(Mutex::new(Hotplug::new(
