@@ -116,6 +116,7 @@ fn seabios_boots_a_disk_and_the_guest_powers_off() {
     assert!(out.stdout.contains("firmware: boot sector\r\n"), "{out:?}");
     // `rep insb` on fw_cfg's data port and `rep outsb` on COM1.
     assert!(out.stdout.contains("fw_cfg QEMU\r\n"), "{out:?}");
+    assert!(out.stdout.contains("rep insb: by element\r\n"), "{out:?}");
     assert!(out.stdout.contains("\r\nrep outsb\r\n"), "{out:?}");
     // The table-loader put the RSDP in the F segment and the XSDT leads
     // to vm-run's FADT and MADT.

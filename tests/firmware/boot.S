@@ -3,8 +3,8 @@
  * 0x7c00 in real mode. It prints through BIOS int 0x10 (teletype), which
  * SeaBIOS's serial console mirrors to COM1, so seeing its words on
  * vm-run's console proves etc/sercon-port. It reads fw_cfg's signature
- * with `rep insb` and writes a line to COM1 with `rep outsb` (string
- * port I/O, one access per element). Then it looks for the ACPI
+ * and the PCI host bridge's vendor ID with `rep insb` and writes a line
+ * to COM1 with `rep outsb` (string port I/O, one access per element). Then it looks for the ACPI
  * RSDP in the F segment (the table-loader's ALLOCATE in the FSEG zone),
  * follows it to the XSDT and prints the signature of each table it
  * lists, and ends the run: with ACTION below 'r' it writes S5 to the
@@ -37,6 +37,22 @@ _start:
 	rep insb
 	mov	$fwcfg, %si
 	call	puts
+	/* Two bytes of PCI 00:00.0's vendor ID by `rep insb` on 0xcfc:
+	 * element by element, both are its low byte; as one access, the
+	 * second would be its high byte. */
+	mov	$0xcf8, %dx
+	mov	$0x80000000, %eax
+	out	%eax, %dx
+	mov	$0xcfc, %dx
+	mov	$buf, %di
+	mov	$2, %cx
+	rep insb
+	mov	$insb1, %si
+	mov	buf, %ax
+	cmp	%ah, %al
+	je	1f
+	mov	$insb2, %si
+1:	call	puts
 	call	settle
 	mov	$0x3f8, %dx
 	mov	$outs, %si
@@ -161,6 +177,8 @@ gdt:	.quad 0, 0
 hello:	.asciz "firmware: boot sector\r\n"
 fwcfg:	.ascii "fw_cfg "
 sig:	.asciz "????\r\n"
+insb1:	.asciz "rep insb: by element\r\n"
+insb2:	.asciz "rep insb: at once\r\n"
 outs:	.ascii "rep outsb\r\n"
 outs_end:
 rsdp:	.asciz "RSDP "
