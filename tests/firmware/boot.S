@@ -3,8 +3,9 @@
  * 0x7c00 in real mode. It prints through BIOS int 0x10 (teletype), which
  * SeaBIOS's serial console mirrors to COM1, so seeing its words on
  * vm-run's console proves etc/sercon-port. It reads fw_cfg's signature
- * and the PCI host bridge's vendor ID with `rep insb` and writes a line
- * to COM1 with `rep outsb` (string port I/O, one access per element). Then it looks for the ACPI
+ * and the PCI host bridge's vendor ID with `rep insb` (string port I/O,
+ * one access per element), and tries to write into the BIOS ROM below
+ * 4 GiB, which must not change. Then it looks for the ACPI
  * RSDP in the F segment (the table-loader's ALLOCATE in the FSEG zone),
  * follows it to the XSDT and prints the signature of each table it
  * lists, and ends the run: with ACTION below 'r' it writes S5 to the
@@ -53,11 +54,20 @@ _start:
 	je	1f
 	mov	$insb2, %si
 1:	call	puts
-	call	settle
-	mov	$0x3f8, %dx
-	mov	$outs, %si
-	mov	$(outs_end - outs), %cx
-	rep outsb
+
+	/* Copy 64 bytes of this sector over the ROM, then read them back. */
+	mov	$0x7c00, %eax
+	mov	$ROM, %ebx
+	call	move
+	mov	$ROM, %eax
+	mov	$tbl, %ebx
+	call	move
+	mov	tbl, %eax
+	cmp	0x7c00, %eax
+	mov	$romkept, %si
+	jne	1f
+	mov	$romwritten, %si
+1:	call	puts
 
 	/* Scan 0xf0000-0xfffff for "RSD PTR " on 16-byte boundaries. */
 	mov	$0xf000, %ax
@@ -69,17 +79,15 @@ scan:	cmpl	$0x20445352, %es:(%di)		/* "RSD " */
 	je	found
 next:	add	$16, %di
 	jnz	scan
-	mov	$norsdp, %si
-	call	puts
-	jmp	end
+	jmp	end				/* no RSDP: the test sees none */
 
 found:	mov	$rsdp, %si
 	call	puts
 	mov	%es:24(%di), %eax		/* XSDT address, low half */
 	xor	%bx, %bx
 	mov	%bx, %es
-	mov	$buf, %di
-	call	fetch				/* 64 bytes of the XSDT */
+	mov	$buf, %ebx
+	call	move				/* 64 bytes of the XSDT */
 	mov	$buf, %si
 	call	putsig
 	/* Entries from offset 36, 8 bytes each, up to the table's length. */
@@ -91,8 +99,8 @@ entry:	jcxz	end
 	push	%cx
 	push	%bx
 	mov	(%bx), %eax
-	mov	$tbl, %di
-	call	fetch
+	mov	$tbl, %ebx
+	call	move
 	mov	$tbl, %si
 	call	putsig
 	pop	%bx
@@ -147,23 +155,20 @@ putsig:	mov	$4, %cx
 	int	$0x10
 	ret
 
-/* Copies 64 bytes from physical %eax to %es:%di (in the first 64 KiB)
- * with int 0x15 AH=0x87 and a GDT of six descriptors. */
-fetch:	mov	%ax, gdt+16+2			/* source base 0-15 */
+/* Copies 64 bytes from physical %eax to physical %ebx with int 0x15
+ * AH=0x87 and a GDT of six descriptors at %es:%si (%es is 0). */
+move:	mov	%ax, gdt+16+2			/* source base 0-15 */
 	shr	$16, %eax
 	mov	%al, gdt+16+4			/* source base 16-23 */
 	mov	%ah, gdt+16+7			/* source base 24-31 */
-	mov	%di, gdt+24+2			/* destination base 0-15 */
-	movb	$0, gdt+24+4
-	movb	$0, gdt+24+7
-	push	%es
+	mov	%bx, gdt+24+2			/* destination base */
+	shr	$16, %ebx
+	mov	%bl, gdt+24+4
+	mov	%bh, gdt+24+7
 	mov	$gdt, %si
-	xor	%ax, %ax
-	mov	%ax, %es
 	mov	$32, %cx			/* words */
 	mov	$0x87, %ah
 	int	$0x15
-	pop	%es
 	ret
 
 	.balign 8
@@ -177,17 +182,18 @@ gdt:	.quad 0, 0
 hello:	.asciz "firmware: boot sector\r\n"
 fwcfg:	.ascii "fw_cfg "
 sig:	.asciz "????\r\n"
-insb1:	.asciz "rep insb: by element\r\n"
-insb2:	.asciz "rep insb: at once\r\n"
-outs:	.ascii "rep outsb\r\n"
-outs_end:
+insb1:	.asciz "insb: each\r\n"
+insb2:	.asciz "insb: once\r\n"
+romkept: .asciz "rom: kept\r\n"
+romwritten: .asciz "rom: written\r\n"
 rsdp:	.asciz "RSDP "
-norsdp:	.asciz "no RSDP"
 newline: .asciz "\r\n"
 action:	.byte ACTION
 
 	.org 510
 	.byte 0x55, 0xaa
 
+/* 256 bytes below 4 GiB: inside any BIOS image. */
+ROM = 0xffffff00
 buf = 0x600
 tbl = 0x700
