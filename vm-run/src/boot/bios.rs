@@ -214,6 +214,11 @@ mod tests {
             assert_eq!(e.exit_status(), 65, "{e}");
             assert!(e.to_string().contains(name), "{e}");
         }
+        // Over 16 MiB (sparse: nothing is read before the size check).
+        let p = dir.join("huge");
+        File::create(&p).unwrap().set_len(17 << 20).unwrap();
+        let mut f = File::open(&p).unwrap();
+        assert_eq!(read(&p, &mut f, 17 << 20).unwrap_err().exit_status(), 65);
         let p = dir.join("ok");
         std::fs::write(&p, vec![0x90u8; 128 << 10]).unwrap();
         let mut f = File::open(&p).unwrap();
