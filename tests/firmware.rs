@@ -148,6 +148,13 @@ fn two_vcpus_reset_and_the_log_under_v() {
     ] {
         assert!(out.stderr.contains(line), "{line:?} not in {out:?}");
     }
+    // SeaBIOS read vm-run's DSDT (through the FADT's 32-bit pointer),
+    // found no PS/2 keyboard in it, and did not wait for one.
+    assert!(
+        out.stderr.contains("ACPI: no PS/2 keyboard present"),
+        "{out:?}"
+    );
+    assert!(!out.stderr.contains("i8042_wait_read"), "{out:?}");
     // The EBDA stayed at the top of low memory, clear of the VM
     // generation ID's page at 0x9f000 (devices/vmgenid.rs).
     assert!(!out.stderr.contains("ebda moved"), "{out:?}");

@@ -54,6 +54,7 @@ struct Laid {
 
 /// Offsets of the FADT's DSDT pointers, and where an SDT keeps its
 /// checksum and length.
+const FADT_DSDT: usize = 40;
 const FADT_X_DSDT: usize = 140;
 const SDT_CHECKSUM: usize = 9;
 const SDT_HEADER_LEN: usize = 36;
@@ -131,6 +132,7 @@ pub fn firmware_tables(vcpus: u8, hotplug: &[usize]) -> FirmwareTables {
     let ptr = |dest: &str, offset: usize, size: u8| {
         loader::add_pointer(dest, FILE_TABLES, offset as u32, size)
     };
+    cmds.push(ptr(FILE_TABLES, laid.fadt + FADT_DSDT, 4));
     cmds.push(ptr(FILE_TABLES, laid.fadt + FADT_X_DSDT, 8));
     for (i, _) in laid.entries.iter().enumerate() {
         cmds.push(ptr(FILE_TABLES, laid.xsdt + SDT_HEADER_LEN + 8 * i, 8));
@@ -288,6 +290,10 @@ fn fadt(dsdt_addr: u64) -> acpi_tables::fadt::FADT {
         .flag(Flags::SlpButton)
         .flag(Flags::Headless);
     // No SMI command port: the platform is in ACPI mode from the start.
+    // The 32-bit DSDT pointer too (the same address; the tables are below
+    // 4 GiB): SeaBIOS reads only this one, and without the DSDT it probes
+    // for a PS/2 keyboard that is not there, for seconds.
+    b.dsdt = u32::try_from(dsdt_addr).unwrap_or(0).into();
     b.sci_int = (SCI_IRQ as u16).into();
     b.pm1a_evt_blk = u32::from(PM1_EVT_BLK).into();
     b.pm1a_cnt_blk = u32::from(PM1_CNT_BLK).into();
@@ -424,13 +430,14 @@ mod tests {
                 2 => {
                     assert_eq!(name(&e[60..116]), FILE_TABLES);
                     let (off, size) = (u32_at(e, 116) as usize, e[120] as usize);
-                    assert_eq!(size, 8);
                     let dest = match name(&e[4..60]).as_str() {
                         FILE_RSDP => &mut rsdp,
                         _ => &mut tables,
                     };
-                    let v = u64::from_le_bytes(dest[off..off + 8].try_into().unwrap());
-                    dest[off..off + 8].copy_from_slice(&(v + tables_at).to_le_bytes());
+                    let mut v = [0u8; 8];
+                    v[..size].copy_from_slice(&dest[off..off + size]);
+                    let v = (u64::from_le_bytes(v) + tables_at).to_le_bytes();
+                    dest[off..off + size].copy_from_slice(&v[..size]);
                 }
                 3 => {
                     let (off, start, len) = (
@@ -472,7 +479,10 @@ mod tests {
             assert!(checksum_ok(t));
             sigs.push(t[..4].to_vec());
             if &t[..4] == b"FACP" {
-                let dsdt = table(at(u64::from_le_bytes(t[140..148].try_into().unwrap())));
+                // Both DSDT pointers, the 32-bit one being SeaBIOS's.
+                let x_dsdt = u64::from_le_bytes(t[140..148].try_into().unwrap());
+                assert_eq!(u64::from(u32_at(t, 40)), x_dsdt);
+                let dsdt = table(at(x_dsdt));
                 assert_eq!(&dsdt[..4], b"DSDT");
                 assert!(checksum_ok(dsdt));
                 assert!(dsdt.windows(4).any(|w| w == b"_S5_"));
