@@ -11,7 +11,12 @@ use crate::nic::{self, NicSpec};
 
 pub const USAGE: &str =
     "usage: vm-run [-pv] [-a cmdline] [-c ncpus] [-d [raw:|qcow2:]disk[,ro]] ... \
-[-i initrd] [-m size] [-n fd[,lladdr=mac]] ... [-N name [-o user[:group]]] [-r iso] -b kernel";
+[-i initrd] [-m size] [-n fd[,lladdr=mac]] ... [-N name [-o user[:group]]] [-r iso] [-B disk|cdrom] [-b kernel|bios]";
+
+/// The BIOS booted when there is no -b: Debian's seabios package's.
+pub const DEFAULT_BIOS: &str = "/usr/share/seabios/bios-256k.bin";
+/// Names another default BIOS.
+pub const BIOS_ENV: &str = "VM_RUN_BIOS";
 
 /// Disks a guest may have: vmd allows 4, PCI slots allow 30 with room
 /// for the RNG and a NIC or two.
@@ -35,9 +40,30 @@ pub enum Console {
     StdoutOnly,
 }
 
+/// The device a BIOS boots first (-B, vmctl's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootDevice {
+    Disk,
+    Cdrom,
+}
+
+/// What decides how a BIOS boots, and which kernel-only options were
+/// given (they make no sense with a BIOS).
+#[derive(Debug, Clone, Default)]
+pub struct Firmware {
+    /// No -b: `kernel` is the default BIOS (DEFAULT_BIOS or $VM_RUN_BIOS).
+    pub default_bios: bool,
+    /// -B; None boots as a PC does, disks first, then the CD-ROM.
+    pub boot_device: Option<BootDevice>,
+    /// -a was given.
+    pub cmdline_given: bool,
+}
+
 #[derive(Debug)]
 pub struct Config {
+    /// -b's file, a kernel or a BIOS image; without -b the default BIOS.
     pub kernel: PathBuf,
+    pub firmware: Firmware,
     pub initrd: Option<PathBuf>,
     pub disks: Vec<DiskSpec>,
     /// The ISO image in the CD-ROM drive (`-r`), read-only; a plain
@@ -100,6 +126,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed> {
     let mut verbose = false;
     let mut name = None;
     let mut owner = None;
+    let mut boot_device = None;
 
     while let Some(arg) = p.next().map_err(usage)? {
         match arg {
@@ -116,6 +143,14 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed> {
             }
             Short('i') => initrd = Some(PathBuf::from(p.value().map_err(usage)?)),
             Short('a') => cmdline = Some(string(p.value().map_err(usage)?, "-a")?),
+            Short('B') => {
+                boot_device = Some(match string(p.value().map_err(usage)?, "-B")?.as_str() {
+                    "disk" => BootDevice::Disk,
+                    "cdrom" => BootDevice::Cdrom,
+                    "net" => return Err(Error::Usage("-B net: network boot is not done".into())),
+                    v => return Err(Error::Usage(format!("-B {v}: not disk or cdrom"))),
+                })
+            }
             Short('c') => vcpus = parse_vcpus(&string(p.value().map_err(usage)?, "-c")?)?,
             Short('m') => mem_size = parse_size(&string(p.value().map_err(usage)?, "-m")?)?,
             Short('n') => {
@@ -154,7 +189,12 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed> {
             iso.display()
         )));
     }
-    let kernel = kernel.ok_or_else(|| Error::Usage("no kernel given (-b kernel)".into()))?;
+    let default_bios = kernel.is_none();
+    let kernel = kernel.unwrap_or_else(|| {
+        std::env::var_os(BIOS_ENV)
+            .filter(|v| !v.is_empty())
+            .map_or_else(|| PathBuf::from(DEFAULT_BIOS), PathBuf::from)
+    });
     if owner.is_some() && name.is_none() {
         return Err(Error::Usage(
             "-o: only a named guest (-N) has a control socket".into(),
@@ -173,8 +213,14 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed> {
             MIN_MEM >> 20
         )));
     }
+    let firmware = Firmware {
+        default_bios,
+        boot_device,
+        cmdline_given: cmdline.is_some(),
+    };
     Ok(Parsed::Run(Config {
         kernel,
+        firmware,
         initrd,
         disks,
         cdrom,
@@ -288,6 +334,7 @@ pub fn parse_size(s: &str) -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn args(s: &str) -> Vec<OsString> {
         std::iter::once("vm-run")
@@ -357,9 +404,31 @@ mod tests {
     }
 
     #[test]
+    fn without_b_the_default_bios_boots() {
+        let c = config("-d disk.img");
+        assert!(c.firmware.default_bios);
+        assert_eq!(c.firmware.boot_device, None);
+        assert!(!c.firmware.cmdline_given);
+        // VM_RUN_BIOS may name another one; the environment is the
+        // process's, so only check it is one of the two.
+        let env = std::env::var_os(BIOS_ENV).map(PathBuf::from);
+        assert!(c.kernel == Path::new(DEFAULT_BIOS) || Some(&c.kernel) == env.as_ref());
+        let c = config("-b bios.bin -B cdrom -a x");
+        assert!(!c.firmware.default_bios);
+        assert_eq!(c.firmware.boot_device, Some(BootDevice::Cdrom));
+        assert!(c.firmware.cmdline_given);
+        assert_eq!(
+            config("-B disk").firmware.boot_device,
+            Some(BootDevice::Disk)
+        );
+    }
+
+    #[test]
     fn bad_input_is_a_usage_error() {
         for bad in [
-            "",
+            "-B",
+            "-B floppy",
+            "-B net",
             "-b k -c 0",
             "-b k -c x",
             "-b k -m 1K",

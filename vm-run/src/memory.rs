@@ -2,7 +2,7 @@
 //! and where the boot structures live. Everything that places something in
 //! guest memory takes its address from here.
 
-use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES};
+use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY};
 use kvm_ioctls::VmFd;
 use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
@@ -52,8 +52,22 @@ pub const PCI_MMIO_END: u64 = 0xfec0_0000;
 pub const IOAPIC_ADDR: u32 = 0xfec0_0000;
 pub const LAPIC_ADDR: u32 = 0xfee0_0000;
 /// Intel's KVM needs three pages for a TSS and one for an identity map.
-pub const KVM_TSS_ADDR: usize = 0xfffb_d000;
-pub const KVM_IDENTITY_MAP_ADDR: u64 = 0xfffb_c000;
+/// They sit where QEMU puts them, below the last 16 MiB, so that a BIOS
+/// image of up to 16 MiB ending at 4 GiB (boot/bios.rs) never covers them.
+pub const KVM_TSS_ADDR: usize = 0xfeff_d000;
+pub const KVM_IDENTITY_MAP_ADDR: u64 = 0xfeff_c000;
+/// A BIOS image is mapped so that it ends here: the reset vector is
+/// fetched 16 bytes below 4 GiB.
+pub const BIOS_IMAGE_END: u64 = 0x1_0000_0000;
+/// The largest BIOS image, so that it stays clear of the TSS above.
+pub const BIOS_IMAGE_MAX: u64 = 16 << 20;
+/// The BIOS's window below 1 MiB: the image's last 256 KiB (all of
+/// SeaBIOS's bios-256k.bin) are copied to end at 1 MiB, into RAM the
+/// firmware may write. 128 KiB, as QEMU maps, is not enough: SeaBIOS's
+/// 32-bit code lies below 0xe0000 and, with no i440FX or Q35 bridge to
+/// unlock shadow RAM, it never copies that code there itself (vmd's
+/// loadfile_bios copies the whole image too).
+pub const BIOS_LOW_START: u64 = 0xc0000;
 
 /// e820 entry types.
 pub const E820_RAM: u32 = 1;
@@ -102,6 +116,39 @@ pub fn register(
         unsafe { vm.set_user_memory_region(r) }?;
     }
     Ok(())
+}
+
+/// Maps a firmware image read-only so that it ends at 4 GiB, in KVM slot
+/// `slot` (one past the RAM's). A guest write exits as MMIO and nothing
+/// backs that address on the MMIO bus, so it is dropped, as a ROM does.
+/// Where KVM lacks read-only slots the guest could write its own copy;
+/// no one else sees it, so the image is mapped anyway.
+pub fn map_firmware(vm: &VmFd, slot: u32, image: &[u8]) -> Result<()> {
+    let len = image.len() as u64;
+    if len == 0 || len > BIOS_IMAGE_MAX || !len.is_multiple_of(4096) {
+        return Err(Error::Setup(format!("firmware image of {len} bytes")));
+    }
+    let rom = vm_memory::MmapRegion::<()>::new(image.len())
+        .map_err(|e| Error::Unavailable(format!("cannot map the firmware image: {e}")))?;
+    // The mapping is ours alone and exactly image.len() bytes long.
+    let host = rom.as_ptr();
+    // SAFETY: `host` is the start of a fresh private mapping of
+    // image.len() bytes, which nothing else references yet.
+    unsafe { std::ptr::copy_nonoverlapping(image.as_ptr(), host, image.len()) };
+    let readonly = vm.check_extension(kvm_ioctls::Cap::ReadonlyMem);
+    let r = kvm_userspace_memory_region {
+        slot,
+        flags: if readonly { KVM_MEM_READONLY } else { 0 },
+        guest_phys_addr: BIOS_IMAGE_END - len,
+        memory_size: len,
+        userspace_addr: host as u64,
+    };
+    // The guest keeps this mapping for the life of the process.
+    Box::leak(Box::new(rom));
+    // SAFETY: the mapping behind `host` is leaked just above: it is never
+    // unmapped while the VM exists.
+    unsafe { vm.set_user_memory_region(r) }
+        .map_err(|e| Error::Kvm("KVM_SET_USER_MEMORY_REGION (firmware)".into(), e))
 }
 
 /// Guest RAM of `size` bytes; `what` names the size in messages (the

@@ -290,6 +290,20 @@ fn thread_id() -> libc::c_long {
     unsafe { libc::syscall(libc::SYS_gettid) }
 }
 
+/// The element size of the port I/O exit in `run`, or `len` (one access)
+/// if it does not divide the data.
+fn io_size(run: *const kvm_bindings::kvm_run, len: usize) -> usize {
+    // SAFETY: `run` is this vCPU's kvm_run mapping, alive as long as its
+    // VcpuFd; the exit just returned was KVM_EXIT_IO, so `io` is the
+    // union member KVM filled in.
+    let size = usize::from(unsafe { (*run).__bindgen_anon_1.io.size });
+    if size == 0 || !len.is_multiple_of(size) {
+        len.max(1)
+    } else {
+        size
+    }
+}
+
 pub struct Vcpu {
     pub id: u8,
     pub fd: VcpuFd,
@@ -318,6 +332,7 @@ impl Vcpu {
     }
 
     fn run(&mut self) -> Outcome {
+        let kvm_run: *const kvm_bindings::kvm_run = self.fd.get_kvm_run();
         loop {
             self.pauser.park_if_paused(self.id.into(), &self.fd);
             let exit = match self.fd.run() {
@@ -333,8 +348,18 @@ impl Vcpu {
                 }
             };
             match exit {
-                VcpuExit::IoIn(port, data) => self.pio.read(port.into(), data),
-                VcpuExit::IoOut(port, data) => self.pio.write(port.into(), data),
+                // String I/O (`rep insb`, as SeaBIOS reads fw_cfg) comes
+                // as count elements of size bytes: each is an access.
+                VcpuExit::IoIn(port, data) => {
+                    let size = io_size(kvm_run, data.len());
+                    data.chunks_mut(size)
+                        .for_each(|d| self.pio.read(port.into(), d))
+                }
+                VcpuExit::IoOut(port, data) => {
+                    let size = io_size(kvm_run, data.len());
+                    data.chunks(size)
+                        .for_each(|d| self.pio.write(port.into(), d))
+                }
                 VcpuExit::MmioRead(addr, data) => self.mmio.read(addr, data),
                 VcpuExit::MmioWrite(addr, data) => self.mmio.write(addr, data),
                 // A triple fault: vmd, like a PC, treats it as a reset.

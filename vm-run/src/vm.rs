@@ -48,11 +48,22 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
     let mem = m.mem;
     let cpuid = cpuid::supported(&m.kvm)?;
     let media = board::open_media(cfg)?;
-    let board = host.board(cfg, &m, &cpuid, media, None)?;
-    let rsdp = acpi::write_tables(mem, cfg.vcpus, &board.nic_slots)?;
+    let mut board = host.board(cfg, &m, &cpuid, media, None)?;
     vmgenid::write_new_id(mem)?;
-    let entry = boot::load(mem, cfg, rsdp)?;
-    regs::write_boot_structures(mem, entry)?;
+    // A kernel, entered in 64-bit mode (bzImage) or 32-bit (PVH); or a
+    // BIOS, which vCPU 0 enters at the reset vector.
+    let entry = match boot::probe(cfg)? {
+        boot::Image::Kernel => {
+            let rsdp = acpi::write_tables(mem, cfg.vcpus, &board.nic_slots)?;
+            let entry = boot::load(mem, cfg, rsdp)?;
+            regs::write_boot_structures(mem, entry)?;
+            Some(entry)
+        }
+        boot::Image::Bios(image) => {
+            board.boot_firmware(cfg, &image)?;
+            None
+        }
+    };
     if cfg.verbose {
         eprintln!(
             "vm-run: {} MiB, {} vCPUs, entry {entry:x?}",
@@ -60,12 +71,17 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
             cfg.vcpus
         );
     }
-    let vcpus = create_vcpus(cfg, &m.vm, &board, &cpuid, &host.reporter, |id, fd| {
-        if id == 0 {
-            regs::setup_boot_vcpu(fd, entry)?;
-        }
-        Ok(())
-    })?;
+    let vcpus = create_vcpus(
+        cfg,
+        &m.vm,
+        &board,
+        &cpuid,
+        &host.reporter,
+        |id, fd| match entry {
+            Some(entry) if id == 0 => regs::setup_boot_vcpu(fd, entry),
+            _ => Ok(()),
+        },
+    )?;
     host.enter_sandbox(cfg)?;
     host.go(cfg, board, vcpus)
 }

@@ -42,35 +42,136 @@ const MADT_INT_OVERRIDE: u8 = 2;
 const INTI_ACTIVE_HIGH_LEVEL: u16 = 0b1101;
 const MADT_PCAT_COMPAT: u32 = 1;
 
+/// The tables laid out one after another from `base`: DSDT, FADT, MADT,
+/// XSDT, each 16-byte aligned, and where each landed (offsets into `blob`).
+struct Laid {
+    blob: Vec<u8>,
+    fadt: usize,
+    xsdt: usize,
+    /// The XSDT's entries: offsets of the FADT and the MADT.
+    entries: Vec<usize>,
+}
+
+/// Offsets of the FADT's DSDT pointers, and where an SDT keeps its
+/// checksum and length.
+const FADT_DSDT: usize = 40;
+const FADT_X_DSDT: usize = 140;
+const SDT_CHECKSUM: usize = 9;
+const SDT_HEADER_LEN: usize = 36;
+const RSDP_XSDT: usize = 24;
+const RSDP_CHECKSUM: usize = 8;
+const RSDP_EXT_CHECKSUM: usize = 32;
+/// The ACPI 1.0 part of the RSDP, which its first checksum covers.
+const RSDP_V1_LEN: usize = 20;
+
+fn lay_out(vcpus: u8, hotplug: &[usize], base: u64) -> Laid {
+    let mut blob = Vec::new();
+    let mut place = |bytes: &[u8]| -> usize {
+        let at = blob.len();
+        blob.extend_from_slice(bytes);
+        blob.resize(align(blob.len() as u64) as usize, 0);
+        at
+    };
+    let dsdt = place(dsdt(hotplug).as_slice());
+    let fadt = place(&bytes(&fadt(base + dsdt as u64)));
+    let madt = place(madt(vcpus).as_slice());
+    let mut x = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    x.add_entry(base + fadt as u64);
+    x.add_entry(base + madt as u64);
+    let xsdt = place(&bytes(&x));
+    Laid {
+        blob,
+        fadt,
+        xsdt,
+        entries: vec![fadt, madt],
+    }
+}
+
 /// Builds the tables and writes them at ACPI_START; returns the RSDP's
 /// address. The functions in `hotplug` slots may be unplugged.
 pub fn write_tables(mem: &GuestMemory, vcpus: u8, hotplug: &[usize]) -> Result<u64> {
     let rsdp_addr = ACPI_START;
-    let mut next = align(rsdp_addr + Rsdp::len() as u64);
-    let mut place = |bytes: &[u8]| -> Result<u64> {
-        let at = next;
-        if at + bytes.len() as u64 > BIOS_END {
-            return Err(Error::Setup("ACPI tables do not fit below 1 MiB".into()));
-        }
-        mem.write_slice(bytes, GuestAddress(at))
-            .map_err(|e| Error::Setup(format!("ACPI tables: {e}")))?;
-        next = align(at + bytes.len() as u64);
-        Ok(at)
-    };
-
-    let dsdt_addr = place(dsdt(hotplug).as_slice())?;
-    let fadt_addr = place(&bytes(&fadt(dsdt_addr)))?;
-    let madt_addr = place(madt(vcpus).as_slice())?;
-    let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
-    xsdt.add_entry(fadt_addr);
-    xsdt.add_entry(madt_addr);
-    let xsdt_addr = place(&bytes(&xsdt))?;
+    let base = align(rsdp_addr + Rsdp::len() as u64);
+    let laid = lay_out(vcpus, hotplug, base);
+    if base + laid.blob.len() as u64 > BIOS_END {
+        return Err(Error::Setup("ACPI tables do not fit below 1 MiB".into()));
+    }
+    mem.write_slice(&laid.blob, GuestAddress(base))
+        .map_err(|e| Error::Setup(format!("ACPI tables: {e}")))?;
     mem.write_slice(
-        &bytes(&Rsdp::new(OEM_ID, xsdt_addr)),
+        &bytes(&Rsdp::new(OEM_ID, base + laid.xsdt as u64)),
         GuestAddress(rsdp_addr),
     )
     .map_err(|e| Error::Setup(format!("ACPI RSDP: {e}")))?;
     Ok(rsdp_addr)
+}
+
+/// The same tables as fw_cfg files for a BIOS to install (QEMU's way):
+/// `etc/acpi/tables` with every pointer an offset into itself,
+/// `etc/acpi/rsdp`, and `etc/table-loader`, the commands that place both
+/// in guest memory (the RSDP in the F segment, where an OS scans for it),
+/// add the tables' address to each pointer and fix the checksums.
+pub struct FirmwareTables {
+    pub tables: Vec<u8>,
+    pub rsdp: Vec<u8>,
+    pub loader: Vec<u8>,
+}
+
+pub const FILE_TABLES: &str = "etc/acpi/tables";
+pub const FILE_RSDP: &str = "etc/acpi/rsdp";
+pub const FILE_LOADER: &str = "etc/table-loader";
+
+pub fn firmware_tables(vcpus: u8, hotplug: &[usize]) -> FirmwareTables {
+    use crate::devices::fw_cfg::loader;
+    let laid = lay_out(vcpus, hotplug, 0);
+    let rsdp = bytes(&Rsdp::new(OEM_ID, laid.xsdt as u64));
+    let mut cmds = vec![
+        loader::allocate(FILE_RSDP, 16, loader::ZONE_FSEG),
+        loader::allocate(FILE_TABLES, 64, loader::ZONE_HIGH),
+    ];
+    let ptr = |dest: &str, offset: usize, size: u8| {
+        loader::add_pointer(dest, FILE_TABLES, offset as u32, size)
+    };
+    cmds.push(ptr(FILE_TABLES, laid.fadt + FADT_DSDT, 4));
+    cmds.push(ptr(FILE_TABLES, laid.fadt + FADT_X_DSDT, 8));
+    for (i, _) in laid.entries.iter().enumerate() {
+        cmds.push(ptr(FILE_TABLES, laid.xsdt + SDT_HEADER_LEN + 8 * i, 8));
+    }
+    cmds.push(ptr(FILE_RSDP, RSDP_XSDT, 8));
+    // Checksums last, over the patched pointers.
+    for t in [laid.fadt, laid.xsdt] {
+        let len = sdt_len(&laid.blob, t);
+        cmds.push(loader::add_checksum(
+            FILE_TABLES,
+            (t + SDT_CHECKSUM) as u32,
+            t as u32,
+            len as u32,
+        ));
+    }
+    cmds.push(loader::add_checksum(
+        FILE_RSDP,
+        RSDP_CHECKSUM as u32,
+        0,
+        RSDP_V1_LEN as u32,
+    ));
+    cmds.push(loader::add_checksum(
+        FILE_RSDP,
+        RSDP_EXT_CHECKSUM as u32,
+        0,
+        rsdp.len() as u32,
+    ));
+    FirmwareTables {
+        tables: laid.blob,
+        rsdp,
+        loader: cmds.concat(),
+    }
+}
+
+/// The length field of the SDT at `at` in `blob`.
+fn sdt_len(blob: &[u8], at: usize) -> usize {
+    blob.get(at + 4..at + 8)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, |b| u32::from_le_bytes(b) as usize)
 }
 
 fn align(addr: u64) -> u64 {
@@ -189,6 +290,10 @@ fn fadt(dsdt_addr: u64) -> acpi_tables::fadt::FADT {
         .flag(Flags::SlpButton)
         .flag(Flags::Headless);
     // No SMI command port: the platform is in ACPI mode from the start.
+    // The 32-bit DSDT pointer too (the same address; the tables are below
+    // 4 GiB): SeaBIOS reads only this one, and without the DSDT it probes
+    // for a PS/2 keyboard that is not there, for seconds.
+    b.dsdt = u32::try_from(dsdt_addr).unwrap_or(0).into();
     b.sci_int = (SCI_IRQ as u16).into();
     b.pm1a_evt_blk = u32::from(PM1_EVT_BLK).into();
     b.pm1a_cnt_blk = u32::from(PM1_CNT_BLK).into();
@@ -303,5 +408,90 @@ mod tests {
             assert!(has(&irq), "{gsi}");
         }
         assert!(checksum_ok(s));
+    }
+
+    /// Runs `etc/table-loader` as SeaBIOS's romfile_loader.c does, with
+    /// the RSDP put at `rsdp_at` and the tables at `tables_at`.
+    fn run_loader(ft: &FirmwareTables, rsdp_at: u64, tables_at: u64) -> (Vec<u8>, Vec<u8>) {
+        let (mut rsdp, mut tables) = (ft.rsdp.clone(), ft.tables.clone());
+        let name =
+            |b: &[u8]| String::from_utf8(b.split(|c| *c == 0).next().unwrap().to_vec()).unwrap();
+        assert_eq!(ft.loader.len() % 128, 0);
+        for e in ft.loader.chunks(128) {
+            match u32_at(e, 0) {
+                1 => {
+                    let zone = e[64];
+                    match name(&e[4..60]).as_str() {
+                        FILE_RSDP => assert_eq!(zone, 2, "the RSDP goes in the F segment"),
+                        FILE_TABLES => assert_eq!(zone, 1),
+                        n => panic!("allocate {n}"),
+                    }
+                }
+                2 => {
+                    assert_eq!(name(&e[60..116]), FILE_TABLES);
+                    let (off, size) = (u32_at(e, 116) as usize, e[120] as usize);
+                    let dest = match name(&e[4..60]).as_str() {
+                        FILE_RSDP => &mut rsdp,
+                        _ => &mut tables,
+                    };
+                    let mut v = [0u8; 8];
+                    v[..size].copy_from_slice(&dest[off..off + size]);
+                    let v = (u64::from_le_bytes(v) + tables_at).to_le_bytes();
+                    dest[off..off + size].copy_from_slice(&v[..size]);
+                }
+                3 => {
+                    let (off, start, len) = (
+                        u32_at(e, 60) as usize,
+                        u32_at(e, 64) as usize,
+                        u32_at(e, 68) as usize,
+                    );
+                    let file = match name(&e[4..60]).as_str() {
+                        FILE_RSDP => &mut rsdp,
+                        _ => &mut tables,
+                    };
+                    let sum = file[start..start + len]
+                        .iter()
+                        .fold(0u8, |a, b| a.wrapping_add(*b));
+                    file[off] = file[off].wrapping_sub(sum);
+                }
+                c => panic!("command {c}"),
+            }
+        }
+        let _ = rsdp_at;
+        (rsdp, tables)
+    }
+
+    #[test]
+    fn the_table_loader_installs_the_same_tables() {
+        let ft = firmware_tables(2, &[3]);
+        let tables_at = 0x1fe0_0000u64;
+        let (rsdp, tables) = run_loader(&ft, 0xf5a40, tables_at);
+        assert_eq!(&rsdp[..8], b"RSD PTR ");
+        assert!(checksum_ok(&rsdp[..20]) && checksum_ok(&rsdp));
+        let at = |addr: u64| (addr - tables_at) as usize;
+        let xsdt = at(u64::from_le_bytes(rsdp[24..32].try_into().unwrap()));
+        let table = |o: usize| &tables[o..o + u32_at(&tables, o + 4) as usize];
+        assert_eq!(&table(xsdt)[..4], b"XSDT");
+        assert!(checksum_ok(table(xsdt)));
+        let mut sigs = Vec::new();
+        for e in table(xsdt)[36..].chunks(8) {
+            let t = table(at(u64::from_le_bytes(e.try_into().unwrap())));
+            assert!(checksum_ok(t));
+            sigs.push(t[..4].to_vec());
+            if &t[..4] == b"FACP" {
+                // Both DSDT pointers, the 32-bit one being SeaBIOS's.
+                let x_dsdt = u64::from_le_bytes(t[140..148].try_into().unwrap());
+                assert_eq!(u64::from(u32_at(t, 40)), x_dsdt);
+                let dsdt = table(at(x_dsdt));
+                assert_eq!(&dsdt[..4], b"DSDT");
+                assert!(checksum_ok(dsdt));
+                assert!(dsdt.windows(4).any(|w| w == b"_S5_"));
+            }
+            if &t[..4] == b"APIC" {
+                // Both vCPUs.
+                assert_eq!(t.len(), 44 + 2 * 8 + 12 + 10);
+            }
+        }
+        assert_eq!(sigs, [b"FACP".to_vec(), b"APIC".to_vec()]);
     }
 }

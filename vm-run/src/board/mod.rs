@@ -18,10 +18,12 @@ use std::{fmt, io};
 use kvm_ioctls::VmFd;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::boot::bios;
 use crate::bus::Bus;
 use crate::config::Config;
+use crate::devices::reset_control::ResetControl;
 use crate::devices::serial::{self, Output, Serial};
-use crate::devices::{acpi_pm, i8042, rtc, BusDevice};
+use crate::devices::{acpi_pm, debugcon, fw_cfg, i8042, rtc, BusDevice};
 use crate::disk;
 use crate::error::{Error, Result};
 use crate::irq::{self, GsiRouter};
@@ -73,6 +75,8 @@ pub struct Board {
     pub nic_slots: Vec<usize>,
     /// The CD-ROM's PCI slot (-r), after the NICs.
     pub cdrom_slot: Option<usize>,
+    /// A BIOS boot's fw_cfg (`boot_firmware`).
+    pub fw_cfg: Option<Arc<Mutex<fw_cfg::FwCfg>>>,
     /// Parks and resumes the vCPUs, and has them give their state.
     pub pauser: Arc<Pauser>,
     /// What a stream's CONF says of this guest.
@@ -113,6 +117,7 @@ impl Board {
             Some(s) => Serial::from_state(com1_irq, room, console, &s.serial),
         };
         let i8042 = i8042::I8042::new(reporter.clone());
+        let resets = reporter.clone();
         let rtc_vm = vm.clone();
         let mut rtc = rtc::Rtc::new(
             cfg.mem_size,
@@ -167,17 +172,18 @@ impl Board {
             flushers,
             nic_slots,
             cdrom_slot,
+            fw_cfg: None,
             pauser,
             conf,
             skip_absent: !memory::host_swaps(),
             verbose: cfg.verbose,
         };
-        Ok(board.wire())
+        Ok(board.wire(resets))
     }
 
     /// Puts every device on its bus, at the addresses the ACPI tables
-    /// (acpi.rs) give the guest.
-    fn wire(mut self) -> Board {
+    /// (acpi.rs) give the guest. `resets` hears of a reset through 0xcf9.
+    fn wire(mut self, resets: Reporter) -> Board {
         fn on(bus: &mut Bus, base: u16, len: u16, dev: Arc<Mutex<impl BusDevice + 'static>>) {
             bus.insert(base.into(), len.into(), dev);
         }
@@ -201,11 +207,13 @@ impl Board {
             acpi_pm::PORT_LEN,
             self.pm.clone(),
         );
+        // 0xcf9, inside the config ports, is the reset control register.
+        let config = ResetControl::new(PioView(self.pci.clone()), resets);
         on(
             &mut pio,
             root::CONFIG_PORT,
             root::CONFIG_PORT_LEN,
-            Arc::new(Mutex::new(PioView(self.pci.clone()))),
+            Arc::new(Mutex::new(config)),
         );
         on(
             &mut pio,
@@ -221,6 +229,38 @@ impl Board {
         );
         (self.pio, self.mmio) = (Arc::new(pio), Arc::new(mmio));
         self
+    }
+
+    /// Boots `image`, a BIOS, rather than a kernel: maps it, and adds the
+    /// fw_cfg device that describes this board to it and SeaBIOS's debug
+    /// port. Before any vCPU exists (the buses are still the board's own).
+    pub fn boot_firmware(&mut self, cfg: &Config, image: &[u8]) -> Result<()> {
+        let slots = bios::BootSlots {
+            disks: (1..=cfg.disks.len()).collect(),
+            cdrom: self.cdrom_slot,
+        };
+        let mut fw = bios::setup(cfg, &self.vm, self.mem, image, &slots)?;
+        // The machine the BIOS hands on is the one a kernel booted
+        // directly sees: the same tables, installed by the BIOS.
+        let t = acpi::firmware_tables(cfg.vcpus, &self.nic_slots);
+        fw.add_file(acpi::FILE_TABLES, t.tables);
+        fw.add_file(acpi::FILE_RSDP, t.rsdp);
+        fw.add_file(acpi::FILE_LOADER, t.loader);
+        let fw = Arc::new(Mutex::new(fw));
+        let pio = Arc::get_mut(&mut self.pio)
+            .ok_or_else(|| Error::Setup("the port bus is already in use".into()))?;
+        pio.insert(
+            fw_cfg::PORT_BASE.into(),
+            fw_cfg::PORT_LEN.into(),
+            fw.clone(),
+        );
+        pio.insert(
+            debugcon::PORT.into(),
+            debugcon::PORT_LEN.into(),
+            Arc::new(Mutex::new(debugcon::Debugcon::new(self.verbose))),
+        );
+        self.fw_cfg = Some(fw);
+        Ok(())
     }
 
     /// Writes out what vm-run caches of its qcow2 disks. The guest's own

@@ -1,8 +1,10 @@
 //! Loading a kernel, its initrd and command line into guest memory, and
-//! telling the boot vCPU where to start. The format is read from the
-//! file's contents, never its name: an ELF image boots through its PVH
-//! entry note, anything else must be a bzImage.
+//! telling the boot vCPU where to start; or a BIOS (bios.rs). The format
+//! is read from the file's contents, never its name: an ELF image boots
+//! through its PVH entry note, a file with a Linux setup header is a
+//! bzImage, and anything else must be a BIOS image.
 
+pub mod bios;
 mod bzimage;
 mod pvh;
 
@@ -23,6 +25,54 @@ use crate::x86::regs::Entry;
 pub struct Initrd {
     pub addr: u64,
     pub size: u64,
+}
+
+/// What -b (or the default BIOS) names.
+pub enum Image {
+    Kernel,
+    Bios(Vec<u8>),
+}
+
+/// Where a bzImage keeps its "HdrS" magic (the Linux boot protocol).
+const BZIMAGE_MAGIC_AT: u64 = 0x202;
+
+/// Reads enough of the boot file to tell a kernel from a BIOS, and the
+/// whole of a BIOS. The options that only a kernel takes (-i, -a) are
+/// refused with a BIOS, and -B with a kernel.
+pub fn probe(cfg: &Config) -> Result<Image> {
+    let path = &cfg.kernel;
+    let (mut f, len) = open(path).map_err(|e| match e {
+        Error::Open(p, io)
+            if cfg.firmware.default_bios && io.kind() == std::io::ErrorKind::NotFound =>
+        {
+            Error::Open(p, std::io::Error::new(io.kind(), bios::MISSING))
+        }
+        e => e,
+    })?;
+    let mut head = [0u8; 4];
+    let is_elf = f.read_exact(&mut head).is_ok() && head == *b"\x7fELF";
+    let is_bzimage = !is_elf
+        && f.seek(SeekFrom::Start(BZIMAGE_MAGIC_AT)).is_ok()
+        && f.read_exact(&mut head).is_ok()
+        && head == *b"HdrS";
+    if is_elf || is_bzimage {
+        if cfg.firmware.boot_device.is_some() {
+            return Err(Error::Usage(format!(
+                "-B: {} is a kernel; only a BIOS boots from a device",
+                path.display()
+            )));
+        }
+        return Ok(Image::Kernel);
+    }
+    let image = bios::read(path, &mut f, len)?;
+    if cfg.initrd.is_some() || cfg.firmware.cmdline_given {
+        return Err(Error::Usage(format!(
+            "{}: a BIOS takes no {} (they are for a kernel)",
+            path.display(),
+            if cfg.initrd.is_some() { "-i" } else { "-a" }
+        )));
+    }
+    Ok(Image::Bios(image))
 }
 
 pub fn load(mem: &GuestMemory, cfg: &Config, rsdp: u64) -> Result<Entry> {

@@ -4,7 +4,10 @@
 //! of vCPUs.
 
 pub mod acpi_pm;
+pub mod debugcon;
+pub mod fw_cfg;
 pub mod i8042;
+pub mod reset_control;
 pub mod rtc;
 pub mod serial;
 pub mod vmgenid;

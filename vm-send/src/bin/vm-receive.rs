@@ -165,6 +165,7 @@ fn incoming(a: Args) -> Result<(Config, Incoming), Error> {
     }
     let cfg = Config {
         kernel: PathBuf::new(),
+        firmware: Default::default(),
         initrd: None,
         disks,
         // Snapshots do not record a CD-ROM yet.
