@@ -40,7 +40,12 @@ go:	cli
 	jmp	off
 bad:	mov	$fail, %si
 	call	puts
-off:	mov	$0x604, %dx
+/* SeaBIOS's serial console holds back the last characters until the next
+ * one or a timer tick: two ticks (IRQ 0, 18.2 Hz) let them out. */
+off:	sti
+	hlt
+	hlt
+	mov	$0x604, %dx
 	mov	$(5 << 10 | 1 << 13), %ax
 	out	%ax, %dx
 1:	hlt
