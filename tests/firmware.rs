@@ -15,6 +15,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use vm_tests::named::{Console, Tiny};
 use vm_tests::{bin, root, target_dir, tiny_guest, wait_output, Output};
 
 const BIOS: &str = "/usr/share/seabios/bios-256k.bin";
@@ -221,4 +222,115 @@ fn kernel_options_with_a_bios_and_b_with_a_kernel_exit_64() {
     assert_fails(&run(&["-B", "disk"], None), 64, "-B disk: no disk");
     assert_fails(&run(&["-B", "cdrom", "-d", img], None), 64, "-B cdrom");
     assert_fails(&run(&["-B", "net"], None), 64, "-B net");
+}
+
+/// `vm-ctl`, `vm-send` and `vm-receive` through sh, with `dir` as the run
+/// directory and the built tools first on the PATH.
+fn sh(dir: &Path, script: &str) -> Output {
+    let bins = bin("vm-run")
+        .parent()
+        .expect("bin dir")
+        .display()
+        .to_string();
+    let child = Command::new("sh")
+        .args(["-c", script])
+        .env("VM_RUNDIR", dir)
+        .env(
+            "PATH",
+            format!("{bins}:{}", std::env::var("PATH").unwrap_or_default()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sh");
+    wait_output(child, LIMIT)
+}
+
+#[test]
+fn a_bios_booted_guest_is_sent_and_received_with_its_cd_rom() {
+    have_seabios();
+    let dir = dir().join("send");
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    let img = disk('x');
+    // A CD-ROM the guest does not boot from: its drive's state and image
+    // must travel all the same (-r on the receiving side).
+    let iso = dir.join("cd.iso");
+    fs::write(&iso, vec![0u8; 64 << 10]).unwrap();
+    let mut cmd = Command::new(bin("vm-run"));
+    cmd.args(["-N", "fw", "-m", "64M", "-d"])
+        .arg(&img)
+        .arg("-r")
+        .arg(&iso)
+        .env_remove("VM_RUN_BIOS")
+        .stdin(Stdio::null());
+    let g = Tiny::spawn(cmd, &dir, "fw");
+    let mut con = Console::attach(&dir, "fw");
+    // The boot sector echoes once SeaBIOS has run it (what SeaBIOS
+    // prints has no '%').
+    let mut echoed = false;
+    for _ in 0..60 {
+        con.type_in("%");
+        if con.wait_for("%", Duration::from_secs(2)) {
+            echoed = true;
+            break;
+        }
+    }
+    assert!(echoed, "the boot sector never echoed: {}", con.seen());
+    drop(con);
+    let snap = dir.join("snap");
+    let o = sh(&dir, &format!("vm-send fw > {}", snap.display()));
+    assert_eq!(o.status, 0, "{o:?}");
+    assert_eq!(g.end().status, 0);
+    // Without -r the receiver is told what the stream had.
+    let o = sh(
+        &dir,
+        &format!(
+            "vm-receive -N fw2 -d {} < {}",
+            img.display(),
+            snap.display()
+        ),
+    );
+    assert_eq!(o.status, 64, "{o:?}");
+    assert!(o.stderr.contains("the guest had a CD-ROM"), "{o:?}");
+    let mut cmd = Command::new("sh");
+    cmd.args([
+        "-c",
+        &format!(
+            "exec vm-receive -N fw2 -d {} -r {} < {}",
+            img.display(),
+            iso.display(),
+            snap.display()
+        ),
+    ])
+    .env(
+        "PATH",
+        format!(
+            "{}:{}",
+            bin("vm-run").parent().unwrap().display(),
+            std::env::var("PATH").unwrap_or_default()
+        ),
+    )
+    .stdin(Stdio::null());
+    let g = Tiny::spawn(cmd, &dir, "fw2");
+    let mut con = Console::attach(&dir, "fw2");
+    con.type_in("%received%");
+    assert!(
+        con.wait_for("%received%", Duration::from_secs(10)),
+        "the received guest does not echo: {}",
+        con.seen()
+    );
+    // It is sent on again, CD-ROM, BIOS and all.
+    let o = sh(&dir, "vm-send -k fw2 > /dev/null");
+    assert_eq!(o.status, 0, "{o:?}");
+    con.type_in("again");
+    assert!(
+        con.wait_for("again", Duration::from_secs(10)),
+        "{}",
+        con.seen()
+    );
+    assert_eq!(sh(&dir, "vm-ctl stop -f fw2").status, 0);
+    let out = g.end();
+    assert_eq!(out.status, 0, "{out:?}");
 }

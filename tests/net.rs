@@ -272,14 +272,14 @@ fn a_guest_with_a_nic_is_received_onto_a_tap_of_its_own() {
         o.stderr,
         "vm-receive: the guest had 1 NICs, VM_NET_FDS and -n give 0\n\
          usage: vm-receive [-Dpv] [-d [raw:|qcow2:]disk[,ro]] ... [-n fd] ... \
-         [-N name [-o user[:group]]] < stream\n\
+         [-N name [-o user[:group]]] [-r iso] < stream\n\
          vm-send: dst: send failed, guest resumed: a NIC is being plugged back with a new MAC: try again\n\
          vm-receive: the guest had 1 NICs, VM_NET_FDS and -n give 2\n\
          usage: vm-receive [-Dpv] [-d [raw:|qcow2:]disk[,ro]] ... [-n fd] ... \
-         [-N name [-o user[:group]]] < stream\n\
+         [-N name [-o user[:group]]] [-r iso] < stream\n\
          vm-receive: fd 3: the guest keeps its MAC fe:e1:ba:d0:00:07 (a version 3 stream)\n\
          usage: vm-receive [-Dpv] [-d [raw:|qcow2:]disk[,ro]] ... [-n fd] ... \
-         [-N name [-o user[:group]]] < stream\n",
+         [-N name [-o user[:group]]] [-r iso] < stream\n",
         "{o:?}"
     );
 }

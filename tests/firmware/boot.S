@@ -10,7 +10,8 @@
  * follows it to the XSDT and prints the signature of each table it
  * lists, and ends the run: with ACTION below 'r' it writes S5 to the
  * ACPI PM1 control register (port 0x604, as vm-run's FADT says), with
- * 'r' it resets through the i8042.
+ * 'r' it resets through the i8042, above 'r' ('x') it echoes its console.
+ * (What only a failure prints is short: the sector is full.)
  *
  * Big real mode is not needed: the tables are read with int 0x15's
  * AH=0x87 block move, which copies from anywhere in the first 4 GiB.
@@ -114,6 +115,7 @@ end:	mov	$newline, %si
 	call	settle
 	cmpb	$'r', action
 	je	reset
+	ja	echo
 	mov	$0x604, %dx
 	mov	$(5 << 10 | 1 << 13), %ax	/* SLP_TYP=5 (S5), SLP_EN */
 	out	%ax, %dx
@@ -123,6 +125,18 @@ reset:	mov	$0xfe, %al
 hang:	cli
 	hlt
 	jmp	hang
+
+/* With ACTION above 'r': echo what COM1 receives, polling it as the tiny
+ * guest does, for ever: a guest to send and receive while it runs in
+ * real mode over the BIOS's memory. */
+echo:	mov	$0x3fd, %dx			/* COM1's line status */
+1:	in	%dx, %al
+	test	$1, %al				/* data ready */
+	jz	1b
+	mov	$0x3f8, %dx
+	in	%dx, %al
+	out	%al, %dx
+	jmp	echo
 
 /* SeaBIOS's serial console holds back the last character until the
  * next one or a timer tick: two ticks (IRQ 0, 18.2 Hz) let it out. */
@@ -183,9 +197,9 @@ hello:	.asciz "firmware: boot sector\r\n"
 fwcfg:	.ascii "fw_cfg "
 sig:	.asciz "????\r\n"
 insb1:	.asciz "insb: each\r\n"
-insb2:	.asciz "insb: once\r\n"
+insb2:	.asciz "insb?\r\n"
 romkept: .asciz "rom: kept\r\n"
-romwritten: .asciz "rom: written\r\n"
+romwritten: .asciz "rom!\r\n"
 rsdp:	.asciz "RSDP "
 newline: .asciz "\r\n"
 action:	.byte ACTION

@@ -100,7 +100,7 @@ pub fn receive(cfg: &Config, mut incoming: Incoming) -> Result<Outcome> {
             missing.join(" ")
         )));
     }
-    let saved = snapshot::read(&mut incoming.reader, mem, cfg.vcpus.into())
+    let saved = snapshot::read(&mut incoming.reader, mem, &incoming.config)
         .map_err(|e| Error::Snapshot(e.to_string()))?;
     let cpuid = CpuId::from_entries(&incoming.config.cpuid)
         .map_err(|e| Error::Snapshot(format!("CPUID: {e:?}")))?;
@@ -109,8 +109,8 @@ pub fn receive(cfg: &Config, mut incoming: Incoming) -> Result<Outcome> {
     // disks.
     host.control = patiently(|| host.bind(cfg))?;
     let media = patiently(|| board::open_media(cfg))?;
-    let board = host.board(cfg, &m, &cpuid, media, Some(&saved))?;
-    board.restore(&saved)?;
+    let mut board = host.board(cfg, &m, &cpuid, media, Some(&saved))?;
+    board.restore(cfg, &saved)?;
     let vcpus = create_vcpus(cfg, &m.vm, &board, &cpuid, &host.reporter, |id, fd| {
         saved.vcpus[usize::from(id)]
             .restore(fd, mem)
@@ -358,6 +358,9 @@ fn guest_config(cfg: &Config, cpuid: &CpuId) -> GuestConfig {
                 mac: nic.renew.unwrap_or(mac),
             })
             .collect(),
+        // Board::boot_firmware says otherwise.
+        firmware: false,
+        cdrom: cfg.cdrom.as_ref().map(|p| p.display().to_string()),
     }
 }
 

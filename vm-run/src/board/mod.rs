@@ -32,6 +32,7 @@ use crate::nic::tap::Tap;
 use crate::outcome::Reporter;
 use crate::pci::hotplug::{self, Hotplug};
 use crate::pci::root::{self, MmioView, PciRoot, PioView};
+use crate::snapshot::stream::{Dec, Tag};
 use crate::snapshot::GuestConfig;
 use crate::vcpu::Pauser;
 use crate::virtio::net::{self, Net};
@@ -75,8 +76,10 @@ pub struct Board {
     pub nic_slots: Vec<usize>,
     /// The CD-ROM's PCI slot (-r), after the NICs.
     pub cdrom_slot: Option<usize>,
-    /// A BIOS boot's fw_cfg (`boot_firmware`).
+    /// A BIOS boot's fw_cfg (`boot_firmware`), and the BIOS image, which
+    /// a snapshot carries (the receiver maps it again).
     pub fw_cfg: Option<Arc<Mutex<fw_cfg::FwCfg>>>,
+    rom: Option<Vec<u8>>,
     /// Parks and resumes the vCPUs, and has them give their state.
     pub pauser: Arc<Pauser>,
     /// What a stream's CONF says of this guest.
@@ -173,6 +176,7 @@ impl Board {
             nic_slots,
             cdrom_slot,
             fw_cfg: None,
+            rom: None,
             pauser,
             conf,
             skip_absent: !memory::host_swaps(),
@@ -235,11 +239,18 @@ impl Board {
     /// fw_cfg device that describes this board to it and SeaBIOS's debug
     /// port. Before any vCPU exists (the buses are still the board's own).
     pub fn boot_firmware(&mut self, cfg: &Config, image: &[u8]) -> Result<()> {
+        bios::map(&self.vm, self.mem, image, true)?;
+        self.add_fw_cfg(cfg, image)
+    }
+
+    /// The firmware's devices on the port bus, fw_cfg describing this
+    /// board; the image is kept for a snapshot.
+    fn add_fw_cfg(&mut self, cfg: &Config, image: &[u8]) -> Result<()> {
         let slots = bios::BootSlots {
             disks: (1..=cfg.disks.len()).collect(),
             cdrom: self.cdrom_slot,
         };
-        let mut fw = bios::setup(cfg, &self.vm, self.mem, image, &slots)?;
+        let mut fw = bios::fw_cfg(cfg, self.mem, &slots)?;
         // The machine the BIOS hands on is the one a kernel booted
         // directly sees: the same tables, installed by the BIOS.
         let t = acpi::firmware_tables(cfg.vcpus, &self.nic_slots);
@@ -260,6 +271,23 @@ impl Board {
             Arc::new(Mutex::new(debugcon::Debugcon::new(self.verbose))),
         );
         self.fw_cfg = Some(fw);
+        self.rom = Some(image.to_vec());
+        self.conf.firmware = true;
+        Ok(())
+    }
+
+    /// A received BIOS-booted guest's firmware: the ROM mapped again (the
+    /// copy below 1 MiB came with memory) and fw_cfg as the guest left it.
+    pub fn restore_firmware(&mut self, cfg: &Config, image: &[u8], fw_state: &[u8]) -> Result<()> {
+        bios::map(&self.vm, self.mem, image, false)?;
+        self.add_fw_cfg(cfg, image)?;
+        if let Some(fw) = &self.fw_cfg {
+            let mut d = Dec::new(Tag::FwCfg, fw_state);
+            lock(fw)
+                .restore(&mut d)
+                .and_then(|()| d.end())
+                .map_err(|e| Error::Snapshot(e.to_string()))?;
+        }
         Ok(())
     }
 

@@ -3,8 +3,11 @@
 //!
 //! ```text
 //! CONF                    what the receiver builds (snapshot/conf.rs)
+//! [ROM]                   a BIOS-booted guest's BIOS image
 //! [MEM ...]               a live migration's pre-copy rounds
 //! DEVS                    COM1, the ACPI PM registers, the PCI bus
+//! PCIX                    the PCI devices' own state (the CD-ROM's drive)
+//! [FWCF]                  a BIOS-booted guest's fw_cfg
 //! RTC                     the CMOS clock
 //! VCPU x vCPUs            each vCPU's KVM state (x86/state.rs)
 //! VMST                    irqchip, PIT, kvmclock (x86/state.rs)
@@ -23,16 +26,18 @@ use std::time::Instant;
 use vm_superio::serial::SerialState;
 
 use super::{lock, Board, FlushError};
+use crate::config::Config;
 use crate::devices::acpi_pm::{AcpiPm, PmState};
 use crate::devices::rtc::{Rtc, RtcState};
 use crate::devices::serial::Serial;
 use crate::devices::vmgenid;
 use crate::error::{Error, KvmError};
+use crate::memory::BIOS_IMAGE_MAX;
 use crate::pci::root::PciRoot;
 use crate::snapshot::live::{self, DirtyLog};
 use crate::snapshot::memory::{load_run, write_dirty, write_memory};
 use crate::snapshot::stream::{Dec, Enc, Reader, StreamError, Tag, Writer};
-use crate::snapshot::{MEM_RUN_PAGES, PAGE};
+use crate::snapshot::{GuestConfig, MEM_RUN_PAGES, PAGE};
 use crate::vcpu::PauseError;
 use crate::x86::state::{StateError, VcpuState, VmState};
 
@@ -42,8 +47,12 @@ pub struct Saved {
     pub serial: SerialState,
     pub pm: PmState,
     /// The PCI bus as `PciRoot::save` wrote it: its functions are built
-    /// from the configuration first, then take this.
+    /// from the configuration first, then take this; and their devices'
+    /// own state (`PciRoot::save_devices`, none before version 5).
     pci: Vec<u8>,
+    pci_devices: Option<Vec<u8>>,
+    /// A BIOS-booted guest's BIOS image and fw_cfg state.
+    firmware: Option<(Vec<u8>, Vec<u8>)>,
     /// None from streams before version 3: their guests had no RTC, and
     /// no vmgenid page either.
     pub rtc: Option<RtcState>,
@@ -56,8 +65,6 @@ pub struct Saved {
 pub enum SendError {
     /// CONF must name the MAC a NIC has after its replug.
     Replugging,
-    /// The CD-ROM's state and image are not in the stream (version 4).
-    Cdrom,
     NotPaused,
     /// Pausing, or taking the vCPUs' state, failed.
     Pause(PauseError),
@@ -77,7 +84,6 @@ impl fmt::Display for SendError {
                 f.write_str("a NIC is being plugged back with a new MAC: try again")
             }
             SendError::NotPaused => f.write_str("the guest is not paused"),
-            SendError::Cdrom => f.write_str("a guest with a CD-ROM (-r) cannot be sent yet"),
             SendError::Pause(e) => write!(f, "{e}"),
             SendError::State(e) => write!(f, "{e}"),
             SendError::DirtyLog(e) => write!(f, "{e}"),
@@ -106,11 +112,11 @@ impl Board {
         if lock(&self.hotplug).pending() {
             return Err(SendError::Replugging);
         }
-        if self.cdrom_slot.is_some() {
-            return Err(SendError::Cdrom);
-        }
         let mut w = Writer::new(out)?;
         w.section(Tag::Config, &[&self.conf.encode()])?;
+        if let Some(rom) = &self.rom {
+            w.section(Tag::Rom, &[rom])?;
+        }
         let log = if live {
             let (log, rest) = self.precopy(&mut w)?;
             self.pauser.pause().map_err(SendError::Pause)?;
@@ -159,6 +165,14 @@ impl Board {
         pci.save(&mut bus);
         devs.bytes(&bus.0);
         w.section(Tag::Devices, &[&devs.0])?;
+        let mut own = Enc::default();
+        pci.save_devices(&mut own);
+        w.section(Tag::PciDevices, &[&own.0])?;
+        if let Some(fw) = &self.fw_cfg {
+            let mut e = Enc::default();
+            lock(fw).save(&mut e);
+            w.section(Tag::FwCfg, &[&e.0])?;
+        }
         let mut rtc = Enc::default();
         lock(&self.rtc).save(&mut rtc);
         w.section(Tag::Rtc, &[&rtc.0])?;
@@ -196,12 +210,21 @@ impl Board {
     /// PCI functions' state, a new VM generation ID, and the in-kernel
     /// devices'. Before any vCPU exists; the devices stay quiet until
     /// `resume_restored`.
-    pub fn restore(&self, saved: &Saved) -> crate::error::Result<()> {
+    pub fn restore(&mut self, cfg: &Config, saved: &Saved) -> crate::error::Result<()> {
+        let stream = |e: StreamError| Error::Snapshot(e.to_string());
         let mut d = Dec::new(Tag::Devices, &saved.pci);
-        lock(&self.pci)
-            .restore(&mut d)
-            .and_then(|()| d.end())
-            .map_err(|e| Error::Snapshot(e.to_string()))?;
+        let mut pci = lock(&self.pci);
+        pci.restore(&mut d).and_then(|()| d.end()).map_err(stream)?;
+        if let Some(own) = &saved.pci_devices {
+            let mut d = Dec::new(Tag::PciDevices, own);
+            pci.restore_devices(&mut d)
+                .and_then(|()| d.end())
+                .map_err(stream)?;
+        }
+        drop(pci);
+        if let Some((rom, fw)) = &saved.firmware {
+            self.restore_firmware(cfg, rom, fw)?;
+        }
         if saved.rtc.is_some() {
             // This guest may be one of many clones of the snapshot (a
             // version 3 one: older guests have no vmgenid page).
@@ -228,8 +251,9 @@ impl Board {
 pub fn read<R: Read>(
     r: &mut Reader<R>,
     mem: &crate::memory::GuestMemory,
-    vcpus: usize,
+    conf: &GuestConfig,
 ) -> Result<Saved, StreamError> {
+    let vcpus = usize::from(conf.vcpus);
     let small = 1 << 20;
     fn expect(got: Option<(Tag, &[u8])>, want: Tag) -> Result<&[u8], StreamError> {
         match got {
@@ -239,6 +263,11 @@ pub fn read<R: Read>(
         }
     }
     let max_run = (8 + MEM_RUN_PAGES * PAGE) as u64;
+    let rom = if conf.firmware {
+        Some(expect(r.next(BIOS_IMAGE_MAX)?, Tag::Rom)?.to_vec())
+    } else {
+        None
+    };
     // A live migration's pre-copied memory comes before DEVS.
     let devs = loop {
         match r.next(max_run.max(small))? {
@@ -251,6 +280,15 @@ pub fn read<R: Read>(
     let pm = AcpiPm::load(&mut d)?;
     let pci = d.bytes()?.to_vec();
     d.end()?;
+    let pci_devices = if r.version() >= 5 {
+        Some(expect(r.next(small)?, Tag::PciDevices)?.to_vec())
+    } else {
+        None
+    };
+    let firmware = match rom {
+        Some(rom) => Some((rom, expect(r.next(small)?, Tag::FwCfg)?.to_vec())),
+        None => None,
+    };
     let rtc = if r.version() >= 3 {
         let Some((Tag::Rtc, payload)) = r.next(small)? else {
             return Err(StreamError::Order(Tag::Rtc, "missing"));
@@ -277,6 +315,8 @@ pub fn read<R: Read>(
         serial,
         pm,
         pci,
+        pci_devices,
+        firmware,
         rtc,
         vcpus: states,
         vm,

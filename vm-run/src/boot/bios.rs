@@ -60,18 +60,15 @@ pub struct BootSlots {
     pub cdrom: Option<usize>,
 }
 
-/// Maps the BIOS, puts its low copy in RAM, and builds the fw_cfg device
-/// that describes this guest to it (the board adds its ACPI tables).
-pub fn setup(
-    cfg: &Config,
-    vm: &VmFd,
-    mem: &'static GuestMemory,
-    image: &[u8],
-    boot: &BootSlots,
-) -> Result<FwCfg> {
-    let order = bootorder(cfg.firmware.boot_device, boot)?;
+/// Maps the BIOS as a ROM ending at 4 GiB; with `low_copy`, also puts its
+/// last 256 KiB below 1 MiB as RAM, where it runs (a received guest has
+/// that copy, as it left it, in its memory).
+pub fn map(vm: &VmFd, mem: &'static GuestMemory, image: &[u8], low_copy: bool) -> Result<()> {
     // The KVM slot past the RAM's (memory::register numbers them from 0).
     memory::map_firmware(vm, mem.num_regions() as u32, image)?;
+    if !low_copy {
+        return Ok(());
+    }
     // The window below 1 MiB holds the image's last 256 KiB (or all of
     // a smaller one), ending at 1 MiB (memory::BIOS_LOW_START).
     let low = image.len().min((BIOS_END - BIOS_LOW_START) as usize);
@@ -79,8 +76,13 @@ pub fn setup(
         &image[image.len() - low..],
         GuestAddress(BIOS_END - low as u64),
     )
-    .map_err(|e| Error::Setup(format!("BIOS low copy: {e}")))?;
+    .map_err(|e| Error::Setup(format!("BIOS low copy: {e}")))
+}
 
+/// The fw_cfg device that describes this guest to the BIOS (the board
+/// adds its ACPI tables).
+pub fn fw_cfg(cfg: &Config, mem: &'static GuestMemory, boot: &BootSlots) -> Result<FwCfg> {
+    let order = bootorder(cfg.firmware.boot_device, boot)?;
     let mut fw = FwCfg::new(cfg.vcpus, memory::size(mem), Some(mem));
     fw.add_file("etc/e820", e820(cfg.mem_size));
     fw.add_file("bootorder", order.into_bytes());

@@ -204,6 +204,12 @@ pub trait PciDevice: Send {
         let b = d.bytes()?;
         self.config_mut().set_raw(b).map_err(|e| d.bad(e))
     }
+    /// What the device behind the function keeps beyond `save`'s (a
+    /// stream's PCIX section, version 5); nothing by default.
+    fn save_device(&self, _e: &mut Enc) {}
+    fn restore_device(&mut self, _d: &mut Dec) -> std::result::Result<(), StreamError> {
+        Ok(())
+    }
 }
 
 /// A BAR that the guest placed elsewhere or switched on or off.

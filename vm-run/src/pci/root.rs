@@ -102,6 +102,36 @@ impl PciRoot {
         Ok(())
     }
 
+    /// The devices' own state (PCIX), for the functions that keep any:
+    /// by slot, each as bytes.
+    pub fn save_devices(&self, e: &mut Enc) {
+        let states: Vec<(usize, Vec<u8>)> = (self.slots.iter().enumerate())
+            .filter_map(|(i, s)| {
+                let mut own = Enc::default();
+                s.as_ref()?.save_device(&mut own);
+                (!own.0.is_empty()).then_some((i, own.0))
+            })
+            .collect();
+        e.u8(states.len() as u8);
+        for (slot, state) in states {
+            e.u8(slot as u8).bytes(&state);
+        }
+    }
+
+    pub fn restore_devices(&mut self, d: &mut Dec) -> std::result::Result<(), StreamError> {
+        for _ in 0..d.u8()? {
+            let slot = usize::from(d.u8()?);
+            let state = d.bytes()?;
+            let Some(Some(dev)) = self.slots.get_mut(slot) else {
+                return Err(d.bad(format!("no PCI function in slot {slot}")));
+            };
+            let mut own = Dec::new(crate::snapshot::stream::Tag::PciDevices, state);
+            dev.restore_device(&mut own)?;
+            own.end()?;
+        }
+        Ok(())
+    }
+
     /// Puts the function in `slot` back as new (the guest ejected it).
     pub fn replug(&mut self, slot: usize) {
         if let Some(Some(d)) = self.slots.get_mut(slot) {

@@ -28,6 +28,10 @@ pub struct GuestConfig {
     pub cpuid: Vec<kvm_bindings::kvm_cpuid_entry2>,
     pub disks: Vec<DiskRecord>,
     pub nics: Vec<NicRecord>,
+    /// The guest booted a BIOS (its image follows in ROM), not a kernel.
+    pub firmware: bool,
+    /// The CD-ROM's image, as the sender named it (version 5).
+    pub cdrom: Option<String>,
 }
 
 /// Upper bounds for a CONF section's counts: far above what vm-run makes.
@@ -62,6 +66,8 @@ impl GuestConfig {
         for n in &self.nics {
             e.bytes(&n.mac);
         }
+        e.u8(self.firmware.into())
+            .bytes(self.cdrom.as_deref().unwrap_or("").as_bytes());
         e.0
     }
 
@@ -123,6 +129,15 @@ impl GuestConfig {
                 .map_err(|_| d.bad("a MAC address is not 6 bytes"))?;
             nics.push(NicRecord { mac });
         }
+        // Streams before version 5 end here: their guests booted a kernel
+        // and had no CD-ROM.
+        let (firmware, cdrom) = if d.is_empty() {
+            (false, None)
+        } else {
+            let firmware = d.u8()? != 0;
+            let cdrom = text(&mut d)?;
+            (firmware, Some(cdrom).filter(|c| !c.is_empty()))
+        };
         d.end()?;
         Ok(GuestConfig {
             mem_size,
@@ -130,6 +145,8 @@ impl GuestConfig {
             cpuid,
             disks,
             nics,
+            firmware,
+            cdrom,
         })
     }
 }
@@ -149,6 +166,8 @@ mod tests {
                 serial: Some("web0".into()),
             }],
             nics,
+            firmware: false,
+            cdrom: None,
         }
     }
 
@@ -159,20 +178,36 @@ mod tests {
         let back = GuestConfig::decode(&c.encode()).expect("decode");
         assert_eq!(back.nics, c.nics);
         assert_eq!(back.disks, c.disks);
-        // Version 2 wrote no NIC count at all.
-        let mut v2 = config(Vec::new()).encode();
+        // Version 4 ended after the NICs (no firmware flag, no CD-ROM),
+        // version 2 before them.
+        let v4 = |c: &GuestConfig| {
+            let mut b = c.encode();
+            b.truncate(b.len() - 5);
+            b
+        };
+        let old = GuestConfig::decode(&v4(&c)).expect("v4");
+        assert_eq!((old.nics, old.firmware, old.cdrom), (c.nics, false, None));
+        let mut v2 = v4(&config(Vec::new()));
         v2.truncate(v2.len() - 4);
         assert!(GuestConfig::decode(&v2).expect("v2").nics.is_empty());
         // A MAC of the wrong length, or a NIC count past the end.
-        let mut bad = config(Vec::new()).encode();
-        bad.truncate(bad.len() - 4);
+        let mut bad = v2.clone();
         bad.extend(1u32.to_le_bytes());
         bad.extend(5u32.to_le_bytes());
         bad.extend([1, 2, 3, 4, 5]);
         assert!(GuestConfig::decode(&bad).is_err());
-        let mut bad = config(Vec::new()).encode();
-        bad.truncate(bad.len() - 4);
+        let mut bad = v2;
         bad.extend(1000u32.to_le_bytes());
         assert!(GuestConfig::decode(&bad).is_err());
+    }
+
+    #[test]
+    fn conf_keeps_the_firmware_and_the_cd_rom() {
+        let mut c = config(Vec::new());
+        c.firmware = true;
+        c.cdrom = Some("/var/vm/install.iso".into());
+        let back = GuestConfig::decode(&c.encode()).expect("decode");
+        assert!(back.firmware);
+        assert_eq!(back.cdrom.as_deref(), Some("/var/vm/install.iso"));
     }
 }

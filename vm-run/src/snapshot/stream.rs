@@ -1,4 +1,4 @@
-//! The snapshot stream, version 4 (docs/SNAPSHOT.md): a header, then
+//! The snapshot stream, version 5 (docs/SNAPSHOT.md): a header, then
 //! sections, each a tag, a length and a CRC-32 of its payload, readable
 //! strictly in order from a pipe. This file is the only place that knows
 //! the layout on the wire.
@@ -7,23 +7,35 @@ use std::fmt;
 use std::io::{self, Read, Write};
 
 pub const MAGIC: &[u8; 8] = b"VMSNAP\r\n";
-pub const VERSION: u32 = 4;
+pub const VERSION: u32 = 5;
 /// Version 1 streams are version 2 streams without memory before DEVS;
 /// version 2 streams are version 3 streams without NICs in CONF and
 /// without RTC (and their guests have no vmgenid page); version 3
 /// streams are version 4 streams whose guests cannot unplug their NICs
-/// (no hotplug slots in their ACPI tables, so no new MAC on a receive).
+/// (no hotplug slots in their ACPI tables, so no new MAC on a receive);
+/// version 4 streams are version 5 streams without PCIX (no device kept
+/// state beyond its transport), and their guests booted a kernel, not a
+/// BIOS, and had no CD-ROM.
 pub const OLDEST: u32 = 1;
-/// No section but memory is larger; a longer length is corruption.
-pub const MAX_SECTION: u64 = 4 << 20;
+/// The largest section: a BIOS image (memory comes in runs of 1 MiB).
+/// Each reader names a smaller bound for the sections it expects; a
+/// longer length is corruption.
+pub const MAX_SECTION: u64 = 16 << 20;
 
 /// Section tags, in the order a stream has them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tag {
     /// The guest's configuration: memory, vCPUs, CPUID, disks, time.
     Config,
+    /// A BIOS-booted guest's BIOS image (version 5).
+    Rom,
     /// The devices: UART, ACPI PM1, PCI functions.
     Devices,
+    /// The PCI functions' own state beyond their transport, by slot
+    /// (version 5): the CD-ROM's drive.
+    PciDevices,
+    /// A BIOS-booted guest's fw_cfg device (version 5).
+    FwCfg,
     /// The CMOS RTC: its offset from the host's clock, its CMOS bytes.
     Rtc,
     /// One vCPU's registers and in-kernel state; one section per vCPU.
@@ -36,9 +48,12 @@ pub enum Tag {
     End,
 }
 
-const TAGS: [(Tag, &[u8; 4]); 7] = [
+const TAGS: [(Tag, &[u8; 4]); 10] = [
     (Tag::Config, b"CONF"),
+    (Tag::Rom, b"ROM "),
     (Tag::Devices, b"DEVS"),
+    (Tag::PciDevices, b"PCIX"),
+    (Tag::FwCfg, b"FWCF"),
     (Tag::Rtc, b"RTC "),
     (Tag::Vcpu, b"VCPU"),
     (Tag::Vm, b"VMST"),

@@ -25,6 +25,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::irq::GsiRouter;
 use crate::memory::GuestMemory;
 use crate::pci::msix::Msix;
+use crate::snapshot::stream::{Dec, Enc, StreamError};
 
 /// "No MSI-X vector" in the common configuration.
 pub const NO_VECTOR: u16 = 0xffff;
@@ -55,6 +56,13 @@ pub trait VirtioDevice: Send + 'static {
     /// The function was unplugged and is plugged back as new: the device
     /// takes on what it is to be from now on (a NIC its next MAC).
     fn replugged(&mut self) {}
+
+    /// State the device keeps beyond its queues (the CD-ROM's drive), for
+    /// a snapshot; nothing by default.
+    fn save(&self, _e: &mut Enc) {}
+    fn restore(&mut self, _d: &mut Dec) -> std::result::Result<(), StreamError> {
+        Ok(())
+    }
 
     /// A file the worker polls besides the kicks (a tap), while the
     /// device wants to hear from it; `None` stops polling it.

@@ -525,6 +525,19 @@ impl PciDevice for VirtioPci {
         }
     }
 
+    fn save_device(&self, e: &mut Enc) {
+        if let State::Idle(dev) | State::Quiesced(dev, _) = &self.state {
+            dev.save(e);
+        }
+    }
+
+    fn restore_device(&mut self, d: &mut Dec) -> std::result::Result<(), StreamError> {
+        match &mut self.state {
+            State::Idle(dev) | State::Quiesced(dev, _) => dev.restore(d),
+            _ => Err(d.bad(format!("{}: not quiesced", self.name))),
+        }
+    }
+
     fn save(&self, e: &mut Enc) {
         e.bytes(self.pci.raw())
             .u32(self.device_feature_select)

@@ -140,16 +140,6 @@ impl Scsi {
         }
     }
 
-    /// The CD-ROM's state, for a snapshot (the transport saves the
-    /// queues).
-    pub fn save(&self, e: &mut Enc) {
-        self.cd.save(e);
-    }
-
-    pub fn restore(&mut self, d: &mut Dec) -> std::result::Result<(), StreamError> {
-        self.cd.restore(d)
-    }
-
     fn request(&mut self, readable: &[Buf], data_in: &[Buf], mem: &GuestMemory) -> Response {
         self.last_len = 0;
         let mut req = [0u8; REQ_LEN as usize];
@@ -259,6 +249,15 @@ fn is_our_lun(lun: &[u8]) -> bool {
 }
 
 impl VirtioDevice for Scsi {
+    /// The drive's state (the transport saves the queues).
+    fn save(&self, e: &mut Enc) {
+        self.cd.save(e);
+    }
+
+    fn restore(&mut self, d: &mut Dec) -> std::result::Result<(), StreamError> {
+        self.cd.restore(d)
+    }
+
     fn device_type(&self) -> u32 {
         VIRTIO_ID_SCSI
     }

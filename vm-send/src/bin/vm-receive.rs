@@ -18,10 +18,12 @@ use vm_run::vm::{self, Incoming};
 use vm_run::{console, control, exit, sandbox};
 
 const USAGE: &str = "usage: vm-receive [-Dpv] [-d [raw:|qcow2:]disk[,ro]] ... [-n fd] ... \
-[-N name [-o user[:group]]] < stream";
+[-N name [-o user[:group]]] [-r iso] < stream";
 
 struct Args {
     disks: Vec<DiskSpec>,
+    /// -r: the CD-ROM's image, for a guest that had one.
+    cdrom: Option<PathBuf>,
     /// -D: open the disks at the paths the stream names. The stream then
     /// picks host files, so only for a sender trusted as much as root.
     stream_disks: bool,
@@ -42,6 +44,7 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Option<Args>, Error
     let mut p = lexopt::Parser::from_iter(args);
     let mut a = Args {
         disks: Vec::new(),
+        cdrom: None,
         stream_disks: false,
         nics: nic::from_env(|k| std::env::var(k).ok()).map_err(usage)?,
         name: None,
@@ -77,6 +80,7 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Option<Args>, Error
                 )?)?)
             }
             Short('D') => a.stream_disks = true,
+            Short('r') => a.cdrom = Some(PathBuf::from(p.value().map_err(usage)?)),
             Short('p') => a.pty = true,
             Short('v') => a.verbose = true,
             Short('h') | Long("help") => return Ok(None),
@@ -84,8 +88,10 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Option<Args>, Error
         }
     }
     nic::check(&a.nics).map_err(usage)?;
-    if a.stream_disks && !a.disks.is_empty() {
-        return Err(usage("-D and -d: the disks come from one or the other"));
+    if a.stream_disks && (!a.disks.is_empty() || a.cdrom.is_some()) {
+        return Err(usage(
+            "-D with -d or -r: the images come from one or the other",
+        ));
     }
     if a.owner.is_some() && a.name.is_none() {
         return Err(usage("-o: only a named guest (-N) has a control socket"));
@@ -131,6 +137,17 @@ fn incoming(a: Args) -> Result<(Config, Incoming), Error> {
             a.disks.len()
         )));
     };
+    let cdrom = match (&conf.cdrom, a.cdrom) {
+        (None, None) => None,
+        (None, Some(_)) => return Err(usage("-r: the guest had no CD-ROM")),
+        (Some(_), Some(iso)) => Some(iso),
+        (Some(path), None) if a.stream_disks => Some(PathBuf::from(path)),
+        (Some(path), None) => {
+            return Err(usage(format!(
+            "the guest had a CD-ROM ({path}): name it with -r, or take the stream's path with -D"
+        )))
+        }
+    };
     if a.nics.len() != conf.nics.len() {
         return Err(usage(format!(
             "the guest had {} NICs, VM_NET_FDS and -n give {}",
@@ -169,7 +186,7 @@ fn incoming(a: Args) -> Result<(Config, Incoming), Error> {
         initrd: None,
         disks,
         // Snapshots do not record a CD-ROM yet.
-        cdrom: None,
+        cdrom,
         nics,
         cmdline: String::new(),
         vcpus: conf.vcpus,
