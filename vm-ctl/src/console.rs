@@ -10,7 +10,7 @@ use nix::sys::termios::{self, SetArg};
 use vm_run::control::proto::Request;
 
 use crate::Fail;
-use vm_run::control::client::{ClientError, Guest};
+use vm_run::control::client::{ClientError, GuestSocket};
 
 /// cu's escape handling, one input byte at a time.
 #[derive(Default)]
@@ -44,7 +44,7 @@ impl Escape {
     }
 }
 
-pub fn attach(g: &Guest) -> Result<(), Fail> {
+pub fn attach(g: &GuestSocket) -> Result<(), Fail> {
     let (_, mut sock) = g.request(Request::Console)?;
     let os = |what: &str, e: io::Error| Fail::Client(ClientError::Os(what.to_string(), e));
     let stdin = io::stdin();

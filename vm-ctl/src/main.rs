@@ -9,7 +9,7 @@ use std::ffi::OsString;
 use std::fmt;
 use std::path::PathBuf;
 
-use vm_run::control::client::{self, ClientError, Guest};
+use vm_run::control::client::{self, ClientError, GuestSocket};
 use vm_run::control::proto::Request;
 
 const USAGE: &str = "usage: vm-ctl status [name]\n       vm-ctl stop [-fw] name | -a\n       \
@@ -118,21 +118,21 @@ fn run(cmd: Command) -> Result<(), Fail> {
             Ok(())
         }
         Command::Status(None) => status::print(&client::all(&dir)?, false),
-        Command::Status(Some(n)) => status::print(&[Guest::named(&dir, &n)?], true),
+        Command::Status(Some(n)) => status::print(&[GuestSocket::named(&dir, &n)?], true),
         Command::Stop { force, wait, name } => {
             let guests = match name {
-                Some(ref n) => vec![Guest::named(&dir, n)?],
+                Some(ref n) => vec![GuestSocket::named(&dir, n)?],
                 None => client::all(&dir)?,
             };
             stop(&guests, force, wait, name.is_none())
         }
-        Command::Simple(Request::Console, n) => console::attach(&Guest::named(&dir, &n)?),
+        Command::Simple(Request::Console, n) => console::attach(&GuestSocket::named(&dir, &n)?),
         Command::Simple(Request::Wait, n) => {
-            Guest::wait_exit(Guest::named(&dir, &n)?.wait_request()?);
+            GuestSocket::wait_exit(GuestSocket::named(&dir, &n)?.wait_request()?);
             Ok(())
         }
         Command::Simple(req, n) => {
-            Guest::named(&dir, &n)?.request(req)?;
+            GuestSocket::named(&dir, &n)?.request(req)?;
             Ok(())
         }
     }
@@ -143,7 +143,7 @@ fn run(cmd: Command) -> Result<(), Fail> {
 /// and with -w, whose promise is that the guest is gone: systemd runs a
 /// unit's ExecStop (vm-ctl stop -w) after a guest powered off or rebooted
 /// by itself too, and would call that unit failed.
-fn stop(guests: &[Guest], force: bool, wait: bool, all: bool) -> Result<(), Fail> {
+fn stop(guests: &[GuestSocket], force: bool, wait: bool, all: bool) -> Result<(), Fail> {
     let req = if force { Request::Kill } else { Request::Stop };
     let mut waits = Vec::new();
     let mut failed = None;
@@ -164,7 +164,7 @@ fn stop(guests: &[Guest], force: bool, wait: bool, all: bool) -> Result<(), Fail
         }
     }
     for s in waits {
-        Guest::wait_exit(s);
+        GuestSocket::wait_exit(s);
     }
     failed.map_or(Ok(()), |status| Err(Fail::Reported(status)))
 }

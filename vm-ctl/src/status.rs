@@ -5,13 +5,13 @@ use nix::unistd::{Gid, Group, Uid, User};
 use vm_run::control::proto::{Request, Status};
 
 use crate::Fail;
-use vm_run::control::client::{ClientError, Guest};
+use vm_run::control::client::{ClientError, GuestSocket};
 
 pub const HEADER: &str = "   ID   PID VCPUS  MAXMEM  CURMEM     TTY        OWNER    STATE NAME";
 
 /// `named` guests must answer; of all guests, those that cannot (gone,
 /// not ours) are left out, as vmctl shows only what it may see.
-pub fn print(guests: &[Guest], named: bool) -> Result<(), Fail> {
+pub fn print(guests: &[GuestSocket], named: bool) -> Result<(), Fail> {
     let mut rows = Vec::new();
     for g in guests {
         match g.request(Request::Status) {

@@ -68,15 +68,17 @@ impl ClientError {
     }
 }
 
-pub struct Guest {
+/// A named guest's control socket, as a client finds it (vm-ctl,
+/// vm-send); the server's side is `server::Guest`.
+pub struct GuestSocket {
     pub name: String,
     pub path: PathBuf,
 }
 
-impl Guest {
-    pub fn named(dir: &Path, name: &str) -> Result<Guest, ClientError> {
+impl GuestSocket {
+    pub fn named(dir: &Path, name: &str) -> Result<GuestSocket, ClientError> {
         crate::config::check_name(name).map_err(|e| ClientError::BadName(name.into(), e))?;
-        Ok(Guest {
+        Ok(GuestSocket {
             name: name.to_string(),
             path: super::socket_path(dir, name),
         })
@@ -211,19 +213,19 @@ fn remove_stale(path: &Path) {
 }
 
 /// Every guest with a socket in `dir`, by name.
-pub fn all(dir: &Path) -> Result<Vec<Guest>, ClientError> {
+pub fn all(dir: &Path) -> Result<Vec<GuestSocket>, ClientError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(ClientError::Os(dir.display().to_string(), e)),
     };
-    let mut guests: Vec<Guest> = entries
+    let mut guests: Vec<GuestSocket> = entries
         .filter_map(|e| {
             let e = e.ok()?;
             let file = e.file_name().into_string().ok()?;
             let name = file.strip_suffix(".sock")?;
             crate::config::check_name(name).ok()?;
-            Some(Guest {
+            Some(GuestSocket {
                 name: name.to_string(),
                 path: e.path(),
             })

@@ -6,7 +6,7 @@ use std::io::{self, IoSlice, IsTerminal};
 use std::os::fd::AsRawFd;
 
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
-use vm_run::control::client::{ClientError, Guest};
+use vm_run::control::client::{ClientError, GuestSocket};
 use vm_run::control::proto::Request;
 use vm_run::exit;
 
@@ -42,7 +42,7 @@ fn parse() -> Result<Args, String> {
 
 fn send(req: Request, name: &str) -> Result<(), ClientError> {
     let dir = vm_run::control::rundir().map_err(|e| ClientError::Refused(name.into(), e))?;
-    let g = Guest::named(&dir, name)?;
+    let g = GuestSocket::named(&dir, name)?;
     let (_, s) = g.request(req)?;
     let out = io::stdout();
     let fds = [out.as_raw_fd()];
