@@ -12,7 +12,9 @@
 #     on a qcow2 overlay and of QEMU on the same kind of overlay;
 #  5. snapshots (tests/bench/snapshot.sh, alone too): vm-send/vm-receive
 #     against QEMU's migrate exec: on this machine's /dev/kvm;
-#  6. binary sizes.
+#  6. firmware: SeaBIOS to a boot sector, vm-run and QEMU -M pc
+#     (tests/bench/firmware.sh, alone too), on this machine's /dev/kvm;
+#  7. binary sizes.
 set -eu
 root=$(cd "$(dirname "$0")/../.." && pwd)
 out=${1:-$root/docs/BENCHMARKS.md}
@@ -50,6 +52,7 @@ sed -n '/^BOOT-TABLE-BEGIN/,/^BOOT-TABLE-END/p' "$tmp/host.log" | tr -d '\r' |
 "$root/tests/bench/qcow2.sh" "$tmp/qcow2"
 "$root/tests/bench/net.sh" "$tmp/net"
 "$root/tests/bench/snapshot.sh" "$tmp/snapshot"
+"$root/tests/bench/firmware.sh" "$tmp/firmware"
 
 {
 cat <<HEAD
@@ -88,6 +91,8 @@ echo
 cat "$tmp/net"
 echo
 cat "$tmp/snapshot"
+echo
+cat "$tmp/firmware"
 cat <<TAIL
 
 ## Binary sizes (static, stripped)
