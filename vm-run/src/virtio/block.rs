@@ -13,9 +13,9 @@ use virtio_bindings::virtio_blk::*;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use vm_memory::{Bytes, GuestAddress};
 
-use super::iovec::{iovec, Dir};
+use super::buffers::{self, gather, iovecs, scatter, split_at, total, Buf, Dir};
 use super::{Chain, VirtioDevice};
-use crate::disk::{Disk, IoVec};
+use crate::disk::Disk;
 use crate::memory::GuestMemory;
 
 pub const SECTOR: u64 = 512;
@@ -34,13 +34,6 @@ const CONFIG_LEN: usize = 60;
 /// meanwhile. 1 MiB requests at queue depth 4 ran 10-25% faster that way
 /// in the test host (raw and qcow2); 4k ones still share an interrupt.
 const SIGNAL_NOW_LEN: u64 = 64 << 10;
-
-/// A run of guest memory, from one descriptor or part of one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Buf {
-    addr: u64,
-    len: u64,
-}
 
 /// A request's buffers, split by direction.
 struct Request {
@@ -295,55 +288,10 @@ impl VirtioDevice for Block {
     }
 }
 
-/// Splits a chain into its readable and writable buffers; None if a
-/// readable one follows a writable one, which the spec forbids.
+/// Splits a chain into its readable and writable buffers.
 fn split(chain: Chain<'_>) -> Option<Request> {
-    let mut req = Request {
-        readable: Vec::new(),
-        writable: Vec::new(),
-    };
-    for d in chain {
-        let b = Buf {
-            addr: d.addr().0,
-            len: d.len().into(),
-        };
-        if d.is_write_only() {
-            req.writable.push(b);
-        } else if req.writable.is_empty() {
-            req.readable.push(b);
-        } else {
-            return None;
-        }
-    }
-    Some(req)
-}
-
-fn total(bufs: &[Buf]) -> u64 {
-    bufs.iter().map(|b| b.len).sum()
-}
-
-/// The first `n` bytes of `bufs`, and the rest.
-fn split_at(bufs: &[Buf], n: u64) -> Option<(Vec<Buf>, Vec<Buf>)> {
-    let (mut head, mut tail, mut left) = (Vec::new(), Vec::new(), n);
-    for b in bufs {
-        if left >= b.len {
-            head.push(*b);
-            left -= b.len;
-        } else if left > 0 {
-            head.push(Buf {
-                addr: b.addr,
-                len: left,
-            });
-            tail.push(Buf {
-                addr: b.addr.checked_add(left)?,
-                len: b.len - left,
-            });
-            left = 0;
-        } else {
-            tail.push(*b);
-        }
-    }
-    (left == 0).then_some((head, tail))
+    let (readable, writable) = buffers::split(chain)?;
+    Some(Request { readable, writable })
 }
 
 fn split_last_byte(bufs: &[Buf]) -> Option<(Vec<Buf>, Buf)> {
@@ -357,42 +305,6 @@ fn split_last_byte(bufs: &[Buf]) -> Option<(Vec<Buf>, Buf)> {
             len: 1,
         },
     ))
-}
-
-/// Copies guest buffers into `out`, which must be exactly as long.
-fn gather(mem: &GuestMemory, bufs: &[Buf], out: &mut [u8]) -> Option<()> {
-    let mut at = 0usize;
-    for b in bufs {
-        let n = usize::try_from(b.len).ok()?;
-        mem.read_slice(out.get_mut(at..at.checked_add(n)?)?, GuestAddress(b.addr))
-            .ok()?;
-        at += n;
-    }
-    (at == out.len()).then_some(())
-}
-
-/// Copies `data` into the front of the guest buffers.
-fn scatter(mem: &GuestMemory, bufs: &[Buf], data: &[u8]) -> Option<()> {
-    let mut at = 0usize;
-    for b in bufs {
-        if at == data.len() {
-            break;
-        }
-        let n = (b.len as usize).min(data.len() - at);
-        mem.write_slice(&data[at..at + n], GuestAddress(b.addr))
-            .ok()?;
-        at += n;
-    }
-    Some(())
-}
-
-/// The host addresses of guest buffers, for preadv and pwritev; None if
-/// any lies outside guest RAM (or straddles the end of a region).
-fn iovecs(mem: &GuestMemory, bufs: &[Buf], dir: Dir) -> Option<Vec<IoVec>> {
-    bufs.iter()
-        .filter(|b| b.len > 0)
-        .map(|b| iovec(mem, GuestAddress(b.addr), usize::try_from(b.len).ok()?, dir))
-        .collect()
 }
 
 #[cfg(test)]

@@ -6,9 +6,9 @@
 //! space.
 
 pub mod block;
+pub mod buffers;
 #[cfg(any(test, fuzzing))]
 pub mod fuzz;
-pub mod iovec;
 pub mod net;
 pub mod pci;
 pub mod rng;

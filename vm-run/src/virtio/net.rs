@@ -21,7 +21,7 @@ use virtio_bindings::virtio_net::*;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend as _};
 
-use super::iovec::{iovec, Dir};
+use super::buffers::{iovec, Dir};
 use super::{ActiveQueue, Chain, VirtioDevice};
 use crate::disk::IoVec;
 use crate::memory::GuestMemory;

@@ -18,11 +18,10 @@ use std::path::Path;
 use virtio_bindings::virtio_ids::VIRTIO_ID_SCSI;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
 use virtio_bindings::virtio_scsi::*;
-use vm_memory::{Bytes, GuestAddress};
 
-use super::iovec::{iovec, Dir};
+use super::buffers::{gather, iovecs, scatter_all, split, split_at, total, Buf, Dir};
 use super::{drain_queue, ActiveQueue, Chain, VirtioDevice};
-use crate::disk::{self, Disk, DiskSpec, Format, IoVec};
+use crate::disk::{self, Disk, DiskSpec, Format};
 use crate::error::{Error, Result};
 use crate::memory::GuestMemory;
 use crate::scsi::cdrom::{CdRom, Reply, SECTOR};
@@ -59,13 +58,6 @@ const SIGNAL_NOW_LEN: u64 = 64 << 10;
 /// A task management function done (the spec's value; the bindings
 /// lack it).
 const VIRTIO_SCSI_S_FUNCTION_COMPLETE: u32 = 0;
-
-/// A run of guest memory, from one descriptor or part of one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Buf {
-    addr: u64,
-    len: u64,
-}
 
 pub struct Scsi {
     disk: Box<dyn Disk>,
@@ -159,7 +151,7 @@ impl Scsi {
         match self.cd.command(&req[19..]) {
             Reply::Data(d) => {
                 let n = d.len().min(usize::try_from(room).unwrap_or(usize::MAX));
-                if scatter(mem, data_in, &d[..n]).is_none() {
+                if scatter_all(mem, data_in, &d[..n]).is_none() {
                     return Response::transport(VIRTIO_SCSI_S_FAILURE);
                 }
                 r.written = n as u64;
@@ -169,7 +161,9 @@ impl Scsi {
                 return Response::transport(VIRTIO_SCSI_S_OVERRUN)
             }
             Reply::Read { offset, len } => {
-                let Some(iovs) = split_at(data_in, len).and_then(|(b, _)| iovecs(mem, &b)) else {
+                let Some(iovs) =
+                    split_at(data_in, len).and_then(|(b, _)| iovecs(mem, &b, Dir::IntoGuest))
+                else {
                     return Response::transport(VIRTIO_SCSI_S_FAILURE);
                 };
                 self.last_len = len;
@@ -220,7 +214,7 @@ impl Scsi {
                         _ => VIRTIO_SCSI_S_FUNCTION_REJECTED,
                     }
                 };
-                scatter(mem, writable, &[response as u8])?;
+                scatter_all(mem, writable, &[response as u8])?;
                 Some(1)
             }
             VIRTIO_SCSI_T_AN_QUERY | VIRTIO_SCSI_T_AN_SUBSCRIBE => {
@@ -233,7 +227,7 @@ impl Scsi {
                     VIRTIO_SCSI_S_BAD_TARGET
                 };
                 // No event class is supported: event_actual is 0.
-                scatter(mem, writable, &[0, 0, 0, 0, response as u8])?;
+                scatter_all(mem, writable, &[0, 0, 0, 0, response as u8])?;
                 Some(AN_RESP_LEN as u32)
             }
             _ => None,
@@ -307,7 +301,7 @@ impl VirtioDevice for Scsi {
         head[4..8].copy_from_slice(&(resid.min(u32::MAX.into()) as u32).to_le_bytes());
         head[10] = r.status;
         head[11] = r.response;
-        match scatter(mem, &resp, &head) {
+        match scatter_all(mem, &resp, &head) {
             Some(()) => (RESP_LEN + r.written).min(u32::MAX.into()) as u32,
             None => 0,
         }
@@ -335,95 +329,6 @@ impl VirtioDevice for Scsi {
     }
 }
 
-/// Splits a chain into its readable and writable buffers; None if a
-/// readable one follows a writable one, which the spec forbids.
-fn split(chain: Chain<'_>) -> Option<(Vec<Buf>, Vec<Buf>)> {
-    let (mut readable, mut writable) = (Vec::new(), Vec::new());
-    for d in chain {
-        let b = Buf {
-            addr: d.addr().0,
-            len: d.len().into(),
-        };
-        if d.is_write_only() {
-            writable.push(b);
-        } else if writable.is_empty() {
-            readable.push(b);
-        } else {
-            return None;
-        }
-    }
-    Some((readable, writable))
-}
-
-fn total(bufs: &[Buf]) -> u64 {
-    bufs.iter().map(|b| b.len).sum()
-}
-
-/// The first `n` bytes of `bufs`, and the rest; None if they are shorter.
-fn split_at(bufs: &[Buf], n: u64) -> Option<(Vec<Buf>, Vec<Buf>)> {
-    let (mut head, mut tail, mut left) = (Vec::new(), Vec::new(), n);
-    for b in bufs {
-        if left >= b.len {
-            head.push(*b);
-            left -= b.len;
-        } else if left > 0 {
-            head.push(Buf {
-                addr: b.addr,
-                len: left,
-            });
-            tail.push(Buf {
-                addr: b.addr.checked_add(left)?,
-                len: b.len - left,
-            });
-            left = 0;
-        } else {
-            tail.push(*b);
-        }
-    }
-    (left == 0).then_some((head, tail))
-}
-
-/// Copies guest buffers into `out`, which must be exactly as long.
-fn gather(mem: &GuestMemory, bufs: &[Buf], out: &mut [u8]) -> Option<()> {
-    let mut at = 0usize;
-    for b in bufs {
-        let n = usize::try_from(b.len).ok()?;
-        mem.read_slice(out.get_mut(at..at.checked_add(n)?)?, GuestAddress(b.addr))
-            .ok()?;
-        at += n;
-    }
-    (at == out.len()).then_some(())
-}
-
-/// Copies `data` into the front of the guest buffers.
-fn scatter(mem: &GuestMemory, bufs: &[Buf], data: &[u8]) -> Option<()> {
-    let mut at = 0usize;
-    for b in bufs {
-        if at == data.len() {
-            break;
-        }
-        let n = usize::try_from(b.len)
-            .unwrap_or(usize::MAX)
-            .min(data.len() - at);
-        mem.write_slice(&data[at..at + n], GuestAddress(b.addr))
-            .ok()?;
-        at += n;
-    }
-    (at == data.len()).then_some(())
-}
-
-/// The host addresses of guest buffers, for preadv; None if any lies
-/// outside guest RAM (or straddles the end of a region).
-fn iovecs(mem: &GuestMemory, bufs: &[Buf]) -> Option<Vec<IoVec>> {
-    bufs.iter()
-        .filter(|b| b.len > 0)
-        .map(|b| {
-            let len = usize::try_from(b.len).ok()?;
-            iovec(mem, GuestAddress(b.addr), len, Dir::IntoGuest)
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -435,6 +340,7 @@ mod tests {
     use virtio_queue::mock::MockSplitQueue;
     use virtio_queue::{Queue, QueueT};
     use vm_memory::GuestMemoryMmap;
+    use vm_memory::{Bytes, GuestAddress};
     use vmm_sys_util::eventfd::EventFd;
 
     const W: u16 = VRING_DESC_F_WRITE as u16;
