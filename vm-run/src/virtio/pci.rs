@@ -91,6 +91,29 @@ enum State {
     Lost,
 }
 
+/// Why the driver's DRIVER_OK could not start the device: the device
+/// then asks for a reset (NEEDS_RESET), as the spec lets it.
+#[derive(Debug)]
+enum ActivateError {
+    Running,
+    NoFeaturesOk,
+    Queue(usize, virtio_queue::Error),
+    RingsOutside(usize),
+    Thread(std::io::Error),
+}
+
+impl std::fmt::Display for ActivateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            ActivateError::Running => f.write_str("device is already running"),
+            ActivateError::NoFeaturesOk => f.write_str("driver set DRIVER_OK without FEATURES_OK"),
+            ActivateError::Queue(i, e) => write!(f, "queue {i}: {e}"),
+            ActivateError::RingsOutside(i) => write!(f, "queue {i}: rings outside guest memory"),
+            ActivateError::Thread(e) => write!(f, "device thread: {e}"),
+        }
+    }
+}
+
 pub struct VirtioPci {
     pci: ConfigSpace,
     msix_cap: usize,
@@ -361,10 +384,10 @@ impl VirtioPci {
     }
 
     /// Starts the device's thread.
-    fn activate(&mut self) -> std::result::Result<(), String> {
+    fn activate(&mut self) -> std::result::Result<(), ActivateError> {
         let active = self.active_queues(&[])?;
         let State::Idle(dev) = std::mem::replace(&mut self.state, State::Lost) else {
-            return Err("device is already running".into());
+            return Err(ActivateError::Running);
         };
         self.spawn(dev, active)
     }
@@ -374,9 +397,9 @@ impl VirtioPci {
     fn active_queues(
         &self,
         positions: &[(u16, u16)],
-    ) -> std::result::Result<Vec<ActiveQueue>, String> {
+    ) -> std::result::Result<Vec<ActiveQueue>, ActivateError> {
         if self.status & VIRTIO_CONFIG_S_FEATURES_OK as u8 == 0 {
-            return Err("driver set DRIVER_OK without FEATURES_OK".into());
+            return Err(ActivateError::NoFeaturesOk);
         }
         let event_idx = self.driver_features & 1 << VIRTIO_RING_F_EVENT_IDX != 0;
         let mut active = Vec::new();
@@ -384,12 +407,13 @@ impl VirtioPci {
             if !c.ready {
                 continue;
             }
-            let mut q = Queue::new(c.max).map_err(|e| format!("queue {index}: {e}"))?;
+            let bad = |e| ActivateError::Queue(index, e);
+            let mut q = Queue::new(c.max).map_err(bad)?;
             q.try_set_size(c.size)
                 .and_then(|_| q.try_set_desc_table_address(GuestAddress(c.desc)))
                 .and_then(|_| q.try_set_avail_ring_address(GuestAddress(c.avail)))
                 .and_then(|_| q.try_set_used_ring_address(GuestAddress(c.used)))
-                .map_err(|e| format!("queue {index}: {e}"))?;
+                .map_err(bad)?;
             q.set_event_idx(event_idx);
             q.set_ready(true);
             if let Some(&(avail, used)) = positions.get(index) {
@@ -397,7 +421,7 @@ impl VirtioPci {
                 q.set_next_used(used);
             }
             if !q.is_valid(self.mem) {
-                return Err(format!("queue {index}: rings outside guest memory"));
+                return Err(ActivateError::RingsOutside(index));
             }
             let kick = self.kicks[index].clone();
             active.push(
@@ -411,7 +435,7 @@ impl VirtioPci {
         &mut self,
         mut dev: Box<dyn VirtioDevice>,
         active: Vec<ActiveQueue>,
-    ) -> std::result::Result<(), String> {
+    ) -> std::result::Result<(), ActivateError> {
         dev.activate(self.driver_features);
         let shared = Shared {
             interrupt: self.interrupt.clone(),
@@ -420,7 +444,7 @@ impl VirtioPci {
         };
         match Worker::spawn(dev, active, shared, self.stop.clone(), self.mem) {
             Ok(w) => self.state = State::Running(w),
-            Err(e) => return Err(format!("device thread: {e}")),
+            Err(e) => return Err(ActivateError::Thread(e)),
         }
         Ok(())
     }
