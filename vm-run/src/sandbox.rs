@@ -279,7 +279,19 @@ fn drop_capabilities() -> std::io::Result<()> {
     // SAFETY: capset reads one header and two data structs, both live
     // here for the call, of the layout version 3 defines.
     if unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) } != 0 {
-        return Err(std::io::Error::last_os_error());
+        let refused = std::io::Error::last_os_error();
+        // A service manager's own filter may refuse capset (systemd's
+        // ~@privileged): that is no failure when there is nothing to drop.
+        let mut held = [CapData::default(); 2];
+        // SAFETY: capget writes two data structs of version 3's layout
+        // into `held`, which lives for the call.
+        let got = unsafe { libc::syscall(libc::SYS_capget, &header, held.as_mut_ptr()) };
+        let none = held
+            .iter()
+            .all(|d| d.effective == 0 && d.permitted == 0 && d.inheritable == 0);
+        if got != 0 || !none {
+            return Err(refused);
+        }
     }
     Ok(())
 }
