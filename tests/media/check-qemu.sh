@@ -1,8 +1,8 @@
 #!/bin/sh
-# Usage: tests/media/check-qemu.sh [OUTDIR]
+# Usage: tests/media/check-qemu.sh [OUTDIR [CHECK...]]
 # Boots the media of build.sh (OUTDIR, default target/media) with QEMU
 # under TCG, one at a time, and says how long each took to reach what it
-# should show. Used by hand, to check the media themselves apart from
+# should show; CHECKs (names below) limit it to those. Used by hand, to check the media themselves apart from
 # vm-run; not run by make test. The serial consoles are kept in
 # OUTDIR/check-qemu/NAME.log. Exit status 0 when every check passed.
 #   debian-raw     raw virtio disk, 2 vCPUs: GRUB menu, root's prompt; poweroff
@@ -13,10 +13,24 @@
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 media=$(cd "${1:-$here/../../target/media}" && pwd) || exit 66
+[ $# -eq 0 ] || shift
+all="debian-raw debian-qcow2 grub-iso-cd grub-iso-disk di-iso"
+checks=" ${*:-$all} "
+for c in $checks; do
+    case " $all " in *" $c "*) ;; *) echo "check-qemu.sh: $c: no such check ($all)" >&2; exit 64 ;; esac
+done
+failed=0
+# want CHECK MEDIUM: CHECK was asked for; a missing medium fails it.
+want() {
+    case $checks in *" $1 "*) ;; *) return 1 ;; esac
+    [ -f "$media/$2" ] && return 0
+    echo "check-qemu: $1: FAILED: $media/$2: missing (tests/media/build.sh $media)" >&2
+    failed=1; return 1
+}
 logs=$media/check-qemu
 mkdir -p "$logs"
 limit=${LIMIT:-300}     # seconds a check may take
-failed=0 pid= cat=
+pid= cat=
 trap '[ -z "$pid" ] || kill "$pid" 2>/dev/null; [ -z "$cat" ] || kill "$cat" 2>/dev/null' EXIT
 trap 'exit 130' INT TERM HUP
 
@@ -68,12 +82,14 @@ menu_deb='Debian 12 (vm-tools test medium)'
 menu_iso='vm-tools grub.iso: busybox marker'
 loading='Loading Linux from debian.raw'     # once a boot, unlike the menu's title
 
-if [ -f "$media/debian.raw" ]; then
+if want debian-raw debian.raw; then
     boot debian-raw -smp 2 -drive "file=$media/debian.raw,format=raw,if=virtio,snapshot=on"
     if seen "$menu_deb" && m=$T && seen "$prompt" && p=$T && line poweroff && ended; then
         ok "GRUB menu at ${m}s, prompt at ${p}s, powered off at ${T}s"
     else fail "no menu, prompt or power-off"; fi
+fi
 
+if want debian-qcow2 debian.raw; then
     qemu-img create -q -f qcow2 -b "$media/debian.raw" -F raw "$logs/overlay.qcow2"
     boot debian-qcow2 -smp 2 -drive "file=$logs/overlay.qcow2,format=qcow2,if=virtio"
     if seen "$prompt" && p=$T && line reboot && seen "$loading" 2 && m=$T && seen "$prompt" 2 && q=$T &&
@@ -83,21 +99,20 @@ if [ -f "$media/debian.raw" ]; then
     rm -f "$logs/overlay.qcow2"
 fi
 
-if [ -f "$media/grub.iso" ]; then
-    for how in cd disk; do
-        case $how in
-        cd) boot grub-iso-cd -no-reboot -cdrom "$media/grub.iso" ;;
-        disk) boot grub-iso-disk -no-reboot -drive "file=$media/grub.iso,format=raw,if=virtio,readonly=on" ;;
-        esac
-        if seen "$menu_iso" && m=$T && seen '^VMTEST-GRUB-ISO-OK' && k=$T && ended; then
-            ok "GRUB menu at ${m}s, marker at ${k}s, powered off at ${T}s"
-        else fail "no menu, marker or power-off"; fi
-    done
-fi
+for how in cd disk; do
+    want "grub-iso-$how" grub.iso || continue
+    case $how in
+    cd) boot grub-iso-cd -no-reboot -cdrom "$media/grub.iso" ;;
+    disk) boot grub-iso-disk -no-reboot -drive "file=$media/grub.iso,format=raw,if=virtio,readonly=on" ;;
+    esac
+    if seen "$menu_iso" && m=$T && seen '^VMTEST-GRUB-ISO-OK' && k=$T && ended; then
+        ok "GRUB menu at ${m}s, marker at ${k}s, powered off at ${T}s"
+    else fail "no menu, marker or power-off"; fi
+done
 
-if [ -f "$media/di.iso" ]; then
+if want di-iso di.iso; then
     boot di-iso -no-reboot -cdrom "$media/di.iso" -boot d
-    if seen 'vm-tools di.iso: starting the Debian installer' && i=$T && seen 'Select a language'; then
+    if seen 'Loading /install/vmlinuz' && i=$T && seen 'Select a language'; then
         ok "isolinux at ${i}s, the installer's first question at ${T}s"
     else fail "no isolinux message or installer question"; fi
 fi
