@@ -4,6 +4,7 @@
 #                   the emulated test host); installs what it needs
 #   make demo       boots a Linux guest with its console on this terminal
 #   make bench      benchmarks, written to docs/BENCHMARKS.md
+#   make media      boot media from Debian packages in target/media (tests/media)
 #   make install    binaries and man pages under $(PREFIX)
 
 PREFIX  ?= /usr/local
@@ -27,6 +28,9 @@ setup: setup-rust
 
 fixture: setup
 	tests/guest/build.sh target/guest
+
+media: setup fixture
+	tests/media/build.sh target/media
 
 test: setup all
 	mandoc -Tlint -Wwarning man/*
@@ -66,4 +70,4 @@ install: all
 clean:
 	$(CARGO) clean
 
-.PHONY: all setup-rust setup fixture test demo bench lint fuzz install clean
+.PHONY: all setup-rust setup fixture media test demo bench lint fuzz install clean
