@@ -12,7 +12,9 @@
 #     on a qcow2 overlay and of QEMU on the same kind of overlay;
 #  5. snapshots (tests/bench/snapshot.sh, alone too): vm-send/vm-receive
 #     against QEMU's migrate exec: on this machine's /dev/kvm;
-#  6. binary sizes.
+#  6. start-up and exit against the floor (tests/bench/startup.sh), and
+#     density: 50 idle guests' PSS (tests/bench/density.sh), both alone too;
+#  7. binary sizes.
 set -eu
 root=$(cd "$(dirname "$0")/../.." && pwd)
 out=${1:-$root/docs/BENCHMARKS.md}
@@ -50,6 +52,8 @@ sed -n '/^BOOT-TABLE-BEGIN/,/^BOOT-TABLE-END/p' "$tmp/host.log" | tr -d '\r' |
 "$root/tests/bench/qcow2.sh" "$tmp/qcow2"
 "$root/tests/bench/net.sh" "$tmp/net"
 "$root/tests/bench/snapshot.sh" "$tmp/snapshot"
+"$root/tests/bench/startup.sh" "$tmp/startup-exit"
+"$root/tests/bench/density.sh" "$tmp/density"
 
 {
 cat <<HEAD
@@ -88,6 +92,10 @@ echo
 cat "$tmp/net"
 echo
 cat "$tmp/snapshot"
+echo
+cat "$tmp/startup-exit"
+echo
+cat "$tmp/density"
 cat <<TAIL
 
 ## Binary sizes (static, stripped)
