@@ -241,7 +241,11 @@ impl ExitStats {
         }
         line("MMIO, further pages", &self.mmio_other);
         let start = START_NS.load(Ordering::Relaxed);
-        let _ = writeln!(t, "vm-run: in KVM_RUN {:.3} ms", ms(self.in_run_ns));
+        let _ = writeln!(
+            t,
+            "vm-run: in KVM_RUN {:.3} ms, all vCPUs together",
+            ms(self.in_run_ns)
+        );
         if let (Some(first), true) = (self.first_entry_ns, start > 0) {
             let _ = writeln!(
                 t,
