@@ -571,3 +571,28 @@ fn bad_disks_are_refused_before_the_guest_starts() {
     );
     assert_fails(&out, 77, "readonly.img: Permission denied");
 }
+
+#[test]
+fn verbose_prints_the_exits_when_the_guest_ends() {
+    let out = tiny(&["-v", "-a", "poweroff"]);
+    assert_eq!(out.status, 0, "{out:?}");
+    assert_eq!(out.stdout, "tiny: poweroff\n");
+    // "tiny: poweroff\n" is 15 bytes, one port write each to COM1's data
+    // register (the guest does not poll the line status).
+    let com1 = out
+        .stderr
+        .lines()
+        .find(|l| l.contains("port 0x3f8-0x3ff"))
+        .unwrap_or_else(|| panic!("no COM1 line in {}", out.stderr));
+    let count: u64 = com1
+        .split_whitespace()
+        .rev()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(count, 15, "{com1}");
+    assert!(out.stderr.contains("first vCPU entry "), "{}", out.stderr);
+    let quiet = tiny(&["-a", "poweroff"]);
+    assert!(!quiet.stderr.contains("exits"), "{}", quiet.stderr);
+}

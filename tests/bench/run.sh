@@ -14,7 +14,9 @@
 #     against QEMU's migrate exec: on this machine's /dev/kvm;
 #  6. firmware: SeaBIOS to a boot sector, vm-run and QEMU -M pc
 #     (tests/bench/firmware.sh, alone too), on this machine's /dev/kvm;
-#  7. binary sizes.
+#  7. start-up and exit against the floor (tests/bench/startup.sh), and
+#     density: 50 idle guests' PSS (tests/bench/density.sh), both alone too;
+#  8. binary sizes.
 set -eu
 root=$(cd "$(dirname "$0")/../.." && pwd)
 out=${1:-$root/docs/BENCHMARKS.md}
@@ -53,6 +55,8 @@ sed -n '/^BOOT-TABLE-BEGIN/,/^BOOT-TABLE-END/p' "$tmp/host.log" | tr -d '\r' |
 "$root/tests/bench/net.sh" "$tmp/net"
 "$root/tests/bench/snapshot.sh" "$tmp/snapshot"
 "$root/tests/bench/firmware.sh" "$tmp/firmware"
+"$root/tests/bench/startup.sh" "$tmp/startup-exit"
+"$root/tests/bench/density.sh" "$tmp/density"
 
 {
 cat <<HEAD
@@ -93,6 +97,10 @@ echo
 cat "$tmp/snapshot"
 echo
 cat "$tmp/firmware"
+echo
+cat "$tmp/startup-exit"
+echo
+cat "$tmp/density"
 cat <<TAIL
 
 ## Binary sizes (static, stripped)

@@ -22,6 +22,7 @@ pub mod sandbox;
 pub mod scsi;
 pub mod signals;
 pub mod snapshot;
+pub mod stats;
 pub mod vcpu;
 pub mod virtio;
 pub mod vm;

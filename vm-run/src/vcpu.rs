@@ -15,6 +15,7 @@ use crate::bus::Bus;
 use crate::error::KvmError;
 use crate::error::{Error, Result};
 use crate::outcome::{Outcome, Reporter};
+use crate::stats::{self, ExitStats, Kind, Target};
 use crate::x86::regs;
 use crate::x86::state::{StateError, StateResult, VcpuState};
 
@@ -108,6 +109,8 @@ struct PauseState {
     clock_realtime: u64,
     /// A snapshot in progress: each parked vCPU fills its slot.
     saving: Option<Vec<Option<StateResult<VcpuState>>>>,
+    /// Under -v, the exits of the vCPUs that have parked or ended.
+    stats: Option<ExitStats>,
 }
 
 impl Pauser {
@@ -143,8 +146,21 @@ impl Pauser {
     /// the kernel tears the VM down with no vCPU in guest mode. Nested
     /// under TCG, exiting with a vCPU inside the guest has been seen to
     /// hang the host kernel.
+    /// Under -v it then prints the vCPUs' exits (merged as they parked).
     pub fn stop_all(&self) {
         let _ = self.park_all(Duration::from_millis(500));
+        if let Some(s) = self.lock().stats.take() {
+            eprint!("{}", s.table());
+        }
+    }
+
+    /// Adds a vCPU's exit counts to the guest's; under the state lock.
+    fn merge_stats(st: &mut PauseState, mine: &mut Option<Box<ExitStats>>) {
+        if let Some(mine) = mine {
+            st.stats
+                .get_or_insert_with(ExitStats::default)
+                .merge_from(mine);
+        }
     }
 
     fn park_all(&self, limit: Duration) -> std::result::Result<(), PauseError> {
@@ -248,16 +264,17 @@ impl Pauser {
 
     /// Called by a vCPU thread whose run has ended, before it exits: it
     /// must not be signalled once it is gone.
-    fn gone(&self) {
+    fn gone(&self, stats: &mut Option<Box<ExitStats>>) {
         let me = thread_id();
         let mut st = self.lock();
+        Self::merge_stats(&mut st, stats);
         st.threads.retain(|t| *t != me);
         st.gone += 1;
         self.changed.notify_all();
     }
 
     /// Called by a vCPU thread between two runs.
-    fn park_if_paused(&self, id: usize, fd: &VcpuFd) {
+    fn park_if_paused(&self, id: usize, fd: &VcpuFd, stats: &mut Option<Box<ExitStats>>) {
         if !self.requested.load(Ordering::SeqCst) {
             return;
         }
@@ -265,6 +282,7 @@ impl Pauser {
         if !st.paused {
             return;
         }
+        Self::merge_stats(&mut st, stats);
         st.parked += 1;
         self.changed.notify_all();
         // Tells the guest kernel its clock stood still on purpose, so its
@@ -314,6 +332,20 @@ pub struct Vcpu {
     pub verbose: bool,
 }
 
+/// Which line of the -v table an exit counts on.
+fn classify(exit: &VcpuExit) -> (Kind, Target) {
+    match exit {
+        VcpuExit::IoIn(port, _) => (Kind::IoIn, Target::Port(*port)),
+        VcpuExit::IoOut(port, _) => (Kind::IoOut, Target::Port(*port)),
+        VcpuExit::MmioRead(addr, _) => (Kind::MmioRead, Target::Mmio(*addr)),
+        VcpuExit::MmioWrite(addr, _) => (Kind::MmioWrite, Target::Mmio(*addr)),
+        VcpuExit::Shutdown => (Kind::Shutdown, Target::None),
+        VcpuExit::SystemEvent(..) => (Kind::SystemEvent, Target::None),
+        VcpuExit::InternalError => (Kind::InternalError, Target::None),
+        _ => (Kind::Other, Target::None),
+    }
+}
+
 impl Vcpu {
     pub fn spawn(self) -> Result<()> {
         thread::Builder::new()
@@ -323,19 +355,34 @@ impl Vcpu {
                 let exit_flag: *mut u8 = &mut me.fd.get_kvm_run().immediate_exit;
                 IMMEDIATE_EXIT.with(|p| p.set(exit_flag));
                 me.pauser.register();
-                let outcome = me.run();
-                me.pauser.gone();
+                // Only under -v: the 128 KiB of port counters, and a
+                // clock read per exit.
+                let mut stats = me.verbose.then(Box::<ExitStats>::default);
+                let outcome = me.run(&mut stats);
+                me.pauser.gone(&mut stats);
                 me.reporter.report(outcome);
             })
             .map(|_| ())
             .map_err(|e| Error::Os("vCPU thread".into(), e))
     }
 
-    fn run(&mut self) -> Outcome {
+    fn run(&mut self, stats: &mut Option<Box<ExitStats>>) -> Outcome {
         let kvm_run: *const kvm_bindings::kvm_run = self.fd.get_kvm_run();
         loop {
-            self.pauser.park_if_paused(self.id.into(), &self.fd);
-            let exit = match self.fd.run() {
+            self.pauser.park_if_paused(self.id.into(), &self.fd, stats);
+            let entered = if stats.is_some() { stats::now_ns() } else { 0 };
+            let result = self.fd.run();
+            if let Some(s) = stats.as_mut() {
+                let exited = stats::now_ns();
+                let (kind, target) = match &result {
+                    Ok(exit) => classify(exit),
+                    Err(e) if e.errno() == libc::EINTR => (Kind::Kick, Target::None),
+                    Err(e) if e.errno() == libc::EAGAIN => (Kind::Again, Target::None),
+                    Err(_) => (Kind::Other, Target::None),
+                };
+                s.ran(entered, exited, kind, target);
+            }
+            let exit = match result {
                 Ok(exit) => exit,
                 Err(e) if e.errno() == libc::EINTR => {
                     self.fd.set_kvm_immediate_exit(0);

@@ -291,13 +291,15 @@ impl Machine {
             kvm.create_vm()
                 .map_err(|e| Error::Kvm("KVM_CREATE_VM".into(), e))?,
         );
-        irqchip::create(&vm)?;
         // Guest memory must outlive every vCPU, and vCPUs run until the
         // process exits: it is never unmapped.
         let mem: &'static GuestMemory =
             Box::leak(Box::new(memory::create(cfg.mem_size, &cfg.mem_words())?));
+        // Before the irqchip: a memory slot added after it waits ~6 ms for
+        // the kernel (docs/BENCHMARKS.md, "Start-up and exit").
         memory::register(&vm, mem, false)
             .map_err(|e| Error::Kvm("KVM_SET_USER_MEMORY_REGION".into(), e))?;
+        irqchip::create(&vm)?;
         Ok(Machine { kvm, vm, mem })
     }
 }

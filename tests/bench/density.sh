@@ -1,0 +1,95 @@
+#!/bin/sh
+# Density: N (50) idle tiny guests at once (-a wait: halted until the
+# power button or a console byte), until each has printed its line; then
+# each process's PSS from /proc/PID/smaps_rollup, and for one of them the
+# mappings that hold its private memory. The same for QEMU microvm unless
+# NO_QEMU is set. Writes Markdown to $1 (stdout).
+# usage: density.sh [out] [count]
+set -eu
+root=$(cd "$(dirname "$0")/../.." && pwd)
+out=${1:-/dev/stdout}
+n=${2:-50}
+bin=$root/target/x86_64-unknown-linux-musl/release
+tiny=$root/target/tiny-guest/tiny.elf
+mkdir -p "${tiny%/*}"
+cc -c "$root/tests/tiny-guest/tiny.S" -o "${tiny%.elf}.o"
+ld -m elf_x86_64 -n --no-warn-rwx-segments -T "$root/tests/tiny-guest/tiny.ld" "${tiny%.elf}.o" -o "$tiny"
+tmp=$(mktemp -d)
+pids=
+cleanup() {
+	for p in $pids; do kill "$p" 2>/dev/null || :; done
+	wait 2>/dev/null || :
+	rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+# Starts $n copies of the command, waits until each has printed, and
+# prints "name | total PSS | median | min–max | private of one" as a row.
+measure() {
+	name=$1; shift
+	pids=
+	i=0
+	while [ $i -lt $n ]; do
+		# stdin: a FIFO nobody writes, open and silent (a byte would
+		# reset the guest).
+		"$@" <&3 > "$tmp/$i.out" 2>&1 &
+		pids="$pids $!"
+		i=$((i + 1))
+	done
+	tries=0
+	until [ "$(grep -l 'tiny: wait' "$tmp"/*.out 2>/dev/null | wc -l)" -eq $n ]; do
+		tries=$((tries + 1))
+		if [ $tries -gt 600 ]; then
+			echo "density: $name: not all $n guests printed in 60 s" >&2
+			exit 1
+		fi
+		sleep 0.1
+	done
+	for p in $pids; do
+		awk '/^Pss:/ {print $2}' "/proc/$p/smaps_rollup"
+	done | sort -n > "$tmp/pss"
+	first=${pids# }; first=${first%% *}
+	awk '/^(Private_Clean|Private_Dirty):/ {s += $2} END {print s}' "/proc/$first/smaps_rollup" > "$tmp/priv"
+	awk -v name="$name" -v priv="$(cat "$tmp/priv")" '
+		{ v[NR] = $1; s += $1 }
+		END { printf "| %s | %d | %.1f MiB | %d KiB | %d–%d KiB | %d KiB |\n",
+			name, NR, s / 1024, v[int((NR + 1) / 2)], v[1], v[NR], priv }' "$tmp/pss"
+	# The mappings of one process, largest private first.
+	awk '
+		/^[0-9a-f]+-[0-9a-f]+ / { h = ($6 == "" ? "[anon]" : $6) " " $2 }
+		/^Size:/ { m = h " " $2 " KiB" }
+		/^Private_(Clean|Dirty):/ { p[m] += $2 }
+		END { for (k in p) if (p[k] > 0) printf "%8d KiB  %s\n", p[k], k }' "/proc/$first/smaps" |
+		sort -rn | head -12 > "$tmp/$name.maps"
+	for p in $pids; do kill "$p" 2>/dev/null || :; done
+	wait 2>/dev/null || :
+	pids=
+	rm -f "$tmp"/*.out
+}
+
+mkfifo "$tmp/quiet"
+exec 3<>"$tmp/quiet"
+load0=$(uptime)
+{
+	echo "## Density"
+	echo
+	echo "\`tests/bench/density.sh\`: $n tiny guests at once with \`-m 128M -a wait\`"
+	echo "(halted, interrupts on, until the power button or a console byte),"
+	echo "until each has printed its line; then each process's PSS"
+	echo "(\`/proc/PID/smaps_rollup\`). Load average ${load0##*average: }."
+	echo
+	echo "| $n idle guests | guests | total PSS | median PSS | range | private memory of one |"
+	echo "|---|---|---|---|---|---|"
+	measure vm-run "$bin/vm-run" -m 128M -b "$tiny" -a wait
+	if [ -z "${NO_QEMU:-}" ]; then
+		measure QEMU qemu-system-x86_64 -M microvm -enable-kvm -cpu host,-arch-capabilities \
+			-m 128M -nodefaults -no-user-config -nographic -serial stdio -monitor none \
+			-no-reboot -kernel "$tiny" -append wait
+	fi
+	for f in "$tmp"/*.maps; do
+		echo
+		echo "Private memory of one $(basename "$f" .maps) by mapping (KiB, mapping, permissions, size):"
+		echo
+		sed 's/^/    /' "$f"
+	done
+} > "$out"

@@ -1,0 +1,70 @@
+#!/bin/sh
+# Start-up and exit on this machine's /dev/kvm with the tiny guest:
+# vm-run against QEMU microvm and against the floor (tests/bench/floor.c:
+# a VM, a memory slot and a vCPU; with the in-kernel irqchip; with it and
+# the PIT), alternating, in one vm-bench run; then vm-run -v's own account
+# of where its time went. With OLD=path/to/vm-run an older build runs
+# alongside. Writes a Markdown section to $1 (stdout). Under a minute.
+# usage: startup.sh [out] [runs]
+set -eu
+root=$(cd "$(dirname "$0")/../.." && pwd)
+out=${1:-/dev/stdout}
+runs=${2:-15}
+bin=$root/target/x86_64-unknown-linux-musl/release
+tiny=$root/target/tiny-guest/tiny.elf
+mkdir -p "${tiny%/*}"
+cc -c "$root/tests/tiny-guest/tiny.S" -o "${tiny%.elf}.o"
+ld -m elf_x86_64 -n --no-warn-rwx-segments -T "$root/tests/tiny-guest/tiny.ld" "${tiny%.elf}.o" -o "$tiny"
+floor=$root/target/tiny-guest/floor
+cc -O2 -static -o "$floor" "$root/tests/bench/floor.c"
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+
+set -- "vm-run=$bin/vm-run -m 128M -b $tiny -a bench"
+if [ -n "${OLD:-}" ]; then
+	set -- "$@" "vm-run (old)=$OLD -m 128M -b $tiny -a bench"
+fi
+load0=$(uptime)
+"$bin/vm-bench" -n "$runs" -k "tiny: bench" "$@" \
+	"floor=$floor" \
+	"floor + irqchip=$floor -i" \
+	"floor + irqchip + PIT=$floor -p" \
+	"QEMU microvm=qemu-system-x86_64 -M microvm -enable-kvm -cpu host,-arch-capabilities \
+	-m 128M -nodefaults -no-user-config -nographic -serial stdio -monitor none -no-reboot \
+	-device isa-debug-exit,iobase=0xf4,iosize=1 -kernel $tiny -append bench" > "$tmp/table"
+
+# vm-run's own account (-v): from exec to the first KVM_RUN, from the
+# guest's last exit to vm-run's table (the vCPUs stopped, disks flushed,
+# console drained: what is left is exit_group and the kernel's teardown).
+i=0
+while [ $i -lt "$runs" ]; do
+	"$bin/vm-run" -v -m 128M -b "$tiny" -a bench 2>&1 >/dev/null |
+		sed -n 's/.*first vCPU entry \([0-9.]*\) ms after start, last exit \([0-9.]*\) ms, table \([0-9.]*\) ms/\1 \2 \3/p'
+	i=$((i + 1))
+done > "$tmp/v"
+load1=$(uptime)
+med() { sort -n | awk '{v[NR] = $1} END {printf "%.1f ms [%.1f–%.1f]", v[int((NR + 1) / 2)], v[1], v[NR]}'; }
+
+{
+cat <<HEAD
+## Start-up and exit
+
+\`tests/bench/startup.sh\` ($runs rounds, alternating; $(nproc) cores,
+load average ${load0##*average: }, after ${load1##*average: }).
+The tiny guest as in the table above; "floor" is
+\`tests/bench/floor.c\`, the least a KVM VMM does: KVM_CREATE_VM, one
+memory slot, one vCPU, four bytes of real-mode code that write to a
+port, then exit (\`-i\`: with the in-kernel irqchip; \`-p\`: and the PIT,
+as vm-run has them).
+
+HEAD
+cat "$tmp/table"
+cat <<MID
+
+vm-run's own account of the same runs (\`vm-run -v\`, times from exec):
+
+| $runs runs, median [min–max] | |
+|---|---|
+| exec to the first KVM_RUN | $(awk '{print $1}' "$tmp/v" | med) |
+| the guest's last exit to the end of vm-run's work | $(awk '{print $3 - $2}' "$tmp/v" | med) |
+MID
+} > "$out"
