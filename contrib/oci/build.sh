@@ -6,8 +6,9 @@
 #
 #   contrib/oci/build.sh BINDIR OUT.tar
 #
-# Written by hand rather than with docker or buildah: the image is one
-# layer of six files, and its JSON is three small documents. The layer is
+# Written here rather than with docker, or buildah or umoci (Debian has
+# both): the image is one layer of six files and three small JSON
+# documents, less than another build dependency. The layer is
 # reproducible (sorted, owner 0, mtime 0, gzip -n), so the same binaries
 # give the same digests.
 set -eu
