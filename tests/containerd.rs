@@ -110,7 +110,8 @@ impl Containerd {
 
     fn run_kernel(&self, name: &str, kernel: &str, mode: &str) -> Command {
         let guest = tiny_guest().parent().expect("guest dir").display();
-        let mut c = self.cmd(&["run", "--rm", "--device", "/dev/kvm"]);
+        // --seccomp: containerd's default profile, RuntimeDefault in a Pod.
+        let mut c = self.cmd(&["run", "--rm", "--seccomp", "--device", "/dev/kvm"]);
         for cap in DEFAULT_CAPS {
             c.args(["--cap-drop", &format!("CAP_{cap}")]);
         }
@@ -255,12 +256,13 @@ fn ctr_task_kill_ends_the_guest_and_the_container_has_no_capabilities() {
     let pid = task_pid(c, name);
 
     // What runc was told: no capability in any set, /dev/kvm the one
-    // device added.
+    // device added, containerd's default seccomp profile.
     let info = c.ctr(&["containers", "info"], &[name]);
     assert_eq!(info.status, 0, "{info:?}");
     let spec: String = info.stdout.split_whitespace().collect();
     assert!(spec.contains("\"capabilities\":{}"), "{}", info.stdout);
     assert!(spec.contains("\"path\":\"/dev/kvm\""), "{}", info.stdout);
+    assert!(spec.contains("\"seccomp\":{"), "{}", info.stdout);
     // What the process has: nothing, and no way to get anything back.
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
     for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
