@@ -109,9 +109,16 @@ impl Containerd {
     }
 
     fn run_kernel(&self, name: &str, kernel: &str, mode: &str) -> Command {
+        self.run_with(name, &["--device", "/dev/kvm"], &["-b", kernel, "-a", mode])
+    }
+
+    /// `ctr run` with the options `how` of the tiny guest, given vm-run's
+    /// arguments `args` after `-m 16M`.
+    fn run_with(&self, name: &str, how: &[&str], args: &[&str]) -> Command {
         let guest = tiny_guest().parent().expect("guest dir").display();
         // --seccomp: containerd's default profile, RuntimeDefault in a Pod.
-        let mut c = self.cmd(&["run", "--rm", "--seccomp", "--device", "/dev/kvm"]);
+        let mut c = self.cmd(&["run", "--rm", "--seccomp"]);
+        c.args(how);
         for cap in DEFAULT_CAPS {
             c.args(["--cap-drop", &format!("CAP_{cap}")]);
         }
@@ -123,11 +130,8 @@ impl Containerd {
             "vm-run",
             "-m",
             "16M",
-            "-b",
-            kernel,
-            "-a",
-            mode,
         ]);
+        c.args(args);
         c
     }
 }
@@ -295,4 +299,64 @@ fn ctr_task_kill_ends_the_guest_and_the_container_has_no_capabilities() {
     let out = wait_output(run, Duration::from_secs(30));
     assert_eq!(out.status, 0, "{out:?} after {kill:?}");
     assert_eq!(out.stdout, "tiny: echo\n");
+}
+
+#[test]
+fn a_bind_mounted_dev_kvm_is_not_enough() {
+    // What a hostPath volume of /dev/kvm gives a pod that is not
+    // privileged: the node, but the device cgroup refuses it.
+    let c = containerd();
+    let out = wait_output(
+        c.run_with(
+            "hostpath",
+            &[
+                "--mount",
+                "type=bind,src=/dev/kvm,dst=/dev/kvm,options=rbind:rw",
+            ],
+            &["-b", "/guest/tiny.elf", "-a", "poweroff"],
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ctr run"),
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.status, 77, "{out:?}");
+    assert_eq!(out.stderr, "vm-run: /dev/kvm: Operation not permitted\n");
+}
+
+#[test]
+fn vm_ctl_stop_in_the_container_powers_the_guest_off() {
+    // contrib/k8s/vm-pod.yaml's preStop hook, as ctr task exec.
+    let c = containerd();
+    let name = "prestop";
+    let run = c
+        .run_with(
+            name,
+            &["--device", "/dev/kvm"],
+            &["-N", "web", "-b", "/guest/tiny.elf", "-a", "wait"],
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ctr run");
+    task_pid(c, name);
+    // The control socket comes a moment after the process.
+    let t0 = Instant::now();
+    let stop = loop {
+        let o = c.ctr(
+            &["tasks", "exec", "--exec-id", "stop", name],
+            &["vm-ctl", "stop", "-w", "web"],
+        );
+        if o.status == 0 || t0.elapsed() > Duration::from_secs(10) {
+            break o;
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!((stop.status, stop.stderr.as_str()), (0, ""), "{stop:?}");
+    let out = wait_output(run, Duration::from_secs(30));
+    assert_eq!(out.status, 0, "{out:?}");
+    assert_eq!(out.stdout, "tiny: wait\n");
 }
