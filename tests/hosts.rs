@@ -11,6 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use vm_tests::named::{Console, Tiny};
+use vm_tests::testhost::{self, await_in, await_more, guest, Scenario};
 use vm_tests::{bin, target_dir, tiny_guest, wait_output, Output};
 
 fn rundir(name: &str) -> PathBuf {
@@ -226,6 +227,28 @@ fn progress_is_shown_on_a_terminal_and_nowhere_else() {
     // Relayed through vm-send's pipe, the stream is as good as one
     // written straight: it is received below.
 
+    // Appended to a file (>>), which splice(2) refuses: the same count,
+    // the same stream.
+    let appended = dir.join("appended.snap");
+    let out = run(&mut on_a_pty(
+        &dir,
+        &format!("vm-send -k src >> {}", appended.display()),
+    ));
+    assert_eq!(out.status, 0, "{out:?}");
+    let size2 = std::fs::metadata(&appended).expect("stream").len();
+    let want = format!("vm-send: {}", total(size2));
+    assert!(out.stdout.contains(&want), "{want:?} not in {out:?}");
+    let cmd = sh_cmd(
+        None,
+        &dir,
+        &format!("exec vm-receive -N a < {}", appended.display()),
+    );
+    let a = Tiny::spawn(cmd, &dir, "a");
+    let _a_group = Group(a.pid());
+    assert_eq!(run(&mut sh_cmd(None, &dir, "vm-ctl stop -f a")).status, 0);
+    let out = a.end();
+    assert_eq!((out.status, out.stderr.as_str()), (0, ""), "{out:?}");
+
     // vm-receive with stderr a pipe: nothing but what the guest writes
     // (to stdout) until it is stopped.
     let cmd = sh_cmd(
@@ -259,4 +282,109 @@ fn progress_is_shown_on_a_terminal_and_nowhere_else() {
     let want = format!("vm-receive: {}", total(size));
     assert!(out.stdout.contains(&want), "{want:?} not in {out:?}");
     drop(g);
+}
+
+/// Pings the bridge's address, setting the guest's own again whenever its
+/// interface comes back without it (as tests/snapshot.rs's guest does).
+const PINGER: &str = "run=\"i=0; while :; do i=$((i+1)); ip link set eth0 up 2>/dev/null; \
+    ip addr add 10.9.0.2/24 dev eth0 2>/dev/null; \
+    if ping -c 1 -W 1 10.9.0.1 > /dev/null; then r=OK; else r=FAILED; fi; \
+    echo PING $i $r MAC=$(cat /sys/class/net/eth0/address 2>/dev/null) END; sleep 0.3; done\"";
+
+/// In the emulated test host (a Linux guest needs it, tests/README.md):
+/// two network namespaces as the hosts, each with a bridge br0 of its own
+/// made by vm-net, 10.9.0.1 on both, and the same MAC, as one gateway on
+/// a layer-2 network both hosts' bridges are on would look to the guest;
+/// each with a run directory of its own. A Linux guest with a NIC on A's
+/// bridge, pinging it, is moved live to B, given a tap on B's bridge by
+/// vm-net there, and pings on.
+fn nic_scenario() -> Scenario {
+    // Each host's network and mount namespace: vm-net looks for bridges in
+    // /sys/class/net, which shows the network namespace of the sysfs
+    // mount, so each host mounts its own. The namespaces' holders are
+    // left to the test host's power-off.
+    let ns =
+        "for h in A B; do unshare -n -m sh -c 'mount -t sysfs sysfs /sys && exec sleep 900' & \
+              eval N$h=$!; done\nsleep 0.5";
+    let on = |ns: &str, dir: &str, cmd: &str| {
+        format!("VM_RUNDIR=/tmp/{dir} nsenter -t ${ns} -n -m {cmd}")
+    };
+    Scenario {
+        name: "nic",
+        script: format!(
+            "{ns}\n\
+             mkdir -p /tmp/ra /tmp/rb\n\
+             for n in $NA $NB; do nsenter -t $n -n -m sh -c 'ip link set lo up; vm-net -B br0 true; \
+             ip link set br0 address 02:00:0a:09:00:01; ip addr add 10.9.0.1/24 dev br0'; done\n\
+             {} > /tmp/h1.log 2>&1 & SRC=$!\n{}\n\
+             {} | {} > /tmp/h2.log 2>&1 &\n\
+             wait $SRC; echo SRC-EXIT=$?\n{}\n{}\n\
+             echo NEIGH-B $(nsenter -t $NB -n -m ip neigh show dev br0)\n\
+             echo LINKS-A $(nsenter -t $NA -n -m ip -o link show | grep -v -e ' lo:' -e ' br0:' | wc -l)\n\
+             echo LINKS-B $(nsenter -t $NB -n -m ip -o link show | grep -v -e ' lo:' -e ' br0:' | wc -l)\n\
+             {}\n\
+             head -n 3 /tmp/h1.log /tmp/h2.log | grep -v '^PING'\n\
+             echo SRC-LAST $(grep '^PING.*END' /tmp/h1.log | tail -n1)\n\
+             echo DST-FIRST $(grep '^PING.*END' /tmp/h2.log | head -n1)\n\
+             echo DST-OK $(grep -c '^PING.* OK MAC' /tmp/h2.log)\n\
+             echo DST-FAILED $(grep -c '^PING.* FAILED MAC' /tmp/h2.log)\n\
+             echo MACS $(grep -o 'MAC=[^ ]*' /tmp/h1.log /tmp/h2.log | cut -d: -f2- | sort -u)",
+            on(
+                "NA",
+                "ra",
+                &format!("vm-net -b br0 {}", guest("-N h -m 128M", "bzImage", PINGER))
+            ),
+            await_in("/tmp/h1.log", "PING 3 OK", 60),
+            on("NA", "ra", "vm-send -l h"),
+            on("NB", "rb", "vm-net -b br0 vm-receive -N h"),
+            await_in("/tmp/h2.log", "PING", 60),
+            await_more("/tmp/h2.log", "^PING.*END", 5, 30),
+            on("NB", "rb", "vm-ctl stop -f -w h"),
+        ),
+    }
+}
+
+fn number_after<'a>(out: &'a str, key: &str) -> &'a str {
+    out.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} in:\n{out}"))
+        .trim()
+}
+
+fn ping_number(line: &str) -> u64 {
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("not a PING line: {line:?}"))
+}
+
+#[test]
+fn linux_guest_with_a_nic_moves_live_to_another_hosts_bridge() {
+    let t0 = Instant::now();
+    let report = testhost::run("hosts", &[nic_scenario()], false);
+    let c = report.case("nic");
+    let out = c.output.as_str();
+    // It left A (vm-run exits 0 once sent) ...
+    assert!(out.contains("SRC-EXIT=0"), "{out}");
+    // ... and went on counting on B where it stopped, without a boot.
+    let (last, first) = (
+        ping_number(number_after(out, "SRC-LAST ")),
+        ping_number(number_after(out, "DST-FIRST ")),
+    );
+    assert!(last >= 3, "{out}");
+    assert!(first == last + 1 || first == last + 2, "{out}");
+    // Its pings are answered by B's bridge: B has its tap (A has no
+    // interface left but lo and br0), and B's neighbour table has learnt
+    // it.
+    let count = |k: &str| number_after(out, k).parse::<u64>().unwrap_or(0);
+    assert!(count("DST-OK ") >= 4 && count("DST-FAILED ") <= 1, "{out}");
+    assert_eq!((count("LINKS-A "), count("LINKS-B ")), (0, 1), "{out}");
+    assert!(number_after(out, "NEIGH-B ").contains("10.9.0.2"), "{out}");
+    // Received under its own name, it keeps its MAC.
+    assert_eq!(
+        number_after(out, "MACS ").split_whitespace().count(),
+        1,
+        "{out}"
+    );
+    eprintln!("hosts: the NIC scenario took {:?}", t0.elapsed());
 }

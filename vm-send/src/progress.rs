@@ -113,12 +113,35 @@ pub fn relay(from: OwnedFd, mut meter: Meter) -> io::Result<()> {
             n if n > 0 => meter.add(n as usize),
             _ => {
                 let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::Interrupted {
-                    return Err(e);
+                match e.raw_os_error() {
+                    Some(libc::EINTR) => {}
+                    // splice refuses a file opened for appending (>>):
+                    // copy through a buffer instead.
+                    Some(libc::EINVAL) => return copy(from, meter),
+                    _ => return Err(e),
                 }
             }
         }
     }
+    meter.finish();
+    Ok(())
+}
+
+fn copy(from: OwnedFd, mut meter: Meter) -> io::Result<()> {
+    let (mut from, mut out) = (std::fs::File::from(from), io::stdout().lock());
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                out.write_all(&buf[..n])?;
+                meter.add(n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    out.flush()?;
     meter.finish();
     Ok(())
 }
