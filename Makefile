@@ -6,6 +6,7 @@
 #   make bench      benchmarks, written to docs/BENCHMARKS.md
 #   make media      boot media from Debian packages in target/media (tests/media)
 #   make install    binaries and man pages under $(PREFIX)
+#   make oci        an OCI image of the static tools, target/oci/vm-tools.tar
 
 PREFIX  ?= /usr/local
 MUSL    := x86_64-unknown-linux-musl
@@ -61,6 +62,11 @@ fuzz:
 	mkdir -p vm-img/fuzz/corpus-new/qcow2_open
 	cd vm-img && cargo +nightly fuzz run qcow2_open fuzz/corpus-new/qcow2_open ../tests/qcow2-corpus -- -max_total_time=$(FUZZ_SECONDS) -malloc_limit_mb=256 -timeout=10
 
+# The static tools and nothing else as an OCI image archive, for
+# containerd (ctr images import) or a registry (docs/OPERATIONS.md).
+oci: all
+	contrib/oci/build.sh $(BIN) target/oci/vm-tools.tar
+
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/man/man8
 	for t in $(TOOLS); do install -m 755 $(BIN)/$$t $(DESTDIR)$(PREFIX)/bin/; done
@@ -70,4 +76,4 @@ install: all
 clean:
 	$(CARGO) clean
 
-.PHONY: all setup-rust setup fixture media test demo bench lint fuzz install clean
+.PHONY: all setup-rust setup fixture media test demo bench lint fuzz oci install clean

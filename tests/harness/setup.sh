@@ -4,7 +4,8 @@
 # the reference VMM, qemu-img for the image interop tests; Debian's
 # qemu-system-x86 removes a newer qemu-utils, so both come from Debian), busybox (both initramfs), cpio, mandoc, assembler and
 # linker for the tiny guest, util-linux's unshare/setpriv/nsenter, systemd-analyze,
-# systemd-nspawn and debootstrap (the systemd tests' Debian system);
+# systemd-nspawn and debootstrap (the systemd tests' Debian system),
+# containerd and runc (tests/containerd.rs), socat (tests/hosts.rs' TCP);
 # GRUB, xorriso, mtools, isolinux and sfdisk for the boot media of
 # tests/media/build.sh.
 set -eu
@@ -13,7 +14,8 @@ for pair in qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils busybox:busyb
 	mandoc:mandoc ld:binutils cc:gcc unshare:util-linux setpriv:util-linux \
 	xz:xz-utils zstd:zstd hyperfine:hyperfine nsenter:util-linux xorriso:xorriso \
 	systemd-nspawn:systemd-container debootstrap:debootstrap grub-mkrescue:grub-common \
-	mformat:mtools sfdisk:fdisk mkfs.ext4:e2fsprogs; do
+	mformat:mtools sfdisk:fdisk mkfs.ext4:e2fsprogs \
+	containerd:containerd runc:runc socat:socat readelf:binutils; do
 	command -v "${pair%%:*}" >/dev/null 2>&1 || need="$need ${pair#*:}"
 done
 [ -e /usr/share/seabios/bios-256k.bin ] || need="$need seabios"

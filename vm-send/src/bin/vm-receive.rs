@@ -17,6 +17,9 @@ use vm_run::virtio::net::default_mac;
 use vm_run::vm::{self, Incoming};
 use vm_run::{console, control, exit, sandbox};
 
+#[path = "../progress.rs"]
+mod progress;
+
 const USAGE: &str = "usage: vm-receive [-Dpv] [-d [raw:|qcow2:]disk[,ro]] ... [-n fd] ... \
 [-N name [-o user[:group]]] [-r iso] < stream";
 
@@ -103,7 +106,10 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Option<Args>, Error
 /// changed as the options say.
 fn incoming(a: Args) -> Result<(Config, Incoming), Error> {
     let stream = |e: vm_run::snapshot::stream::StreamError| Error::Snapshot(e.to_string());
-    let input: Box<dyn io::Read> = Box::new(io::stdin().lock());
+    let input: Box<dyn io::Read> = match progress::meter("vm-receive") {
+        Some(m) => Box::new(progress::Counting::new(io::stdin().lock(), m)),
+        None => Box::new(io::stdin().lock()),
+    };
     let mut reader = Reader::new(input).map_err(stream)?;
     let conf = match reader.next(1 << 20).map_err(stream)? {
         Some((Tag::Config, payload)) => GuestConfig::decode(payload).map_err(stream)?,

@@ -10,6 +10,9 @@ use vm_run::control::client::{ClientError, GuestSocket};
 use vm_run::control::proto::Request;
 use vm_run::exit;
 
+#[path = "../progress.rs"]
+mod progress;
+
 const USAGE: &str = "usage: vm-send [-k | -l] name > stream";
 
 enum Args {
@@ -45,7 +48,19 @@ fn send(req: Request, name: &str) -> Result<(), ClientError> {
     let g = GuestSocket::named(&dir, name)?;
     let (_, s) = g.request(req)?;
     let out = io::stdout();
-    let fds = [out.as_raw_fd()];
+    // On a terminal's stderr, vm-run writes into a pipe of ours, relayed
+    // to stdout and counted (progress.rs).
+    let meter = progress::meter("vm-send");
+    let relay = match meter {
+        Some(_) => Some(
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                .map_err(|e| ClientError::Os("pipe".into(), e.into()))?,
+        ),
+        None => None,
+    };
+    let fds = [relay
+        .as_ref()
+        .map_or(out.as_raw_fd(), |(_, w)| w.as_raw_fd())];
     // Into a pipe, vm-run and the reader take turns as the pipe fills and
     // empties, and a turn costs a wakeup of the other CPU: with 1 MiB (the
     // most Linux allows users) instead of 64 KiB, a reader that reads big
@@ -60,8 +75,17 @@ fn send(req: Request, name: &str) -> Result<(), ClientError> {
         None,
     )
     .map_err(|e| ClientError::Os(g.path.display().to_string(), e.into()))?;
+    // vm-run's own word on a failed send (the guest resumed) comes first.
+    let relayed = match (relay, meter) {
+        (Some((r, w)), Some(m)) => {
+            drop(w);
+            progress::relay(r, m).map_err(|e| ClientError::Os("stdout".into(), e))
+        }
+        _ => Ok(()),
+    };
     let mut s = s;
-    g.reply(&mut s).map(|_| ())
+    g.reply(&mut s).map(|_| ())?;
+    relayed
 }
 
 fn main() {
