@@ -324,9 +324,9 @@ fn a_bios_booted_guest_is_sent_and_received_with_its_cd_rom() {
     // It is sent on again, CD-ROM, BIOS and all.
     let o = sh(&dir, "vm-send -k fw2 > /dev/null");
     assert_eq!(o.status, 0, "{o:?}");
-    con.type_in("again");
+    con.type_in("%again%");
     assert!(
-        con.wait_for("again", Duration::from_secs(10)),
+        con.wait_for("%again%", Duration::from_secs(10)),
         "{}",
         con.seen()
     );

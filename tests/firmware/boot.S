@@ -129,7 +129,8 @@ hang:	cli
 /* With ACTION above 'r': echo what COM1 receives, polling it as the tiny
  * guest does, for ever: a guest to send and receive while it runs in
  * real mode over the BIOS's memory. */
-echo:	mov	$0x3fd, %dx			/* COM1's line status */
+echo:	cli				/* SeaBIOS's timer tick would read COM1 too */
+	mov	$0x3fd, %dx			/* COM1's line status */
 1:	in	%dx, %al
 	test	$1, %al				/* data ready */
 	jz	1b
