@@ -135,7 +135,6 @@ fn scsi_run(data: &[u8]) -> Option<crate::memory::GuestMemory> {
     Some(mem)
 }
 
-
 /// A datagram socket pair keeps frame boundaries as a tap does: the
 /// device gets one end, the fuzzer plays the host's network on the other.
 struct Wire(std::os::fd::OwnedFd);
@@ -290,23 +289,25 @@ pub(crate) mod support {
     pub fn inputs(seed: u64, runs: usize, max: usize, seeds: &[(&str, Vec<u8>)]) -> Vec<Vec<u8>> {
         let mut s = seed;
         (0..runs)
-            .map(|_| match seeds.get((next(&mut s) % (2 * seeds.len() as u64 + 1)) as usize) {
-                Some((_, seed)) if !seed.is_empty() => {
-                    let mut v = seed.clone();
-                    for _ in 0..1 + next(&mut s) % 8 {
-                        let at = (next(&mut s) % v.len() as u64) as usize;
-                        v[at] = next(&mut s) as u8;
+            .map(
+                |_| match seeds.get((next(&mut s) % (2 * seeds.len() as u64 + 1)) as usize) {
+                    Some((_, seed)) if !seed.is_empty() => {
+                        let mut v = seed.clone();
+                        for _ in 0..1 + next(&mut s) % 8 {
+                            let at = (next(&mut s) % v.len() as u64) as usize;
+                            v[at] = next(&mut s) as u8;
+                        }
+                        if next(&mut s) % 4 == 0 {
+                            v.truncate((next(&mut s) % v.len() as u64) as usize);
+                        }
+                        v
                     }
-                    if next(&mut s) % 4 == 0 {
-                        v.truncate((next(&mut s) % v.len() as u64) as usize);
+                    _ => {
+                        let len = (next(&mut s) % max as u64) as usize;
+                        (0..len).map(|_| next(&mut s) as u8).collect()
                     }
-                    v
-                }
-                _ => {
-                    let len = (next(&mut s) % max as u64) as usize;
-                    (0..len).map(|_| next(&mut s) as u8).collect()
-                }
-            })
+                },
+            )
             .collect()
     }
 
