@@ -297,7 +297,7 @@ pub(crate) mod support {
                             let at = (next(&mut s) % v.len() as u64) as usize;
                             v[at] = next(&mut s) as u8;
                         }
-                        if next(&mut s) % 4 == 0 {
+                        if next(&mut s).is_multiple_of(4) {
                             v.truncate((next(&mut s) % v.len() as u64) as usize);
                         }
                         v
@@ -668,9 +668,11 @@ mod net_tests {
         f
     }
 
+    type NetSeed = (&'static str, Vec<u8>, (u16, u16), usize);
+
     /// The seeds of vm-run/fuzz/corpus/virtio_net, with the used ring
     /// indexes (receive, transmit) and the number of frames the host gets.
-    fn net_seeds() -> Vec<(&'static str, Vec<u8>, (u16, u16), usize)> {
+    fn net_seeds() -> Vec<NetSeed> {
         let (buf, buf2) = (0x600u64, 0xe00u64);
         let tx = frame(60);
         let big = frame(1200);
@@ -707,7 +709,13 @@ mod net_tests {
             ),
             (
                 "rx",
-                input(0, &[tx.clone()], &[&[(buf, 1600, WRITE)]], &[], &[]),
+                input(
+                    0,
+                    std::slice::from_ref(&tx),
+                    &[&[(buf, 1600, WRITE)]],
+                    &[],
+                    &[],
+                ),
                 (1, 0),
                 0,
             ),
@@ -743,10 +751,10 @@ mod net_tests {
                 "rx_and_tx_event_idx",
                 input(
                     0x40,
-                    &[tx.clone()],
+                    std::slice::from_ref(&tx),
                     &[&[(buf2, 1600, WRITE)]],
                     &[&[(buf, 72, 0)]],
-                    &[(buf, tx)],
+                    &[(buf, tx.clone())],
                 ),
                 (1, 1),
                 1,
