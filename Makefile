@@ -47,20 +47,22 @@ lint: setup-rust
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-# Fuzzes the virtio-blk and virtio-scsi queues (vm-run/fuzz) and then qcow2 images
-# (vm-img/fuzz: header, refcount walk, imago's reads and writes), each for
-# FUZZ_SECONDS, with nightly and cargo-fuzz. New inputs go to
-# */fuzz/corpus-new, crashes to */fuzz/artifacts; the seeds in
-# vm-run/fuzz/corpus and tests/qcow2-corpus stay as they are.
+# Fuzzes every parser that takes a guest's or a peer's bytes, each for
+# FUZZ_SECONDS with cargo-fuzz (vm-run/fuzz/run.sh: nightly if rustup has
+# it, else stable with RUSTC_BOOTSTRAP=1; it installs cargo-fuzz if
+# missing): virtio-blk, virtio-scsi (the CD-ROM), virtio-net, the snapshot
+# stream, the control protocol, the DHCP responder, the PCI bus, fw_cfg
+# (vm-run/fuzz), then qcow2 images (vm-img/fuzz: header, refcount walk,
+# imago's reads and writes). New inputs go to */fuzz/corpus-new, crashes
+# to */fuzz/artifacts; the seeds in vm-run/fuzz/corpus and
+# tests/qcow2-corpus stay as they are. fuzz-short is CI's pass: a few
+# seconds each.
 FUZZ_SECONDS ?= 60
 fuzz:
-	@cargo +nightly fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked
-	mkdir -p vm-run/fuzz/corpus-new/virtio_blk
-	cd vm-run && cargo +nightly fuzz run virtio_blk fuzz/corpus-new/virtio_blk fuzz/corpus/virtio_blk -- -max_total_time=$(FUZZ_SECONDS)
-	mkdir -p vm-run/fuzz/corpus-new/virtio_scsi
-	cd vm-run && cargo +nightly fuzz run virtio_scsi fuzz/corpus-new/virtio_scsi fuzz/corpus/virtio_scsi -- -max_total_time=$(FUZZ_SECONDS)
-	mkdir -p vm-img/fuzz/corpus-new/qcow2_open
-	cd vm-img && cargo +nightly fuzz run qcow2_open fuzz/corpus-new/qcow2_open ../tests/qcow2-corpus -- -max_total_time=$(FUZZ_SECONDS) -malloc_limit_mb=256 -timeout=10
+	vm-run/fuzz/run.sh $(FUZZ_SECONDS)
+
+fuzz-short:
+	vm-run/fuzz/run.sh 5
 
 # The static tools and nothing else as an OCI image archive, for
 # containerd (ctr images import) or a registry (docs/OPERATIONS.md).
@@ -76,4 +78,4 @@ install: all
 clean:
 	$(CARGO) clean
 
-.PHONY: all setup-rust setup fixture media test demo bench lint fuzz oci install clean
+.PHONY: all setup-rust setup fixture media test demo bench lint fuzz fuzz-short oci install clean

@@ -322,3 +322,179 @@ pub fn read<R: Read>(
         vm,
     })
 }
+
+/// What the fuzz target `snapshot_stream` runs: the bytes as the stream
+/// vm-receive reads, header, CONF and then all of `read` (every section,
+/// memory into a small guest), as vm-receive and `vm::receive` do.
+#[cfg(any(test, fuzzing))]
+pub mod fuzz {
+    use vm_memory::GuestAddress;
+
+    use super::*;
+    use crate::snapshot::conf::GuestConfig;
+
+    const MEM_SIZE: usize = 64 << 10;
+
+    pub fn stream(data: &[u8]) {
+        let _ = receive(data);
+    }
+
+    fn receive(data: &[u8]) -> Result<Saved, StreamError> {
+        let mut r = Reader::new(data)?;
+        let conf = match r.next(1 << 20)? {
+            Some((Tag::Config, payload)) => GuestConfig::decode(payload)?,
+            _ => return Err(StreamError::Order(Tag::Config, "missing")),
+        };
+        let mem = crate::memory::GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE)])
+            .expect("64 KiB of anonymous memory");
+        read(&mut r, &mem, &conf)
+    }
+
+    /// A well-formed stream of `version` with `vcpus` vCPUs (zeroed
+    /// state, as KVM's structures allow) and memory runs before DEVS
+    /// (`live`) and after VMST; `firmware` (version 5) adds a BIOS.
+    fn well_formed(version: u32, vcpus: u8, live: bool, firmware: bool) -> Vec<u8> {
+        use kvm_bindings::*;
+        use std::mem::size_of;
+        let mut w = Writer::new(Vec::new()).expect("a Vec takes writes");
+        let conf = GuestConfig {
+            mem_size: MEM_SIZE as u64,
+            vcpus,
+            cpuid: vec![kvm_cpuid_entry2 {
+                function: 1,
+                eax: 0x806f8,
+                ..Default::default()
+            }],
+            disks: vec![crate::snapshot::conf::DiskRecord {
+                path: "/var/vm/web.qcow2".into(),
+                read_only: false,
+                serial: Some("web0".into()),
+            }],
+            nics: vec![crate::snapshot::conf::NicRecord {
+                mac: [0xfe, 0xe1, 0xba, 0xd0, 0, 1],
+            }],
+            firmware,
+            cdrom: None,
+        };
+        let mut conf = conf.encode();
+        if version < 5 {
+            conf.truncate(conf.len() - 5); // no firmware flag, no CD-ROM
+        }
+        if version < 3 {
+            conf.truncate(conf.len() - 14); // no NICs
+        }
+        let mut run = 0x2000u64.to_le_bytes().to_vec();
+        run.extend((0..2 * PAGE).map(|i| i as u8));
+        let sections = |w: &mut Writer<Vec<u8>>| -> io::Result<()> {
+            w.section(Tag::Config, &[&conf])?;
+            if firmware {
+                w.section(Tag::Rom, &[&[0xf4; 64 << 10]])?;
+            }
+            if live {
+                w.section(Tag::Memory, &[&run])?;
+            }
+            let mut devs = Enc::default();
+            devs.u8(12).u8(0).u8(1).u8(0xc1).u8(3).u8(0x60).u8(0xb);
+            devs.u8(0xb0).u8(0).bytes(b"ab");
+            devs.u16(0).u16(0x100).u16(1);
+            let mut pci = Enc::default();
+            pci.u32(0x8000_0800).u8(1).u8(0).bytes(&[0x36; 256]);
+            devs.bytes(&pci.0);
+            w.section(Tag::Devices, &[&devs.0])?;
+            if version >= 5 {
+                w.section(Tag::PciDevices, &[&[0]])?;
+            }
+            if firmware {
+                let mut fw = Enc::default();
+                fw.u16(0x19).u32(4).u32(0);
+                w.section(Tag::FwCfg, &[&fw.0])?;
+            }
+            if version >= 3 {
+                let mut rtc = Enc::default();
+                rtc.u64(5_000_000_000).u8(0x0b).bytes(&[0x26; 128]);
+                w.section(Tag::Rtc, &[&rtc.0])?;
+            }
+            for _ in 0..vcpus {
+                let mut v = Enc::default();
+                for n in [
+                    size_of::<kvm_mp_state>(),
+                    size_of::<kvm_regs>(),
+                    size_of::<kvm_sregs>(),
+                    size_of::<kvm_xsave>(),
+                    size_of::<kvm_xcrs>(),
+                    size_of::<kvm_debugregs>(),
+                    size_of::<kvm_lapic_state>(),
+                    size_of::<kvm_vcpu_events>(),
+                ] {
+                    v.bytes(&vec![0; n]);
+                }
+                v.u32(2).u32(0x10).u64(12345).u32(0x4b56_4d04).u64(0x3001);
+                w.section(Tag::Vcpu, &[&v.0])?;
+            }
+            let mut vm = Enc::default();
+            for id in 0..3u32 {
+                let mut chip = vec![0; size_of::<kvm_irqchip>()];
+                chip[..4].copy_from_slice(&id.to_le_bytes());
+                vm.bytes(&chip);
+            }
+            vm.bytes(&vec![0; size_of::<kvm_pit_state2>()])
+                .bytes(&vec![0; size_of::<kvm_clock_data>()])
+                .u64(1_700_000_000_000_000_000);
+            w.section(Tag::Vm, &[&vm.0])?;
+            w.section(Tag::Memory, &[&run])
+        };
+        sections(&mut w).expect("a Vec takes writes");
+        let mut out = w.finish().expect("a Vec takes writes");
+        out[8..12].copy_from_slice(&version.to_le_bytes());
+        out
+    }
+
+    /// The seeds of vm-run/fuzz/corpus/snapshot_stream.
+    pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
+        vec![
+            ("v5", well_formed(5, 1, false, false)),
+            ("v5_bios_live_two_vcpus", well_formed(5, 2, true, true)),
+            ("v4", well_formed(4, 1, false, false)),
+            ("v4_live_two_vcpus", well_formed(4, 2, true, false)),
+            ("v3", well_formed(3, 1, false, false)),
+            ("v2", well_formed(2, 1, true, false)),
+            ("v1", well_formed(1, 1, false, false)),
+        ]
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use crate::virtio::fuzz::support;
+
+        #[test]
+        fn seeds_are_read_whole() {
+            for (name, data) in super::seeds() {
+                let saved = super::receive(&data).unwrap_or_else(|e| panic!("{name}: {e}"));
+                assert_eq!(
+                    saved.rtc.is_some(),
+                    !name.starts_with("v1") && !name.starts_with("v2"),
+                    "{name}"
+                );
+                assert_eq!(saved.vcpus.len(), if name.contains("two") { 2 } else { 1 });
+            }
+        }
+
+        #[test]
+        fn random_streams_do_not_crash_the_receiver() {
+            for data in support::inputs(0x6a09_e667_f3bc_c909, 300, 4096, &super::seeds()) {
+                super::stream(&data);
+            }
+        }
+
+        #[test]
+        fn snapshot_stream_corpus_is_current() {
+            support::corpus_is_current("snapshot_stream", &super::seeds());
+        }
+
+        #[test]
+        #[ignore]
+        fn write_seeds() {
+            support::write_corpus("snapshot_stream", &super::seeds());
+        }
+    }
+}

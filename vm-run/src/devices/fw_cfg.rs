@@ -458,3 +458,179 @@ mod tests {
         assert!(g.restore(&mut d).is_err());
     }
 }
+
+/// What the fuzz target `fw_cfg` runs: port accesses and DMA transfers
+/// over a small guest memory. Byte 0 is the number of accesses, each 5
+/// bytes: a kind, then 4 bytes of data (a key, a DMA address half, or an
+/// offset and width); the rest is the guest's memory, access structures
+/// and buffers alike.
+#[cfg(any(test, fuzzing))]
+pub mod fuzz {
+    use std::sync::{Mutex, OnceLock};
+
+    use vm_memory::{Bytes, GuestAddress};
+
+    use super::*;
+
+    const MEM_SIZE: usize = 64 << 10;
+
+    /// One memory for every run (FwCfg wants it for the life of the
+    /// process), rewritten from each input; the lock keeps tests that
+    /// run at once from sharing it.
+    fn memory() -> &'static Mutex<GuestMemory> {
+        static MEM: OnceLock<Mutex<GuestMemory>> = OnceLock::new();
+        MEM.get_or_init(|| {
+            Mutex::new(
+                GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE)])
+                    .expect("64 KiB of anonymous memory"),
+            )
+        })
+    }
+
+    pub fn accesses(data: &[u8]) {
+        run(data, |_| ());
+    }
+
+    /// Runs `data`, then `look` at the guest's memory.
+    fn run(data: &[u8], look: impl FnOnce(&GuestMemory)) {
+        let Some((&n, rest)) = data.split_first() else {
+            return;
+        };
+        let (ops, image) = rest.split_at((usize::from(n) * 5).min(rest.len()));
+        let guard = memory().lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: the memory lives in a static for the rest of the
+        // process, and the lock is held for as long as this reference is
+        // used: FwCfg is dropped before the guard.
+        let mem: &'static GuestMemory = unsafe { &*(&*guard as *const GuestMemory) };
+        let zero = vec![0u8; MEM_SIZE];
+        let n = image.len().min(MEM_SIZE);
+        let _ = mem.write_slice(&zero, GuestAddress(0));
+        let _ = mem.write_slice(&image[..n], GuestAddress(0));
+        {
+            let mut f = FwCfg::new(2, 1 << 30, Some(mem));
+            f.add_file("bootorder", b"/pci@i0cf8/*@3\nHALT".to_vec());
+            let mut loader = loader::allocate("etc/acpi/rsdp", 16, loader::ZONE_FSEG);
+            loader.extend(loader::add_checksum("etc/acpi/rsdp", 8, 0, 20));
+            f.add_file("etc/table-loader", loader);
+            f.add_file(
+                "etc/acpi/rsdp",
+                b"RSD PTR \0BOCHS \0\0\0\0\0\0\0\0".to_vec(),
+            );
+            for op in ops.chunks_exact(5) {
+                let v = [op[1], op[2], op[3], op[4]];
+                let width = 1 << (op[2] % 3);
+                match op[0] % 6 {
+                    0 => f.write(OFF_SELECTOR, &v[..2]),
+                    1 => f.read(OFF_DATA, &mut [0u8; 4][..width]),
+                    2 => f.write(OFF_DMA_HIGH, &v),
+                    3 => f.write(OFF_DMA_LOW, &v),
+                    4 => f.write(u64::from(op[1] % 12), &v[..width]),
+                    _ => f.read(u64::from(op[1] % 12), &mut [0u8; 4][..width]),
+                }
+            }
+        }
+        look(mem);
+        drop(guard);
+    }
+
+    /// A DMA access structure at `at` (control, length, address, all
+    /// big-endian), and the accesses that run it.
+    fn dma(at: u32, control: u32, len: u32, addr: u64) -> (Vec<u8>, Vec<u8>) {
+        let mut s = control.to_be_bytes().to_vec();
+        s.extend_from_slice(&len.to_be_bytes());
+        s.extend_from_slice(&addr.to_be_bytes());
+        let mut ops = vec![2, 0, 0, 0, 0, 3];
+        ops.extend_from_slice(&at.to_be_bytes());
+        (s, ops)
+    }
+
+    /// An input of `ops` (5 bytes each) with `structs` at 0x100 on.
+    fn input(ops: &[u8], structs: &[u8]) -> Vec<u8> {
+        let mut data = vec![(ops.len() / 5) as u8];
+        data.extend_from_slice(ops);
+        let mut image = vec![0u8; 0x100];
+        image.extend_from_slice(structs);
+        data.extend_from_slice(&image);
+        data
+    }
+
+    /// The seeds of vm-run/fuzz/corpus/fw_cfg: SeaBIOS's probes and
+    /// reads, by port and by DMA, and the transfers that must fail.
+    pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
+        let select = |key: u16| {
+            let k = key.to_le_bytes();
+            vec![0, k[0], k[1], 0, 0]
+        };
+        let byte = [1u8, 0, 0, 0, 0];
+        let mut signature = select(KEY_SIGNATURE);
+        (0..4).for_each(|_| signature.extend_from_slice(&byte));
+        let mut dir = select(KEY_FILE_DIR);
+        (0..8).for_each(|_| dir.extend_from_slice(&[1, 0, 2, 0, 0]));
+        let control = |key: u16, bits: u32| u32::from(key) << 16 | DMA_SELECT | bits;
+        let (read_dir, ops) = dma(0x100, control(KEY_FILE_DIR, DMA_READ), 200, 0x400);
+        let (read_ram, ops2) = dma(0x100, control(KEY_RAM_SIZE, DMA_READ), 8, 0x400);
+        let (skip, skip_ops) = dma(0x100, control(0x20, DMA_SKIP), 4, 0);
+        let (read_on, read_on_ops) = dma(0x110, DMA_READ, 16, 0x500);
+        let (write, write_ops) = dma(0x100, control(0x20, DMA_WRITE), 4, 0x400);
+        let (huge, huge_ops) = dma(0x100, control(0x20, DMA_READ), DMA_MAX + 1, 0x400);
+        let (outside, outside_ops) = dma(0x100, control(0x20, DMA_READ), 64, 0xfff0);
+        vec![
+            ("signature", input(&signature, &[])),
+            ("dir_by_port", input(&dir, &[])),
+            ("dma_dir", input(&ops, &read_dir)),
+            ("dma_ram_size", input(&ops2, &read_ram)),
+            (
+                "dma_skip_then_read",
+                input(&[skip_ops, read_on_ops].concat(), &[skip, read_on].concat()),
+            ),
+            ("dma_write_refused", input(&write_ops, &write)),
+            ("dma_too_long", input(&huge_ops, &huge)),
+            ("dma_outside_memory", input(&outside_ops, &outside)),
+        ]
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use crate::virtio::fuzz::support;
+
+        /// The status each DMA seed leaves in its access structure.
+        #[test]
+        fn dma_seeds_end_as_intended() {
+            for (name, data) in seeds().into_iter().filter(|(n, _)| n.starts_with("dma")) {
+                let fails = ["refused", "long", "outside"];
+                let want = if fails.iter().any(|f| name.contains(f)) {
+                    DMA_ERROR
+                } else {
+                    0
+                };
+                run(&data, |mem| {
+                    let status: [u8; 4] = mem.read_obj(GuestAddress(0x100)).unwrap();
+                    assert_eq!(u32::from_be_bytes(status), want, "{name}");
+                    if name == "dma_ram_size" {
+                        let ram: u64 = mem.read_obj(GuestAddress(0x400)).unwrap();
+                        assert_eq!(ram, 1 << 30);
+                    }
+                });
+            }
+        }
+
+        #[test]
+        fn random_guests_do_not_crash_fw_cfg() {
+            for data in support::inputs(0xbb67_ae85_84ca_a73b, 300, 2048, &seeds()) {
+                accesses(&data);
+            }
+        }
+
+        #[test]
+        fn fw_cfg_corpus_is_current() {
+            support::corpus_is_current("fw_cfg", &seeds());
+        }
+
+        #[test]
+        #[ignore]
+        fn write_seeds() {
+            support::write_corpus("fw_cfg", &seeds());
+        }
+    }
+}

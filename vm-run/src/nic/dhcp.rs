@@ -276,3 +276,105 @@ mod tests {
         assert!(!is_dhcp(&f));
     }
 }
+
+/// What the fuzz target `dhcp` runs: the first byte says whether the
+/// host has a DNS server; the rest is a frame from the guest, as the NIC
+/// hands it to `reply`. A reply must be a well-formed IPv4 datagram.
+#[cfg(any(test, fuzzing))]
+pub mod fuzz {
+    use super::*;
+
+    const SERVER: [u8; 6] = [0xfe, 0xe1, 0xba, 0xd0, 0, 0xfe];
+
+    pub fn frame(data: &[u8]) {
+        let Some((&dns, frame)) = data.split_first() else {
+            return;
+        };
+        let lease = Lease {
+            host: Ipv4Addr::new(100, 64, 0, 2),
+            guest: Ipv4Addr::new(100, 64, 0, 3),
+            dns: (dns & 1 != 0).then_some(Ipv4Addr::new(192, 0, 2, 53)),
+        };
+        if let Some(out) = reply(&lease, frame, SERVER) {
+            assert_eq!(checksum(&out[ETH_HLEN..ETH_HLEN + IP_HLEN]), 0);
+            assert_eq!(usize::from(be16(&out, ETH_HLEN + 2)), out.len() - ETH_HLEN);
+            assert!(out.len() <= MAX_FRAME);
+        }
+    }
+
+    /// The seeds of vm-run/fuzz/corpus/dhcp: what busybox udhcpc sends.
+    pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
+        let client = |kind: u8, requested: Option<[u8; 4]>, ihl: u8| {
+            let mut bootp = vec![0u8; BOOTP_LEN];
+            bootp[..3].copy_from_slice(&[1, 1, 6]);
+            bootp[4..8].copy_from_slice(&[1, 2, 3, 4]);
+            bootp[28..34].copy_from_slice(&[0xfe, 0xe1, 0xba, 0xd0, 0, 1]);
+            bootp.extend_from_slice(&MAGIC);
+            bootp.extend_from_slice(&[OPT_TYPE, 1, kind, OPT_PAD]);
+            if let Some(a) = requested {
+                bootp.extend_from_slice(&[OPT_REQUESTED, 4]);
+                bootp.extend_from_slice(&a);
+            }
+            bootp.extend_from_slice(&[55, 3, 1, 3, 6, OPT_END]);
+            let mut f = vec![1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
+            f.extend_from_slice(&[0xfe, 0xe1, 0xba, 0xd0, 0, 1, 8, 0]);
+            f.extend_from_slice(&[0x40 | ihl, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0]);
+            f.extend_from_slice(&[0, 0, 0, 0, 255, 255, 255, 255]);
+            f.resize(1 + ETH_HLEN + usize::from(ihl) * 4, 0);
+            f.extend_from_slice(&[0, 68, 0, 67, 0, 0, 0, 0]);
+            f.extend_from_slice(&bootp);
+            f
+        };
+        let mut renew = client(REQUEST, None, 5);
+        renew[1 + PEEK_LEN + 12..1 + PEEK_LEN + 16].copy_from_slice(&[100, 64, 0, 3]);
+        vec![
+            ("discover", client(DISCOVER, None, 5)),
+            ("request", client(REQUEST, Some([100, 64, 0, 3]), 5)),
+            ("request_other", client(REQUEST, Some([10, 0, 0, 9]), 5)),
+            ("renew", renew),
+            ("ip_options", client(DISCOVER, None, 6)),
+            ("release", client(7, None, 5)),
+        ]
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use crate::virtio::fuzz::support;
+
+        #[test]
+        fn seeds_get_their_answers() {
+            let seeds = super::seeds();
+            let lease = super::Lease {
+                host: super::Ipv4Addr::new(100, 64, 0, 2),
+                guest: super::Ipv4Addr::new(100, 64, 0, 3),
+                dns: None,
+            };
+            let kinds: Vec<Option<u8>> = seeds
+                .iter()
+                .map(|(_, d)| {
+                    let r = super::reply(&lease, &d[1..], super::SERVER)?;
+                    Some(r[super::PEEK_LEN + 242])
+                })
+                .collect();
+            assert_eq!(kinds, [Some(2), Some(5), Some(6), Some(5), Some(2), None]);
+        }
+
+        #[test]
+        fn random_frames_do_not_crash_the_dhcp_responder() {
+            for data in support::inputs(0x9e37_79b9_7f4a_7c15, 500, 600, &super::seeds()) {
+                super::frame(&data);
+            }
+        }
+
+        #[test]
+        fn dhcp_corpus_is_current() {
+            support::corpus_is_current("dhcp", &super::seeds());
+        }
+
+        #[test]
+        #[ignore]
+        fn write_seeds() {
+            support::write_corpus("dhcp", &super::seeds());
+        }
+    }
+}

@@ -2,7 +2,8 @@
 //! pseudo-random input so that it keeps building and is exercised on
 //! stable Rust: a guest that controls every byte of a small memory, the
 //! rings and the queue's configuration included, against virtio-blk
-//! (`block_queue`) or virtio-scsi's CD-ROM (`scsi_queue`).
+//! (`block_queue`), virtio-scsi's CD-ROM (`scsi_queue`) or virtio-net
+//! (`net_queues`, with a socket pair as its tap).
 
 use std::io;
 use std::path::Path;
@@ -132,6 +133,205 @@ fn scsi_run(data: &[u8]) -> Option<crate::memory::GuestMemory> {
     let index = q.index;
     let _ = dev.serve(Some(index), std::slice::from_mut(&mut q), &mem);
     Some(mem)
+}
+
+/// A datagram socket pair keeps frame boundaries as a tap does: the
+/// device gets one end, the fuzzer plays the host's network on the other.
+struct Wire(std::os::fd::OwnedFd);
+
+impl std::os::fd::AsRawFd for Wire {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+impl super::net::Backend for Wire {
+    fn readv(&mut self, iov: &[IoVec]) -> io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: the device built the iovecs from guest memory it checked.
+        let r = unsafe { libc::readv(self.0.as_raw_fd(), iov.as_ptr(), iov.len() as i32) };
+        usize::try_from(r).map_err(|_| io::Error::last_os_error())
+    }
+    fn writev(&mut self, iov: &[IoVec]) -> io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: as in readv.
+        let r = unsafe { libc::writev(self.0.as_raw_fd(), iov.as_ptr(), iov.len() as i32) };
+        usize::try_from(r).map_err(|_| io::Error::last_os_error())
+    }
+    fn set_offload(&mut self, _: u32) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The device's end and the host's.
+fn wire() -> Option<(Wire, std::os::fd::OwnedFd)> {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: socketpair writes two fds into the array.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    if r != 0 {
+        return None;
+    }
+    // SAFETY: both fds are new and ours alone.
+    unsafe {
+        Some((
+            Wire(std::os::fd::OwnedFd::from_raw_fd(fds[0])),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        ))
+    }
+}
+
+/// Bits of byte 8 of a net_queues input, in order: the features the
+/// driver took.
+const NET_FEATURES: [u32; 6] = [
+    virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF,
+    virtio_bindings::virtio_net::VIRTIO_NET_F_GUEST_CSUM,
+    virtio_bindings::virtio_net::VIRTIO_NET_F_GUEST_TSO4,
+    virtio_bindings::virtio_net::VIRTIO_NET_F_GUEST_TSO6,
+    virtio_bindings::virtio_net::VIRTIO_NET_F_CSUM,
+    virtio_bindings::virtio_net::VIRTIO_NET_F_HOST_TSO4,
+];
+
+/// virtio-net's receive and transmit queues over real guest memory, its
+/// tap a socket pair. Bytes 0-3 place the receive queue and 4-7 the
+/// transmit queue (size - 1, then descriptor table, available and used
+/// ring addresses in units of 256 bytes); byte 8 is the features (bits
+/// as NET_FEATURES, bit 6 event index, bit 7 a DHCP lease); byte 9 the
+/// number of frames (0-3) the host sends, each a little-endian u16
+/// length and its bytes. The rest is the guest's memory.
+pub fn net_queues(data: &[u8]) {
+    net_run(data);
+}
+
+/// net_queues, returning the guest's memory and the frames the guest
+/// sent to the host.
+fn net_run(data: &[u8]) -> Option<(crate::memory::GuestMemory, Vec<Vec<u8>>)> {
+    use std::os::fd::AsRawFd;
+    let (cfg, mut rest) = data.split_first_chunk::<10>()?;
+    let (dev_end, host) = wire()?;
+    for _ in 0..cfg[9] % 4 {
+        let (len, r) = rest.split_first_chunk::<2>()?;
+        let len = usize::from(u16::from_le_bytes(*len)).min(r.len());
+        let (frame, r) = r.split_at(len);
+        // SAFETY: frame is a live buffer of that length.
+        unsafe { libc::send(host.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+        rest = r;
+    }
+    let mem = crate::memory::GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE)])
+        .expect("64 KiB of anonymous memory");
+    let n = rest.len().min(MEM_SIZE);
+    mem.write_slice(&rest[..n], GuestAddress(0)).ok()?;
+    let addr = |b: u8| GuestAddress(u64::from(b) << 8);
+    let mut queues = Vec::new();
+    for (index, c) in [&cfg[0..4], &cfg[4..8]].into_iter().enumerate() {
+        let mut q = Queue::new(super::net::QUEUE_SIZE).ok()?;
+        q.try_set_size(u16::from(c[0]) + 1).ok()?;
+        q.try_set_desc_table_address(addr(c[1])).ok()?;
+        q.try_set_avail_ring_address(addr(c[2])).ok()?;
+        q.try_set_used_ring_address(addr(c[3])).ok()?;
+        q.set_event_idx(cfg[8] & 1 << 6 != 0);
+        q.set_ready(true);
+        if !q.is_valid(&mem) {
+            return None;
+        }
+        let kick = std::sync::Arc::new(EventFd::new(0).ok()?);
+        queues.push(ActiveQueue::new(index, q, kick, 0));
+    }
+    let features = NET_FEATURES
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| cfg[8] & 1 << i != 0)
+        .fold(0u64, |f, (_, bit)| f | 1 << bit);
+    let lease = (cfg[8] & 1 << 7 != 0).then(|| crate::nic::dhcp::Lease {
+        host: std::net::Ipv4Addr::new(100, 64, 0, 2),
+        guest: std::net::Ipv4Addr::new(100, 64, 0, 3),
+        dns: Some(std::net::Ipv4Addr::new(100, 64, 0, 2)),
+    });
+    let mac = [0xfe, 0xe1, 0xba, 0xd0, 0, 1];
+    let mut dev = super::net::Net::new(Box::new(dev_end), "fuzz".into(), mac, lease);
+    dev.activate(features);
+    // Errors are how a broken ring is reported; they must not panic.
+    let _ = dev.serve(Some(super::net::TX), &mut queues, &mem);
+    let _ = dev.serve(Some(super::net::RX), &mut queues, &mem);
+    let _ = dev.serve(None, &mut queues, &mem);
+    let mut sent = Vec::new();
+    let mut buf = vec![0u8; 1 << 17];
+    loop {
+        // SAFETY: buf is a live buffer of that length.
+        let r = unsafe { libc::recv(host.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        let Ok(len) = usize::try_from(r) else { break };
+        sent.push(buf[..len].to_vec());
+    }
+    Some((mem, sent))
+}
+
+/// The helpers of every fuzz entry's unit tests: pseudo-random input and
+/// the seed corpora on disk (vm-run/fuzz/corpus/<target>/).
+#[cfg(test)]
+pub(crate) mod support {
+    /// xorshift64*: deterministic, so a failure reproduces.
+    pub fn next(state: &mut u64) -> u64 {
+        *state ^= *state >> 12;
+        *state ^= *state << 25;
+        *state ^= *state >> 27;
+        state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// `runs` inputs of up to `max` random bytes; some are seeds with
+    /// bytes flipped, so that the entry gets past its first checks.
+    pub fn inputs(seed: u64, runs: usize, max: usize, seeds: &[(&str, Vec<u8>)]) -> Vec<Vec<u8>> {
+        let mut s = seed;
+        (0..runs)
+            .map(
+                |_| match seeds.get((next(&mut s) % (2 * seeds.len() as u64 + 1)) as usize) {
+                    Some((_, seed)) if !seed.is_empty() => {
+                        let mut v = seed.clone();
+                        for _ in 0..1 + next(&mut s) % 8 {
+                            let at = (next(&mut s) % v.len() as u64) as usize;
+                            v[at] = next(&mut s) as u8;
+                        }
+                        if next(&mut s).is_multiple_of(4) {
+                            v.truncate((next(&mut s) % v.len() as u64) as usize);
+                        }
+                        v
+                    }
+                    _ => {
+                        let len = (next(&mut s) % max as u64) as usize;
+                        (0..len).map(|_| next(&mut s) as u8).collect()
+                    }
+                },
+            )
+            .collect()
+    }
+
+    fn dir(target: &str) -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fuzz/corpus")
+            .join(target)
+    }
+
+    /// Fails unless the committed corpus of `target` is what `seeds` makes
+    /// (regenerate with `cargo test -p vm-run write_seeds -- --ignored`).
+    pub fn corpus_is_current(target: &str, seeds: &[(&str, Vec<u8>)]) {
+        for (name, data) in seeds {
+            let on_disk = std::fs::read(dir(target).join(name)).unwrap_or_default();
+            assert!(on_disk == *data, "{target}/{name}: stale or missing seed");
+        }
+    }
+
+    pub fn write_corpus(target: &str, seeds: &[(&str, Vec<u8>)]) {
+        std::fs::create_dir_all(dir(target)).unwrap();
+        for (name, data) in seeds {
+            std::fs::write(dir(target).join(name), data).unwrap();
+        }
+    }
 }
 
 #[cfg(test)]
@@ -386,5 +586,211 @@ mod tests {
             }
             super::block_queue(&data);
         }
+    }
+}
+
+#[cfg(test)]
+mod net_tests {
+    use super::support;
+    use vm_memory::{Bytes, GuestAddress};
+
+    const NEXT: u16 = 1;
+    const WRITE: u16 = 2;
+    /// The receive ring (16 entries) at 0, 0x100, 0x200; the transmit
+    /// ring at 0x300, 0x400, 0x500; buffers from 0x600.
+    const RING: [u8; 8] = [15, 0, 1, 2, 15, 3, 4, 5];
+
+    /// An input whose rings hold `rx` and `tx` (chains of address,
+    /// length, flags), with `bytes` (address, contents) in memory and
+    /// `host` frames from the host.
+    fn input(
+        features: u8,
+        host: &[Vec<u8>],
+        rx: &[&[(u64, u32, u16)]],
+        tx: &[&[(u64, u32, u16)]],
+        bytes: &[(u64, Vec<u8>)],
+    ) -> Vec<u8> {
+        let mut mem = vec![0u8; 0x600];
+        for (ring, chains) in [(0usize, rx), (0x300, tx)] {
+            let mut desc = 0usize;
+            for (n, chain) in chains.iter().enumerate() {
+                let slot = ring + 0x104 + 2 * n;
+                mem[slot..slot + 2].copy_from_slice(&(desc as u16).to_le_bytes());
+                for (i, &(addr, len, flags)) in chain.iter().enumerate() {
+                    let d = &mut mem[ring + 16 * desc..ring + 16 * (desc + 1)];
+                    d[0..8].copy_from_slice(&addr.to_le_bytes());
+                    d[8..12].copy_from_slice(&len.to_le_bytes());
+                    let more = if i + 1 < chain.len() { NEXT } else { 0 };
+                    d[12..14].copy_from_slice(&(flags | more).to_le_bytes());
+                    d[14..16].copy_from_slice(&(desc as u16 + 1).to_le_bytes());
+                    desc += 1;
+                }
+            }
+            mem[ring + 0x102] = chains.len() as u8;
+        }
+        for (addr, b) in bytes {
+            let at = *addr as usize;
+            mem.resize(mem.len().max(at + b.len()), 0);
+            mem[at..at + b.len()].copy_from_slice(b);
+        }
+        let mut data = RING.to_vec();
+        data.extend_from_slice(&[features, host.len() as u8]);
+        for f in host {
+            data.extend_from_slice(&(f.len() as u16).to_le_bytes());
+            data.extend_from_slice(f);
+        }
+        data.extend_from_slice(&mem);
+        data
+    }
+
+    /// A vnet header and an Ethernet frame of `len` bytes.
+    fn frame(len: usize) -> Vec<u8> {
+        let mut f = vec![0u8; 12];
+        f.extend([0xff; 6]);
+        f.extend([0xfe, 0xe1, 0xba, 0xd0, 0, 1, 0x08, 0x00]);
+        f.extend((14..len).map(|i| i as u8));
+        f
+    }
+
+    /// A guest's DHCPDISCOVER, behind its vnet header.
+    fn discover() -> Vec<u8> {
+        let mut f = frame(14);
+        f.extend([0x45, 0, 1, 0x48, 0, 0, 0, 0, 64, 17, 0, 0]);
+        f.extend([0, 0, 0, 0, 255, 255, 255, 255]);
+        f.extend([0, 68, 0, 67, 1, 0x34, 0, 0]);
+        let mut bootp = vec![0u8; 236];
+        bootp[..4].copy_from_slice(&[1, 1, 6, 0]);
+        bootp[4..8].copy_from_slice(&[1, 2, 3, 4]);
+        bootp[28..34].copy_from_slice(&[0xfe, 0xe1, 0xba, 0xd0, 0, 1]);
+        f.extend(bootp);
+        f.extend([99, 130, 83, 99, 53, 1, 1, 255]);
+        f.resize(12 + 14 + 328, 0);
+        f
+    }
+
+    type NetSeed = (&'static str, Vec<u8>, (u16, u16), usize);
+
+    /// The seeds of vm-run/fuzz/corpus/virtio_net, with the used ring
+    /// indexes (receive, transmit) and the number of frames the host gets.
+    fn net_seeds() -> Vec<NetSeed> {
+        let (buf, buf2) = (0x600u64, 0xe00u64);
+        let tx = frame(60);
+        let big = frame(1200);
+        vec![
+            (
+                "tx",
+                input(0, &[], &[], &[&[(buf, 72, 0)]], &[(buf, tx.clone())]),
+                (0, 1),
+                1,
+            ),
+            (
+                "tx_split_header",
+                input(
+                    0,
+                    &[],
+                    &[],
+                    &[&[(buf, 12, 0), (buf + 12, 60, 0)]],
+                    &[(buf, tx.clone())],
+                ),
+                (0, 1),
+                1,
+            ),
+            (
+                "tx_tso",
+                input(
+                    0b11_0000,
+                    &[],
+                    &[],
+                    &[&[(buf, 72, 0)]],
+                    &[(buf, [&[1u8, 1, 54, 0, 0xb4, 5][..], &tx[6..]].concat())],
+                ),
+                (0, 1),
+                1,
+            ),
+            (
+                "rx",
+                input(
+                    0,
+                    std::slice::from_ref(&tx),
+                    &[&[(buf, 1600, WRITE)]],
+                    &[],
+                    &[],
+                ),
+                (1, 0),
+                0,
+            ),
+            (
+                "rx_mergeable",
+                input(
+                    1,
+                    &[big],
+                    &[
+                        &[(buf, 600, WRITE)],
+                        &[(buf2, 600, WRITE)],
+                        &[(buf2 + 0x300, 300, WRITE), (buf2 + 0x600, 300, WRITE)],
+                    ],
+                    &[],
+                    &[],
+                ),
+                (3, 0),
+                0,
+            ),
+            (
+                "dhcp_discover",
+                input(
+                    0x80,
+                    &[],
+                    &[&[(buf2, 1600, WRITE)]],
+                    &[&[(buf, 354, 0)]],
+                    &[(buf, discover())],
+                ),
+                (1, 1),
+                0,
+            ),
+            (
+                "rx_and_tx_event_idx",
+                input(
+                    0x40,
+                    std::slice::from_ref(&tx),
+                    &[&[(buf2, 1600, WRITE)]],
+                    &[&[(buf, 72, 0)]],
+                    &[(buf, tx.clone())],
+                ),
+                (1, 1),
+                1,
+            ),
+        ]
+    }
+
+    fn named() -> Vec<(&'static str, Vec<u8>)> {
+        net_seeds().into_iter().map(|(n, d, _, _)| (n, d)).collect()
+    }
+
+    #[test]
+    fn net_seeds_are_served_as_intended() {
+        for (name, data, (rx, tx), sent) in net_seeds() {
+            let (mem, got) = super::net_run(&data).unwrap_or_else(|| panic!("{name}: no guest"));
+            let rx_used: u16 = mem.read_obj(GuestAddress(0x202)).unwrap();
+            let tx_used: u16 = mem.read_obj(GuestAddress(0x502)).unwrap();
+            assert_eq!((rx_used, tx_used, got.len()), (rx, tx, sent), "{name}");
+        }
+    }
+
+    #[test]
+    fn random_guests_do_not_crash_the_nic() {
+        for data in support::inputs(0x5851_f42d_4c95_7f2d, 300, 8192, &named()) {
+            super::net_queues(&data);
+        }
+    }
+
+    #[test]
+    fn net_corpus_is_current() {
+        support::corpus_is_current("virtio_net", &named());
+    }
+
+    #[test]
+    #[ignore]
+    fn write_seeds() {
+        support::write_corpus("virtio_net", &named());
     }
 }
