@@ -134,6 +134,7 @@ KillWait=5
 MinJobAge=600
 InactiveLimit=0
 JobRequeue=1
+SchedulerParameters=sched_interval=2
 SlurmdParameters=config_overrides
 NodeName=node1 NodeAddr=10.203.0.11 CPUs=1 RealMemory=1000 State=UNKNOWN
 NodeName=node2 NodeAddr=10.203.0.12 CPUs=1 RealMemory=1000 State=UNKNOWN
