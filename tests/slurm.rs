@@ -286,6 +286,48 @@ fn a_job_at_its_time_limit_is_checkpointed_and_resumed_on_the_other_node() {
 }
 
 #[test]
+fn a_job_signalled_by_scancel_is_checkpointed_and_resumed_on_the_other_node() {
+    let c = cluster();
+    let _serial = serial();
+    let t0 = Instant::now();
+    let id = c.submit("pre", &[], &["-a", "dirty"]);
+    let first = c.await_job(&id, Duration::from_secs(30), |j| j.state == "RUNNING");
+    let out = c.out_file("pre");
+    await_file(&out, Duration::from_secs(10), |s| {
+        s.contains("tiny: dirty\n..")
+    });
+    // The node is wanted now, not at a time limit: the operator drains
+    // it and sends the batch shell what --signal would.
+    c.scontrol(&[
+        "update",
+        &format!("nodename={}", first.batch_host),
+        "state=drain",
+        "reason=urgent",
+    ]);
+    let _drained = Drained(c, first.batch_host.clone());
+    let r = c.client("scancel", &["-b", "-s", "USR1", &id]);
+    assert_eq!(r.status, 0, "{r:?}");
+    let second = c.await_job(&id, Duration::from_secs(60), |j| {
+        j.restarts >= 1 && j.state == "RUNNING"
+    });
+    assert_ne!(second.batch_host, first.batch_host, "{second:?}");
+    let s = await_file(&out, Duration::from_secs(20), |s| {
+        s.split_once("resuming from")
+            .and_then(|(_, after)| after.split_once('\n'))
+            .is_some_and(|(_, after)| after.matches('.').count() >= 3)
+    });
+    assert_eq!(s.matches("tiny:").count(), 1, "the guest rebooted: {s}");
+    assert!(!s.contains("BAD"), "the guest's memory changed: {s}");
+    assert!(s.contains("vm-job: pre: checkpointed"), "{s}");
+    c.client("scancel", &[&id]);
+    c.await_job(&id, Duration::from_secs(30), |j| j.state == "CANCELLED");
+    eprintln!(
+        "slurm: signal, checkpoint and resume took {:?}",
+        t0.elapsed()
+    );
+}
+
+#[test]
 fn a_guest_that_powers_off_ends_the_job_completed() {
     let c = cluster();
     let _serial = serial();

@@ -154,7 +154,7 @@ for n in $nodes; do
 done
 
 for _ in $(seq 200); do
-	idle=$(ip netns exec $ctl sinfo -h -N -o '%N %t' 2>/dev/null | grep -c ' idle$' || true)
+	idle=$(ip netns exec $ctl sinfo -h -N -p vms -o '%N %t' 2>/dev/null | grep -c ' idle$' || true)
 	[ "$idle" = 2 ] && break
 	sleep 0.1
 done
