@@ -6,6 +6,7 @@
 # linker for the tiny guest, util-linux's unshare/setpriv/nsenter, systemd-analyze,
 # systemd-nspawn and debootstrap (the systemd tests' Debian system),
 # containerd and runc (tests/containerd.rs), socat (tests/hosts.rs' TCP);
+# slurmctld, slurmd, the Slurm clients and munge (tests/slurm.rs);
 # GRUB, xorriso, mtools, isolinux and sfdisk for the boot media of
 # tests/media/build.sh.
 set -eu
@@ -15,7 +16,8 @@ for pair in qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils busybox:busyb
 	xz:xz-utils zstd:zstd hyperfine:hyperfine nsenter:util-linux xorriso:xorriso \
 	systemd-nspawn:systemd-container debootstrap:debootstrap grub-mkrescue:grub-common \
 	mformat:mtools sfdisk:fdisk mkfs.ext4:e2fsprogs \
-	containerd:containerd runc:runc socat:socat readelf:binutils; do
+	containerd:containerd runc:runc socat:socat readelf:binutils \
+	slurmctld:slurmctld slurmd:slurmd sbatch:slurm-client munged:munge; do
 	command -v "${pair%%:*}" >/dev/null 2>&1 || need="$need ${pair#*:}"
 done
 [ -e /usr/share/seabios/bios-256k.bin ] || need="$need seabios"
