@@ -192,12 +192,13 @@ fn scenarios() -> Vec<Scenario> {
                  ended 60"
             ),
         ),
-        // QEMU on the same disk (a snapshot: the image stays as it is),
+        // QEMU on the same disk (a snapshot, its file in /var/tmp whatever
+        // TMPDIR says: the image stays as it is),
         // for the timings only.
         scenario(
             "qemu-raw",
             &format!(
-                "export TMPDIR=/tmp\n\
+                "mkdir -p /var/tmp\n\
                  start qemu-raw qemu-system-x86_64 -M pc -enable-kvm -smp 2 -m 1G -nodefaults \
                  -display none -monitor none -serial stdio \
                  -drive file=/media/debian.raw,format=raw,if=virtio,snapshot=on\n\
