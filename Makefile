@@ -5,6 +5,7 @@
 #   make demo       boots a Linux guest with its console on this terminal
 #   make bench      benchmarks, written to docs/BENCHMARKS.md
 #   make media      boot media from Debian packages in target/media (tests/media)
+#   make test-media the media booted through SeaBIOS in the test host (tests/firmware_linux.rs)
 #   make install    binaries and man pages under $(PREFIX)
 #   make oci        an OCI image of the static tools, target/oci/vm-tools.tar
 
@@ -32,6 +33,11 @@ fixture: setup
 
 media: setup fixture
 	tests/media/build.sh target/media
+
+# Not part of make test: the media and this one long test-host boot
+# would take a CI run past its time (tests/README.md).
+test-media: media all
+	$(CARGO) test -p vm-tests --test firmware_linux -- --ignored
 
 test: setup all
 	mandoc -Tlint -Wwarning man/*
@@ -78,4 +84,4 @@ install: all
 clean:
 	$(CARGO) clean
 
-.PHONY: all setup-rust setup fixture media test demo bench lint fuzz fuzz-short oci install clean
+.PHONY: all setup-rust setup fixture media test test-media demo bench lint fuzz fuzz-short oci install clean

@@ -82,6 +82,19 @@ const END: &str = "@@@ END ";
 
 /// Boots the test host once for all `scenarios` and parses their results.
 pub fn run(batch: &str, scenarios: &[Scenario], with_qemu: bool) -> Report {
+    run_with(batch, scenarios, with_qemu, None, 1200)
+}
+
+/// As `run`, with `extra` (a gzipped cpio archive: boot media, say)
+/// unpacked into the test host's root too (run-host.sh's -x), and a
+/// time limit of `secs` for the boot.
+pub fn run_with(
+    batch: &str,
+    scenarios: &[Scenario],
+    with_qemu: bool,
+    extra: Option<&std::path::Path>,
+    secs: u64,
+) -> Report {
     let dir = target_dir().join("testhost").join(batch);
     fs::create_dir_all(&dir).expect("create test host dir");
     let mut script = String::from("exec 2>&1\n");
@@ -107,11 +120,14 @@ pub fn run(batch: &str, scenarios: &[Scenario], with_qemu: bool) -> Report {
         if with_qemu {
             cmd.arg("-q");
         }
+        if let Some(x) = extra {
+            cmd.arg("-x").arg(x);
+        }
         // Beyond run-host.sh's default of 600 s: a batch of scenarios in
         // a test host that shares its cores with a build can take longer.
         let child = cmd
             .process_group(0)
-            .args(["-s", "480", "-t", "1200"])
+            .args(["-s", "480", "-t", &secs.to_string()])
             .arg("-b")
             .arg(bin_dir())
             .arg(&path)
@@ -121,7 +137,7 @@ pub fn run(batch: &str, scenarios: &[Scenario], with_qemu: bool) -> Report {
             .stderr(Stdio::piped())
             .spawn()
             .expect("run tests/harness/run-host.sh");
-        let out = wait_output(child, Duration::from_secs(1500));
+        let out = wait_output(child, Duration::from_secs(secs + 300));
         console = format!("{}{}", out.stdout, out.stderr);
         // A boot that hit run-host.sh's time limit is tried once more
         // too: now and then a guest's transfer in the test host stalls
