@@ -107,6 +107,11 @@ pub fn run_with(
             body = s.script
         );
     }
+    // The script's shell leads the console's session: when it ends, the
+    // tty is hung up and what the serial port had not sent yet is thrown
+    // away (a last END line lost its newline, and so its status). Let
+    // the port drain first.
+    script.push_str("sleep 1\n");
     let path = dir.join("scenario.sh");
     fs::write(&path, script).expect("write scenario");
 
@@ -172,9 +177,15 @@ fn parse(console: &str) -> HashMap<String, Case> {
             current = Some((name.to_string(), String::new()));
         } else if let Some(rest) = line.strip_prefix(END) {
             if let Some((name, output)) = current.take() {
+                // name, time, status; the status's digits only, should
+                // the console have run the next line into it.
                 let status = rest
-                    .rsplit(' ')
-                    .next()
+                    .split(' ')
+                    .nth(2)
+                    .map(|s| {
+                        let n = s.find(|c: char| !c.is_ascii_digit() && c != '-');
+                        &s[..n.unwrap_or(s.len())]
+                    })
                     .and_then(|s| s.parse().ok())
                     .unwrap_or(-1);
                 cases.insert(name, Case { output, status });
@@ -197,5 +208,7 @@ mod tests {
         assert_eq!(c["a"].output, "hello\n");
         assert_eq!(c["a"].status, 75);
         assert!(!c.contains_key("b"));
+        let c = parse("@@@ BEGIN a 10\nx\n@@@ END a 12 0TESTHOST-DONE rc=0\n");
+        assert_eq!(c["a"].status, 0);
     }
 }
