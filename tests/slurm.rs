@@ -328,6 +328,63 @@ fn a_job_signalled_by_scancel_is_checkpointed_and_resumed_on_the_other_node() {
 }
 
 #[test]
+fn a_job_preempted_by_a_higher_partition_is_checkpointed_and_resumed_on_the_other_node() {
+    let c = cluster();
+    let _serial = serial();
+    let t0 = Instant::now();
+    let id = c.submit("pmt", &[], &["-a", "dirty"]);
+    let first = c.await_job(&id, Duration::from_secs(30), |j| j.state == "RUNNING");
+    let out = c.out_file("pmt");
+    await_file(&out, Duration::from_secs(10), |s| {
+        s.contains("tiny: dirty\n..")
+    });
+    // A job of the higher partition wants the guest's node. Slurm
+    // preempts the guest's job: with preempt_send_user_signal it sends
+    // vm-job's --signal (USR1 to the batch shell) and gives it the
+    // partition's GraceTime before it would requeue the job itself.
+    let node = format!("--nodelist={}", first.batch_host);
+    let r = c.client(
+        "sbatch",
+        &[
+            "--parsable",
+            "-p",
+            "urgent",
+            &node,
+            "-J",
+            "urgent",
+            "--output=/dev/null",
+            "--wrap",
+            "sleep 30",
+        ],
+    );
+    assert_eq!(r.status, 0, "sbatch: {r:?}");
+    let urgent = r.stdout.trim().to_string();
+    let u = c.await_job(&urgent, Duration::from_secs(60), |j| j.state == "RUNNING");
+    assert_eq!(u.batch_host, first.batch_host, "{u:?}");
+    let second = c.await_job(&id, Duration::from_secs(60), |j| {
+        j.restarts >= 1 && j.state == "RUNNING"
+    });
+    assert_ne!(second.batch_host, first.batch_host, "{second:?}");
+    let s = await_file(&out, Duration::from_secs(20), |s| {
+        s.split_once("resuming from")
+            .and_then(|(_, after)| after.split_once('\n'))
+            .is_some_and(|(_, after)| after.matches('.').count() >= 3)
+    });
+    assert!(
+        s.contains("vm-job: pmt: checkpointed"),
+        "not checkpointed: {s}"
+    );
+    assert_eq!(s.matches("tiny:").count(), 1, "the guest rebooted: {s}");
+    assert!(!s.contains("BAD"), "the guest's memory changed: {s}");
+    c.client("scancel", &[&id, &urgent]);
+    c.await_job(&id, Duration::from_secs(30), |j| j.state == "CANCELLED");
+    eprintln!(
+        "slurm: preemption, checkpoint and resume took {:?}",
+        t0.elapsed()
+    );
+}
+
+#[test]
 fn a_guest_that_powers_off_ends_the_job_completed() {
     let c = cluster();
     let _serial = serial();

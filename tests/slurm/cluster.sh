@@ -136,9 +136,13 @@ InactiveLimit=0
 JobRequeue=1
 SchedulerParameters=sched_interval=2
 SlurmdParameters=config_overrides
+PreemptType=preempt/partition_prio
+PreemptMode=REQUEUE
+SlurmctldParameters=preempt_send_user_signal
 NodeName=node1 NodeAddr=10.203.0.11 CPUs=1 RealMemory=1000 State=UNKNOWN
 NodeName=node2 NodeAddr=10.203.0.12 CPUs=1 RealMemory=1000 State=UNKNOWN
-PartitionName=vms Nodes=node1,node2 Default=YES MaxTime=INFINITE State=UP
+PartitionName=vms Nodes=node1,node2 Default=YES MaxTime=INFINITE State=UP PriorityTier=1 PreemptMode=REQUEUE GraceTime=30
+PartitionName=urgent Nodes=node1,node2 MaxTime=INFINITE State=UP PriorityTier=2 PreemptMode=OFF
 CONF
 export SLURM_CONF="$conf"
 
