@@ -189,6 +189,21 @@ fn await_file(path: &Path, limit: Duration, ok: impl Fn(&str) -> bool) -> String
     }
 }
 
+/// The job's output once the resumed guest has gone on for a few rounds:
+/// dots after vm-job's "resuming from" line, no second `tiny:` banner (no
+/// reboot), and no "BAD" (every page held the last round's number, so the
+/// memory came across whole).
+fn resumed(out: &Path) -> String {
+    let s = await_file(out, Duration::from_secs(20), |s| {
+        s.split_once("resuming from")
+            .and_then(|(_, after)| after.split_once('\n'))
+            .is_some_and(|(_, after)| after.matches('.').count() >= 3)
+    });
+    assert_eq!(s.matches("tiny:").count(), 1, "the guest rebooted: {s}");
+    assert!(!s.contains("BAD"), "the guest's memory changed: {s}");
+    s
+}
+
 /// A drained node is put back when the test ends, however it ends.
 struct Drained<'a>(&'a Cluster, String);
 
@@ -257,16 +272,7 @@ fn a_job_at_its_time_limit_is_checkpointed_and_resumed_on_the_other_node() {
     assert_ne!(second.batch_host, first.batch_host, "{second:?}");
     let snap = c.shared().join(format!("vm-job.{id}.ckpt.snap"));
     assert!(snap.exists(), "no checkpoint at {}", snap.display());
-    // The counter goes on after the resume: more rounds' dots, no second
-    // banner (no reboot), and no "BAD" (every page held the last round's
-    // number, so the memory came across whole).
-    let s = await_file(&out, Duration::from_secs(20), |s| {
-        s.split_once("resuming from")
-            .and_then(|(_, after)| after.split_once('\n'))
-            .is_some_and(|(_, after)| after.matches('.').count() >= 3)
-    });
-    assert_eq!(s.matches("tiny:").count(), 1, "the guest rebooted: {s}");
-    assert!(!s.contains("BAD"), "the guest's memory changed: {s}");
+    let s = resumed(&out);
     assert!(
         s.contains(&format!("on {}", second.batch_host)),
         "not resumed on the other node: {s}"
@@ -311,13 +317,7 @@ fn a_job_signalled_by_scancel_is_checkpointed_and_resumed_on_the_other_node() {
         j.restarts >= 1 && j.state == "RUNNING"
     });
     assert_ne!(second.batch_host, first.batch_host, "{second:?}");
-    let s = await_file(&out, Duration::from_secs(20), |s| {
-        s.split_once("resuming from")
-            .and_then(|(_, after)| after.split_once('\n'))
-            .is_some_and(|(_, after)| after.matches('.').count() >= 3)
-    });
-    assert_eq!(s.matches("tiny:").count(), 1, "the guest rebooted: {s}");
-    assert!(!s.contains("BAD"), "the guest's memory changed: {s}");
+    let s = resumed(&out);
     assert!(s.contains("vm-job: pre: checkpointed"), "{s}");
     c.client("scancel", &[&id]);
     c.await_job(&id, Duration::from_secs(30), |j| j.state == "CANCELLED");
@@ -365,17 +365,11 @@ fn a_job_preempted_by_a_higher_partition_is_checkpointed_and_resumed_on_the_othe
         j.restarts >= 1 && j.state == "RUNNING"
     });
     assert_ne!(second.batch_host, first.batch_host, "{second:?}");
-    let s = await_file(&out, Duration::from_secs(20), |s| {
-        s.split_once("resuming from")
-            .and_then(|(_, after)| after.split_once('\n'))
-            .is_some_and(|(_, after)| after.matches('.').count() >= 3)
-    });
+    let s = resumed(&out);
     assert!(
         s.contains("vm-job: pmt: checkpointed"),
         "not checkpointed: {s}"
     );
-    assert_eq!(s.matches("tiny:").count(), 1, "the guest rebooted: {s}");
-    assert!(!s.contains("BAD"), "the guest's memory changed: {s}");
     c.client("scancel", &[&id, &urgent]);
     c.await_job(&id, Duration::from_secs(30), |j| j.state == "CANCELLED");
     eprintln!(
