@@ -29,7 +29,7 @@ impl Disk for Qcow2 {
         self.img.size()
     }
 
-    fn read_at(&mut self, offset: u64, bufs: &[IoVec]) -> io::Result<()> {
+    fn read_at(&self, offset: u64, bufs: &[IoVec]) -> io::Result<()> {
         // SAFETY: the block device checked every buffer against guest
         // memory, which stays mapped for the life of the process; the guest
         // gave these bytes to the device until it completes the request, so
@@ -37,20 +37,20 @@ impl Disk for Qcow2 {
         unsafe { self.img.read_iovecs(offset, bufs) }
     }
 
-    fn write_at(&mut self, offset: u64, bufs: &[IoVec]) -> io::Result<()> {
+    fn write_at(&self, offset: u64, bufs: &[IoVec]) -> io::Result<()> {
         // SAFETY: as in read_at; these are only read.
         unsafe { self.img.write_iovecs(offset, bufs) }
     }
 
-    fn flush(&mut self) -> io::Result<()> {
+    fn flush(&self) -> io::Result<()> {
         self.img.flush()
     }
 
-    fn discard(&mut self, offset: u64, len: u64) -> io::Result<()> {
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
         self.img.discard(offset, len)
     }
 
-    fn write_zeroes(&mut self, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
+    fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
         if unmap {
             self.img.discard(offset, len)
         } else {
