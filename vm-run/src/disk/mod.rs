@@ -185,7 +185,7 @@ mod tests {
             serial: None,
             queues: None,
         };
-        let write = |disk: &Box<dyn Disk>, offset, bytes: &[u8]| {
+        let write = |disk: &dyn Disk, offset, bytes: &[u8]| {
             let iov = IoVec {
                 iov_base: bytes.as_ptr() as *mut libc::c_void,
                 iov_len: bytes.len(),
@@ -194,16 +194,16 @@ mod tests {
         };
         let probed = open(&spec(None)).unwrap();
         // One byte that completes the magic, and the whole magic at once.
-        let e = write(&probed, 3, b"\xfb").unwrap_err();
+        let e = write(&*probed, 3, b"\xfb").unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
-        assert!(write(&probed, 0, b"QFI\xfb\0\0\0\x03").is_err());
-        write(&probed, 0, b"boot").unwrap();
-        write(&probed, 3, b"\xfb").unwrap();
+        assert!(write(&*probed, 0, b"QFI\xfb\0\0\0\x03").is_err());
+        write(&*probed, 0, b"boot").unwrap();
+        write(&*probed, 3, b"\xfb").unwrap();
         drop(probed);
         assert!(std::fs::read(&path).unwrap().starts_with(b"boo\xfb"));
         // `raw:` says the header is the guest's business.
         let forced = open(&spec(Some(Format::Raw))).unwrap();
-        write(&forced, 0, b"QFI\xfb").unwrap();
+        write(&*forced, 0, b"QFI\xfb").unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

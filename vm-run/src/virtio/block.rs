@@ -83,12 +83,7 @@ impl Block {
     /// A disk with `queues` request queues (1 to MAX_QUEUES; more or
     /// fewer are taken as the nearest), read-only to the guest if
     /// `read_only`; its ID is `serial` or else the image's file name.
-    pub fn new(
-        disk: Box<dyn Disk>,
-        read_only: bool,
-        serial: Option<String>,
-        queues: u16,
-    ) -> Self {
+    pub fn new(disk: Box<dyn Disk>, read_only: bool, serial: Option<String>, queues: u16) -> Self {
         let queues = queues.clamp(1, MAX_QUEUES);
         let capacity = disk.size() / SECTOR;
         let serial = serial
@@ -684,8 +679,14 @@ mod tests {
         assert_ne!(r.dev.features() & 1 << VIRTIO_BLK_F_MQ, 0);
         assert_eq!(r.dev.config()[34..36], 2u16.to_le_bytes(), "num_queues");
         assert_eq!(r.dev.queue_max_sizes().len(), 2);
-        assert_eq!(Block::new(Box::new(Nothing), false, None, 0).queue_count(), 1);
-        assert_eq!(Block::new(Box::new(Nothing), false, None, 999).queue_count(), MAX_QUEUES);
+        assert_eq!(
+            Block::new(Box::new(Nothing), false, None, 0).queue_count(),
+            1
+        );
+        assert_eq!(
+            Block::new(Box::new(Nothing), false, None, 999).queue_count(),
+            MAX_QUEUES
+        );
         // The device and a lane write at once, each its own sectors, each
         // from its own queue's rings and buffers, on threads of their own.
         let mut lane = r.dev.lane().expect("a lane");
@@ -719,7 +720,8 @@ mod tests {
             assert!(sector.iter().all(|b| *b == want), "sector {n}");
         }
         let rest = image[512 * 512..].chunks(512).enumerate();
-        assert!(rest.fold(true, |ok, (i, s)| ok && s.iter().all(|b| *b == (512 + i) as u8)));
+        assert!(rest.fold(true, |ok, (i, s)| ok
+            && s.iter().all(|b| *b == (512 + i) as u8)));
     }
 
     #[test]

@@ -608,8 +608,14 @@ mod tests {
             .collect();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
-        let w = Worker::spawn(Box::new(Laned(seen.clone())), queues, shared, stop.clone(), mem)
-            .unwrap();
+        let w = Worker::spawn(
+            Box::new(Laned(seen.clone())),
+            queues,
+            shared,
+            stop.clone(),
+            mem,
+        )
+        .unwrap();
         let (dev, queues) = w.stop().expect("every thread stopped");
         assert_eq!(dev.name(), "laned");
         let order: Vec<usize> = queues.iter().map(|q| q.index).collect();
