@@ -65,8 +65,6 @@ pub struct Block {
     disk: Arc<dyn Disk>,
     /// The request queues' sizes, one a queue.
     queues: Vec<u16>,
-    /// Serve each queue on a thread of its own (VirtioDevice::lane).
-    lanes: bool,
     name: String,
     read_only: bool,
     serial: Vec<u8>,
@@ -112,7 +110,6 @@ impl Block {
             name: format!("virtio-blk {}", disk.path().display()),
             disk: Arc::from(disk),
             queues: vec![QUEUE_SIZE; usize::from(queues)],
-            lanes: std::env::var_os("VM_RUN_BLK_ONE_THREAD").is_none(),
             read_only,
             serial,
             config: c,
@@ -313,20 +310,17 @@ impl VirtioDevice for Block {
     }
 
     fn lane(&self) -> Option<Box<dyn VirtioDevice>> {
-        self.lanes.then(|| {
-            Box::new(Block {
-                disk: self.disk.clone(),
-                queues: self.queues.clone(),
-                lanes: true,
-                name: self.name.clone(),
-                read_only: self.read_only,
-                serial: self.serial.clone(),
-                config: self.config.clone(),
-                capacity: self.capacity,
-                last_error: None,
-                last_len: 0,
-            }) as Box<dyn VirtioDevice>
-        })
+        Some(Box::new(Block {
+            disk: self.disk.clone(),
+            queues: self.queues.clone(),
+            name: self.name.clone(),
+            read_only: self.read_only,
+            serial: self.serial.clone(),
+            config: self.config.clone(),
+            capacity: self.capacity,
+            last_error: None,
+            last_len: 0,
+        }))
     }
 
     /// The queue count, when there is more than one (Block::saved_queues):
