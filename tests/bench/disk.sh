@@ -72,6 +72,7 @@ SCENARIO
 # A test host that hangs (it has, running QEMU's guests) says nothing for
 # minutes, while each part prints within 150 s: after 240 s of silence
 # the test host is stopped (its QEMU, through run-host.sh's timeout).
+# Waiting for another user's test host is not silence.
 boot_host() {
 	scenario "$1" > "$tmp/scenario.sh"
 	"$root/tests/harness/run-host.sh" -q -x "$root/target/bench/bench.cpio.gz" \
@@ -81,7 +82,10 @@ boot_host() {
 	while kill -0 $pid 2>/dev/null; do
 		sleep 10
 		n=$(wc -c < "$tmp/console")
-		if [ "$n" != "$seen" ]; then seen=$n quiet=0; else quiet=$((quiet + 10)); fi
+		# Silence counts from the first line: before it, run-host.sh
+		# may be waiting its turn for the test host (its own -t limit
+		# stops a host that never says anything).
+		if [ "$n" != "$seen" ]; then seen=$n quiet=0; elif [ "$n" -gt 0 ]; then quiet=$((quiet + 10)); fi
 		if [ $quiet -ge 240 ]; then
 			echo "bench: warning: disk I/O: the test host said nothing for $quiet s: stopping it" >&2
 			pkill -TERM -P $pid || :
