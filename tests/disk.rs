@@ -284,11 +284,12 @@ fn block_device_as_disk() {
     assert_eq!(c.status, 0, "{}", c.output);
 }
 
-/// The value of `key=` in the case's output (up to the next blank).
+/// The value of the first word of the case's output that starts with
+/// `key` (`KEY=value`), up to the next blank.
 fn value<'a>(c: &'a Case, key: &str) -> &'a str {
     c.output
-        .lines()
-        .find_map(|l| l.strip_prefix(key)?.split_whitespace().next())
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(key))
         .unwrap_or_else(|| panic!("no {key} in:\n{}", c.output))
 }
 
