@@ -1,16 +1,40 @@
 //! Disks and the RNG on the PCI bus, as a stock Linux guest drives them
 //! (Debian's virtio_pci, virtio_blk and virtio-rng modules), checked from
-//! both sides: what the guest sees and what lands in the image files.
-//! One boot of the emulated test host runs every scenario.
+//! both sides: what the guest sees and what lands in the image files
+//! (qcow2 images with the real qemu-img, packed into the test host with
+//! QEMU). One boot of the emulated test host runs every scenario.
 
 use std::sync::OnceLock;
 
-use vm_tests::testhost::{self, guest, Case, Report, Scenario};
+use vm_tests::testhost::{self, await_in, await_more, guest, Case, Report, Scenario};
 
 /// Sector 5 of b.img, written by the host before the guest starts.
 const HOST_PATTERN: &str = "HOST-PATTERN-5";
 /// Sector 9 of c.img, written by the guest.
 const GUEST_PATTERN: &str = "GUEST-PATTERN-9";
+
+/// What the multiqueue guest writes from each CPU: 4 MiB of `yes CPUn`,
+/// from CPU 0 at the start of each disk, from CPU 1 4 MiB in, both at
+/// once; then each half read back from the other CPU. The host makes the
+/// same bytes and compares digests.
+const MQ_RUN: &str = "run=\"echo QUEUES=$(ls /sys/block/vda/mq | wc -l),\
+    $(ls /sys/block/vdb/mq | wc -l),$(ls /sys/block/vdc/mq | wc -l); \
+    yes CPU0 | head -c 4194304 > /tmp/p0; yes CPU1 | head -c 4194304 > /tmp/p1; \
+    for v in vda vdb; do \
+    taskset -c 0 dd if=/tmp/p0 of=/dev/$v bs=64k oflag=direct 2>/dev/null & \
+    taskset -c 1 dd if=/tmp/p1 of=/dev/$v bs=64k seek=64 oflag=direct 2>/dev/null & \
+    done; wait; \
+    for v in vda vdb; do echo READ-$v=\
+    $(taskset -c 1 dd if=/dev/$v bs=64k count=64 iflag=direct 2>/dev/null | sha256sum | cut -c1-16),\
+    $(taskset -c 0 dd if=/dev/$v bs=64k skip=64 count=64 iflag=direct 2>/dev/null | sha256sum | cut -c1-16); \
+    done; grep -- -req /proc/interrupts\"";
+
+/// Writes a sector from one CPU and reads it back past the page cache
+/// from the other, alternating, until stopped; a line ends with END.
+const MQ_COUNTER: &str = "run=\"i=0; while :; do i=$((i+1)); w=MQ$i; \
+    echo $w | taskset -c $((i%2)) dd of=/dev/vda bs=512 seek=$i conv=sync,fsync oflag=direct 2>/dev/null; \
+    r=$(taskset -c $(((i+1)%2)) dd if=/dev/vda bs=512 skip=$i count=1 iflag=direct 2>/dev/null \
+    | head -c ${#w}); [ $r = $w ] && s=OK || s=BAD; echo MQ $i $s END; sleep 0.3; done\"";
 
 fn scenarios() -> Vec<Scenario> {
     let disks = guest(
@@ -79,6 +103,52 @@ fn scenarios() -> Vec<Scenario> {
             ),
         },
         Scenario {
+            // Two vCPUs: a queue each, served at once, on a raw image
+            // and on a qcow2 one; queues=1 gives one.
+            name: "multiqueue",
+            script: format!(
+                "dd if=/dev/zero of=/tmp/m.img bs=1M count=16 2>/dev/null\n\
+                 qemu-img create -q -f qcow2 /tmp/m.qcow2 16M\n\
+                 dd if=/dev/zero of=/tmp/one.img bs=1M count=1 2>/dev/null\n{}\nrc=$?\n\
+                 echo WANT=$(yes CPU0 | head -c 4194304 | sha256sum | cut -c1-16),\
+                 $(yes CPU1 | head -c 4194304 | sha256sum | cut -c1-16)\n\
+                 echo HOST-RAW=$(dd if=/tmp/m.img bs=64k count=64 2>/dev/null | sha256sum | cut -c1-16),\
+                 $(dd if=/tmp/m.img bs=64k skip=64 count=64 2>/dev/null | sha256sum | cut -c1-16)\n\
+                 qemu-img convert -O raw /tmp/m.qcow2 /tmp/mq.raw\n\
+                 echo HOST-QCOW2=$(dd if=/tmp/mq.raw bs=64k count=64 2>/dev/null | sha256sum | cut -c1-16),\
+                 $(dd if=/tmp/mq.raw bs=64k skip=64 count=64 2>/dev/null | sha256sum | cut -c1-16)\n\
+                 qemu-img check /tmp/m.qcow2; echo CHECK=$?\n\
+                 exit $rc",
+                guest(
+                    "-c 2 -m 256M -d /tmp/m.img -d /tmp/m.qcow2 -d /tmp/one.img,queues=1",
+                    "bzImage",
+                    MQ_RUN,
+                )
+            ),
+        },
+        Scenario {
+            // A guest with two queues sent live to a new vm-run, on a
+            // qcow2 disk: both queues go on serving on the receiver.
+            name: "multiqueue-live",
+            script: format!(
+                "qemu-img create -q -f qcow2 /tmp/ml.qcow2 8M\n\
+                 {} > /tmp/ml1.log 2>&1 &\n{}\n\
+                 vm-send -l ml | vm-receive -D -N ml > /tmp/ml2.log 2>&1 &\n\
+                 {}\n{}\nvm-ctl stop -f -w ml\n\
+                 echo SRC-LAST $(grep '^MQ.*END' /tmp/ml1.log | tail -n1)\n\
+                 echo DST-FIRST $(grep '^MQ.*END' /tmp/ml2.log | head -n1)\n\
+                 echo DST-LAST $(grep '^MQ.*END' /tmp/ml2.log | tail -n1)\n\
+                 echo DST-OK=$(grep -c '^MQ.* OK END' /tmp/ml2.log) \
+                 BAD=$(grep -c '^MQ.* BAD END' /tmp/ml1.log /tmp/ml2.log | grep -vc ':0$')\n\
+                 grep 'vm-receive' /tmp/ml2.log\n\
+                 qemu-img check /tmp/ml.qcow2; echo CHECK=$?",
+                guest("-N ml -c 2 -m 128M -d /tmp/ml.qcow2", "bzImage", MQ_COUNTER),
+                await_in("/tmp/ml1.log", "MQ 5 ", 60),
+                await_in("/tmp/ml2.log", "^MQ", 60),
+                await_more("/tmp/ml2.log", "^MQ.*END", 4, 30),
+            ),
+        },
+        Scenario {
             // A block device instead of a file: the size comes from the
             // device, the lock and the data go to it.
             name: "blockdev",
@@ -105,7 +175,7 @@ fn scenarios() -> Vec<Scenario> {
 fn case(name: &str) -> &'static Case {
     static REPORT: OnceLock<Report> = OnceLock::new();
     REPORT
-        .get_or_init(|| testhost::run("disk", &scenarios(), false))
+        .get_or_init(|| testhost::run("disk", &scenarios(), true))
         .case(name)
 }
 
@@ -212,4 +282,76 @@ fn block_device_as_disk() {
     assert_has(c, "WROTE");
     assert_has(c, &format!("HOST-L={GUEST_PATTERN}"));
     assert_eq!(c.status, 0, "{}", c.output);
+}
+
+/// The value of the first word of the case's output that starts with
+/// `key` (`KEY=value`), up to the next blank.
+fn value<'a>(c: &'a Case, key: &str) -> &'a str {
+    c.output
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} in:\n{}", c.output))
+}
+
+#[test]
+fn two_vcpus_give_each_disk_two_queues_unless_told_otherwise() {
+    let c = case("multiqueue");
+    assert_eq!(value(c, "QUEUES="), "2,2,1", "{}", c.output);
+    // Each of the two disks heard back on both queues' own vectors.
+    for dev in ["virtio0", "virtio1"] {
+        for q in 0..2 {
+            let name = format!("{dev}-req.{q}");
+            let line = c
+                .output
+                .lines()
+                .find(|l| l.trim_end().ends_with(&name))
+                .unwrap_or_else(|| panic!("no {name} in:\n{}", c.output));
+            let count: u64 = line
+                .split_whitespace()
+                .skip(1)
+                .map_while(|w| w.parse::<u64>().ok())
+                .sum();
+            assert!(count > 0, "no interrupt on {name}: {line}");
+        }
+    }
+    assert_eq!(c.status, 0, "{}", c.output);
+}
+
+#[test]
+fn writes_from_both_cpus_at_once_land_in_raw_and_qcow2_images() {
+    let c = case("multiqueue");
+    let want = value(c, "WANT=");
+    assert_eq!(want.len(), 33, "{}", c.output);
+    assert_eq!(value(c, "READ-vda="), want, "guest, raw");
+    assert_eq!(value(c, "READ-vdb="), want, "guest, qcow2");
+    assert_eq!(value(c, "HOST-RAW="), want, "host, raw");
+    assert_eq!(value(c, "HOST-QCOW2="), want, "host, qcow2");
+    assert_eq!(value(c, "CHECK="), "0", "qemu-img check:\n{}", c.output);
+}
+
+#[test]
+fn a_guest_with_two_queues_migrates_live_and_both_go_on() {
+    let c = case("multiqueue-live");
+    let n = |key: &str| -> u64 {
+        let line = c
+            .output
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key} in:\n{}", c.output));
+        line.split_whitespace()
+            .nth(1)
+            .and_then(|w| w.parse().ok())
+            .unwrap_or_else(|| panic!("{key}{line}"))
+    };
+    // The receiver goes on from where the sender stopped, with both CPUs
+    // writing and reading through their own queues.
+    assert!(n("DST-FIRST ") <= n("SRC-LAST ") + 1, "{}", c.output);
+    assert!(n("DST-LAST ") >= n("DST-FIRST ") + 3, "{}", c.output);
+    assert!(
+        value(c, "DST-OK=").parse::<u64>().unwrap_or(0) >= 4,
+        "{}",
+        c.output
+    );
+    assert_eq!(value(c, "BAD="), "0", "{}", c.output);
+    assert_eq!(value(c, "CHECK="), "0", "qemu-img check:\n{}", c.output);
 }

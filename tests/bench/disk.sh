@@ -72,6 +72,7 @@ SCENARIO
 # A test host that hangs (it has, running QEMU's guests) says nothing for
 # minutes, while each part prints within 150 s: after 240 s of silence
 # the test host is stopped (its QEMU, through run-host.sh's timeout).
+# Waiting for another user's test host is not silence.
 boot_host() {
 	scenario "$1" > "$tmp/scenario.sh"
 	"$root/tests/harness/run-host.sh" -q -x "$root/target/bench/bench.cpio.gz" \
@@ -81,7 +82,10 @@ boot_host() {
 	while kill -0 $pid 2>/dev/null; do
 		sleep 10
 		n=$(wc -c < "$tmp/console")
-		if [ "$n" != "$seen" ]; then seen=$n quiet=0; else quiet=$((quiet + 10)); fi
+		# Silence counts from the first line: before it, run-host.sh
+		# may be waiting its turn for the test host (its own -t limit
+		# stops a host that never says anything).
+		if [ "$n" != "$seen" ]; then seen=$n quiet=0; elif [ "$n" -gt 0 ]; then quiet=$((quiet + 10)); fi
 		if [ $quiet -ge 240 ]; then
 			echo "bench: warning: disk I/O: the test host said nothing for $quiet s: stopping it" >&2
 			pkill -TERM -P $pid || :
@@ -163,15 +167,17 @@ turns, $rounds rounds; the table gives median [min–max] of the rounds.
   (neither opens the image with O_DIRECT). Buffered libaio does the I/O
   within io_submit: the page cache's speed at any depth.
 - **vm-run**: fio on /dev/vda with O_DIRECT in a guest, \`vm-run -c 2
-  -m $mem -d bench.img\`: one queue of 256, preadv/pwritev on guest
-  memory from one I/O thread.
+  -m $mem -d bench.img\`: a queue of 256 per vCPU (VIRTIO_BLK_F_MQ), each
+  with its own MSI-X vector and its own I/O thread doing preadv/pwritev
+  on guest memory.
 - **QEMU** $qemuv: the same guest (kernel $kver, initramfs, command
   line) with \`-M pc -enable-kvm -cpu host -smp 2 -m $mem\`,
   \`-drive file=bench.img,format=raw,if=none,cache=writeback,aio=threads\`
   (QEMU's defaults) and \`-device virtio-blk-pci,disable-legacy=on\`:
   as with vm-run, a virtio 1.x PCI function with MSI-X on a conventional
   PCI bus (configuration through 0xCF8); QEMU gives it a queue per vCPU
-  and does the I/O in a thread pool.
+  too and does the I/O in a thread pool. Each fio job is one process on
+  one vCPU, so it uses one of the queues in either VMM.
 
 4k jobs in IOPS, 1 MiB jobs (queue depth 4) in MB/s. Both guests run
 under kvm-amd on an emulated CPU, where every exit costs microseconds, so

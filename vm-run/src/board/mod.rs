@@ -150,7 +150,7 @@ impl Board {
             .cdrom
             .as_ref()
             .map(|_| nic_slots.len() + cfg.disks.len() + 1);
-        let pci = pci_functions(cfg, vm, mem, media, taps)?;
+        let pci = pci_functions(cfg, vm, mem, media, taps, saved)?;
         let pci = Arc::new(Mutex::new(pci));
         let hp_vm = vm.clone();
         let hotplug = Hotplug::new(
@@ -358,15 +358,26 @@ fn pci_functions(
     mem: &'static GuestMemory,
     media: Media,
     taps: Vec<Tap>,
+    saved: Option<&Saved>,
 ) -> Result<PciRoot> {
     let router = Arc::new(GsiRouter::new(vm.clone()));
     let mut pci = PciRoot::new(PCI_MMIO_START);
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
-    for (disk, spec) in media.disks.into_iter().zip(&cfg.disks) {
+    for (i, (disk, spec)) in media.disks.into_iter().zip(&cfg.disks).enumerate() {
+        // A restored guest's driver set up as many queues as the stream
+        // says (disks take the slots from 1, as in nic_slots).
+        let queues = match saved {
+            Some(s) => s
+                .device_state(1 + i)
+                .and_then(Block::saved_queues)
+                .map_err(|e| Error::Snapshot(e.to_string()))?,
+            None => spec.queues.unwrap_or(u16::from(cfg.vcpus)),
+        };
         devices.push(Box::new(Block::new(
             disk,
             spec.read_only,
             spec.serial.clone(),
+            queues,
         )));
     }
     for ((nic, tap), mac) in cfg.nics.iter().zip(taps).zip(nic_macs(cfg)) {

@@ -60,6 +60,26 @@ pub struct Saved {
     vm: VmState,
 }
 
+impl Saved {
+    /// The own state PCIX keeps for the function in PCI slot `slot`, for
+    /// what must be known before the function is built (a disk's queue
+    /// count).
+    pub fn device_state(&self, slot: usize) -> Result<Option<&[u8]>, StreamError> {
+        let Some(own) = &self.pci_devices else {
+            return Ok(None);
+        };
+        let mut d = Dec::new(Tag::PciDevices, own);
+        for _ in 0..d.u8()? {
+            let at = usize::from(d.u8()?);
+            let state = d.bytes()?;
+            if at == slot {
+                return Ok(Some(state));
+            }
+        }
+        Ok(None)
+    }
+}
+
 /// Why a send failed; the guest goes on in any case.
 #[derive(Debug)]
 pub enum SendError {

@@ -22,27 +22,39 @@ use crate::error::{Error, Result};
 /// A buffer in guest memory: the iovec that preadv/pwritev take.
 pub type IoVec = libc::iovec;
 
-/// A disk as the command line gives it: `[raw:|qcow2:]path[,ro][,serial=ID]`.
+/// Request queues a virtio-blk disk may have at most (`queues=N`, and
+/// the default of one per vCPU): Linux's driver uses one per CPU at
+/// most, and each costs an MSI-X vector, an ioeventfd and a thread.
+pub const MAX_QUEUES: u16 = 16;
+
+/// A disk as the command line gives it:
+/// `[raw:|qcow2:]path[,ro][,serial=ID][,queues=N]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskSpec {
     pub path: PathBuf,
     pub format: Option<Format>,
     pub read_only: bool,
     pub serial: Option<String>,
+    /// The request queues asked for; None is one per vCPU.
+    pub queues: Option<u16>,
 }
 
-pub trait Disk: Send {
+/// Every call takes `&self`: a disk's queues are served on threads of
+/// their own, at the same time, through one shared disk. A raw image is
+/// a file descriptor, which preadv and pwritev share as they are; a
+/// qcow2 image keeps its own locks (vm-img's `Image`).
+pub trait Disk: Send + Sync {
     fn path(&self) -> &Path;
     /// Size in bytes.
     fn size(&self) -> u64;
-    fn read_at(&mut self, offset: u64, bufs: &[IoVec]) -> io::Result<()>;
-    fn write_at(&mut self, offset: u64, bufs: &[IoVec]) -> io::Result<()>;
-    /// Makes every completed write durable.
-    fn flush(&mut self) -> io::Result<()>;
+    fn read_at(&self, offset: u64, bufs: &[IoVec]) -> io::Result<()>;
+    fn write_at(&self, offset: u64, bufs: &[IoVec]) -> io::Result<()>;
+    /// Makes every completed write durable, whichever queue wrote it.
+    fn flush(&self) -> io::Result<()>;
     /// The guest no longer needs the range: give the space back if we can.
-    fn discard(&mut self, offset: u64, len: u64) -> io::Result<()>;
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()>;
     /// The range must read as zeroes; `unmap` allows freeing it.
-    fn write_zeroes(&mut self, offset: u64, len: u64, unmap: bool) -> io::Result<()>;
+    fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> io::Result<()>;
     /// For an image that caches metadata in vm-run (qcow2): a handle that
     /// writes it out from another thread, as vm-run exits or sends the
     /// guest. A raw image has nothing of its own to write.
@@ -107,6 +119,7 @@ impl std::str::FromStr for DiskSpec {
             format,
             read_only: false,
             serial: None,
+            queues: None,
         };
         for opt in parts {
             match opt.split_once('=') {
@@ -115,7 +128,11 @@ impl std::str::FromStr for DiskSpec {
                     spec.serial = Some(id.to_string())
                 }
                 Some(("serial", _)) => return Err("serial: at most 20 ASCII characters".into()),
-                _ => return Err(format!("{opt}: not ro or serial=ID")),
+                Some(("queues", n)) => match n.parse::<u16>() {
+                    Ok(n) if (1..=MAX_QUEUES).contains(&n) => spec.queues = Some(n),
+                    _ => return Err(format!("queues: a number from 1 to {MAX_QUEUES}")),
+                },
+                _ => return Err(format!("{opt}: not ro, serial=ID or queues=N")),
             }
         }
         Ok(spec)
@@ -136,6 +153,9 @@ mod tests {
         );
         let s: DiskSpec = "disk.img".parse().unwrap();
         assert_eq!((s.format, s.read_only, s.serial), (None, false, None));
+        assert_eq!(s.queues, None);
+        let s: DiskSpec = "disk.img,queues=1".parse().unwrap();
+        assert_eq!(s.queues, Some(1));
         let s: DiskSpec = "raw:c:d".parse().unwrap();
         assert_eq!(s.path, PathBuf::from("c:d"));
         for bad in [
@@ -144,6 +164,9 @@ mod tests {
             "x,rw",
             "x,serial=123456789012345678901",
             "x,ro=1",
+            "x,queues=0",
+            "x,queues=17",
+            "x,queues=two",
         ] {
             assert!(bad.parse::<DiskSpec>().is_err(), "{bad}");
         }
@@ -160,26 +183,27 @@ mod tests {
             format,
             read_only: false,
             serial: None,
+            queues: None,
         };
-        let write = |disk: &mut Box<dyn Disk>, offset, bytes: &[u8]| {
+        let write = |disk: &dyn Disk, offset, bytes: &[u8]| {
             let iov = IoVec {
                 iov_base: bytes.as_ptr() as *mut libc::c_void,
                 iov_len: bytes.len(),
             };
             disk.write_at(offset, &[iov])
         };
-        let mut probed = open(&spec(None)).unwrap();
+        let probed = open(&spec(None)).unwrap();
         // One byte that completes the magic, and the whole magic at once.
-        let e = write(&mut probed, 3, b"\xfb").unwrap_err();
+        let e = write(&*probed, 3, b"\xfb").unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
-        assert!(write(&mut probed, 0, b"QFI\xfb\0\0\0\x03").is_err());
-        write(&mut probed, 0, b"boot").unwrap();
-        write(&mut probed, 3, b"\xfb").unwrap();
+        assert!(write(&*probed, 0, b"QFI\xfb\0\0\0\x03").is_err());
+        write(&*probed, 0, b"boot").unwrap();
+        write(&*probed, 3, b"\xfb").unwrap();
         drop(probed);
         assert!(std::fs::read(&path).unwrap().starts_with(b"boo\xfb"));
         // `raw:` says the header is the guest's business.
-        let mut forced = open(&spec(Some(Format::Raw))).unwrap();
-        write(&mut forced, 0, b"QFI\xfb").unwrap();
+        let forced = open(&spec(Some(Format::Raw))).unwrap();
+        write(&*forced, 0, b"QFI\xfb").unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -194,6 +218,7 @@ mod tests {
             format: None,
             read_only: ro,
             serial: None,
+            queues: None,
         };
         let first = open(&spec(false)).unwrap();
         assert!(matches!(open(&spec(false)), Err(Error::Locked(_))));

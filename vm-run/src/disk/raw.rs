@@ -5,6 +5,7 @@ use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use vm_img::iov::Dir;
 
@@ -20,6 +21,10 @@ pub struct Raw {
     /// image as qcow2, with a base file of the guest's choosing. QEMU
     /// refuses such writes to probed raw images too.
     probed: bool,
+    /// Held from the check of a write into the header's bytes to its
+    /// end: two queues each writing half a magic would otherwise each
+    /// pass the check against the bytes before the other's half.
+    header: Mutex<()>,
 }
 
 impl Raw {
@@ -33,6 +38,7 @@ impl Raw {
             path,
             size,
             probed,
+            header: Mutex::new(()),
         })
     }
 
@@ -75,7 +81,7 @@ impl Raw {
         }
     }
 
-    fn write_zero_bytes(&mut self, mut offset: u64, len: u64) -> io::Result<()> {
+    fn write_zero_bytes(&self, mut offset: u64, len: u64) -> io::Result<()> {
         let zeroes = vec![0u8; 64 << 10];
         let end = offset + len;
         while offset < end {
@@ -124,11 +130,13 @@ impl Disk for Raw {
         self.size
     }
 
-    fn read_at(&mut self, offset: u64, bufs: &[IoVec]) -> io::Result<()> {
+    fn read_at(&self, offset: u64, bufs: &[IoVec]) -> io::Result<()> {
         transfer(self.file.as_raw_fd(), offset, bufs, Dir::Read)
     }
 
-    fn write_at(&mut self, offset: u64, bufs: &[IoVec]) -> io::Result<()> {
+    fn write_at(&self, offset: u64, bufs: &[IoVec]) -> io::Result<()> {
+        let _header = (self.probed && offset < 4)
+            .then(|| self.header.lock().unwrap_or_else(|e| e.into_inner()));
         if self.makes_qcow2_header(offset, bufs)? {
             return Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
@@ -138,11 +146,11 @@ impl Disk for Raw {
         transfer(self.file.as_raw_fd(), offset, bufs, Dir::Write)
     }
 
-    fn flush(&mut self) -> io::Result<()> {
+    fn flush(&self) -> io::Result<()> {
         self.file.sync_data()
     }
 
-    fn discard(&mut self, offset: u64, len: u64) -> io::Result<()> {
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
         match self.fallocate(
             libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
             offset,
@@ -154,7 +162,7 @@ impl Disk for Raw {
         }
     }
 
-    fn write_zeroes(&mut self, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
+    fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
         let mode = if unmap {
             libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE
         } else {

@@ -1,4 +1,4 @@
-//! virtio-blk: one request queue over a Disk. Each request is a header
+//! virtio-blk: request queues over a Disk. Each request is a header
 //! (type, sector) in driver-readable buffers, data, and a status byte at
 //! the very end of the driver-writable ones; whatever the guest puts in a
 //! chain, a request either completes or fails with a status, and a chain
@@ -6,8 +6,19 @@
 //!
 //! Data moves between the image and guest memory directly (preadv and
 //! pwritev on guest pages): no bounce buffer, no copy.
+//!
+//! With several queues (VIRTIO_BLK_F_MQ; one per vCPU unless the disk
+//! says `queues=N`), Linux submits on the queue of the CPU it runs on
+//! and hears back on that queue's own MSI-X vector, which it binds to
+//! that CPU. Each queue is served on a thread of its own (a lane, in
+//! VirtioDevice's terms) through the one Disk, which takes `&self`: a
+//! raw image is one file descriptor whose preadv and pwritev need no
+//! lock; a qcow2 image serializes requests on vm-img's own locks. A
+//! flush syncs the file, which covers what any queue wrote before: the
+//! driver flushes only after the writes it cares about completed.
 
 use std::io;
+use std::sync::Arc;
 
 use virtio_bindings::virtio_blk::*;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
@@ -15,8 +26,9 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::buffers::{self, gather, iovecs, scatter, split_at, total, Buf, Dir};
 use super::{Chain, VirtioDevice};
-use crate::disk::Disk;
+use crate::disk::{Disk, MAX_QUEUES};
 use crate::memory::GuestMemory;
+use crate::snapshot::stream::{Dec, Enc, StreamError, Tag};
 
 pub const SECTOR: u64 = 512;
 pub const QUEUE_SIZE: u16 = 256;
@@ -50,7 +62,9 @@ enum Failure {
 }
 
 pub struct Block {
-    disk: Box<dyn Disk>,
+    disk: Arc<dyn Disk>,
+    /// The request queues' sizes, one a queue.
+    queues: Vec<u16>,
     name: String,
     read_only: bool,
     serial: Vec<u8>,
@@ -64,9 +78,11 @@ pub struct Block {
 }
 
 impl Block {
-    /// A disk, read-only to the guest if `read_only`; its ID is `serial`
-    /// or else the image's file name.
-    pub fn new(disk: Box<dyn Disk>, read_only: bool, serial: Option<String>) -> Self {
+    /// A disk with `queues` request queues (1 to MAX_QUEUES; more or
+    /// fewer are taken as the nearest), read-only to the guest if
+    /// `read_only`; its ID is `serial` or else the image's file name.
+    pub fn new(disk: Box<dyn Disk>, read_only: bool, serial: Option<String>, queues: u16) -> Self {
+        let queues = queues.clamp(1, MAX_QUEUES);
         let capacity = disk.size() / SECTOR;
         let serial = serial
             .unwrap_or_else(|| {
@@ -85,13 +101,15 @@ impl Block {
         c[26..28].copy_from_slice(&8u16.to_le_bytes());
         c[36..40].copy_from_slice(&MAX_RANGE_SECTORS.to_le_bytes());
         c[40..44].copy_from_slice(&MAX_RANGES.to_le_bytes());
+        c[34..36].copy_from_slice(&queues.to_le_bytes());
         c[44..48].copy_from_slice(&8u32.to_le_bytes());
         c[48..52].copy_from_slice(&MAX_RANGE_SECTORS.to_le_bytes());
         c[52..56].copy_from_slice(&MAX_RANGES.to_le_bytes());
         c[56] = 1; // write zeroes may unmap
         Block {
             name: format!("virtio-blk {}", disk.path().display()),
-            disk,
+            disk: Arc::from(disk),
+            queues: vec![QUEUE_SIZE; usize::from(queues)],
             read_only,
             serial,
             config: c,
@@ -205,6 +223,26 @@ impl Block {
         }
     }
 
+    /// How many request queues the disk in a stream's PCIX record had:
+    /// the record holds the count when it is more than one, and there is
+    /// no record at all for a disk with one, as in every stream before
+    /// multiqueue. The receiver builds the disk with as many, before it
+    /// restores its transport's state.
+    pub fn saved_queues(state: Option<&[u8]>) -> Result<u16, StreamError> {
+        let Some(state) = state else { return Ok(1) };
+        let mut d = Dec::new(Tag::PciDevices, state);
+        let n = d.u16()?;
+        d.end()?;
+        if !(2..=MAX_QUEUES).contains(&n) {
+            return Err(d.bad(format!("virtio-blk: {n} queues")));
+        }
+        Ok(n)
+    }
+
+    fn queue_count(&self) -> u16 {
+        self.queues.len() as u16
+    }
+
     /// The byte offset of `len` bytes at `sector`, if they are whole
     /// sectors within the disk.
     fn range(&self, sector: u64, len: u64) -> Result<u64, Failure> {
@@ -248,6 +286,9 @@ impl VirtioDevice for Block {
             | 1 << VIRTIO_BLK_F_TOPOLOGY
             | 1 << VIRTIO_BLK_F_FLUSH
             | 1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
+        if self.queues.len() > 1 {
+            f |= 1 << VIRTIO_BLK_F_MQ;
+        }
         if self.read_only {
             f |= 1 << VIRTIO_BLK_F_RO;
         } else {
@@ -257,7 +298,7 @@ impl VirtioDevice for Block {
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
-        &[QUEUE_SIZE]
+        &self.queues
     }
 
     fn signal_now(&self) -> bool {
@@ -266,6 +307,40 @@ impl VirtioDevice for Block {
 
     fn config(&self) -> &[u8] {
         &self.config
+    }
+
+    fn lane(&self) -> Option<Box<dyn VirtioDevice>> {
+        Some(Box::new(Block {
+            disk: self.disk.clone(),
+            queues: self.queues.clone(),
+            name: self.name.clone(),
+            read_only: self.read_only,
+            serial: self.serial.clone(),
+            config: self.config.clone(),
+            capacity: self.capacity,
+            last_error: None,
+            last_len: 0,
+        }))
+    }
+
+    /// The queue count, when there is more than one (Block::saved_queues):
+    /// a disk with one keeps no state, as before multiqueue.
+    fn save(&self, e: &mut Enc) {
+        if self.queue_count() > 1 {
+            e.u16(self.queue_count());
+        }
+    }
+
+    fn restore(&mut self, d: &mut Dec) -> Result<(), StreamError> {
+        let n = if d.is_empty() { 1 } else { d.u16()? };
+        if n != self.queue_count() {
+            return Err(d.bad(format!(
+                "{}: {n} queues in the stream, {} here",
+                self.name,
+                self.queue_count()
+            )));
+        }
+        Ok(())
     }
 
     fn handle(&mut self, _queue: usize, chain: Chain<'_>, mem: &GuestMemory) -> u32 {
@@ -337,6 +412,10 @@ mod tests {
 
     /// A 1 MiB image whose sector n is filled with byte n.
     fn rig(name: &str, read_only: bool) -> Rig {
+        rig_with(name, read_only, 1)
+    }
+
+    fn rig_with(name: &str, read_only: bool, queues: u16) -> Rig {
         let dir = std::env::temp_dir().join(format!("vm-run-blk-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("disk.img");
@@ -347,9 +426,10 @@ mod tests {
             format: None,
             read_only,
             serial: Some("serial-0".into()),
+            queues: None,
         };
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM as usize)]).unwrap();
-        let dev = Block::new(disk::open(&spec).unwrap(), read_only, spec.serial);
+        let dev = Block::new(disk::open(&spec).unwrap(), read_only, spec.serial, queues);
         Rig { mem, dev, dir }
     }
 
@@ -575,6 +655,121 @@ mod tests {
                 .1,
             IOERR
         );
+    }
+
+    #[test]
+    fn one_queue_is_offered_as_before_multiqueue() {
+        let r = rig("one", false);
+        assert_eq!(r.dev.features() & 1 << VIRTIO_BLK_F_MQ, 0);
+        assert_eq!(r.dev.queue_max_sizes(), &[QUEUE_SIZE]);
+        let mut e = Enc::default();
+        r.dev.save(&mut e);
+        assert!(e.0.is_empty(), "no PCIX record, as in older streams");
+    }
+
+    #[test]
+    fn several_queues_are_offered_each_with_its_own_lane() {
+        let mut r = rig_with("mq", false, 2);
+        assert_ne!(r.dev.features() & 1 << VIRTIO_BLK_F_MQ, 0);
+        assert_eq!(r.dev.config()[34..36], 2u16.to_le_bytes(), "num_queues");
+        assert_eq!(r.dev.queue_max_sizes().len(), 2);
+        assert_eq!(
+            Block::new(Box::new(Nothing), false, None, 0).queue_count(),
+            1
+        );
+        assert_eq!(
+            Block::new(Box::new(Nothing), false, None, 999).queue_count(),
+            MAX_QUEUES
+        );
+        // The device and a lane write at once, each its own sectors, each
+        // from its own queue's rings and buffers, on threads of their own.
+        let mut lane = r.dev.lane().expect("a lane");
+        let write = |dev: &mut dyn VirtioDevice, mem: &GuestMemory, queue: usize, at: u64| {
+            let (hdr, data, status) = (at + 0x1000, at + 0x2000, at + 0x3000);
+            let fill = 0x40 + queue as u8;
+            for sector in (queue as u64..512).step_by(2) {
+                let mut h = [0u8; 16];
+                h[0..4].copy_from_slice(&VIRTIO_BLK_T_OUT.to_le_bytes());
+                h[8..16].copy_from_slice(&sector.to_le_bytes());
+                mem.write_slice(&h, GuestAddress(hdr)).unwrap();
+                mem.write_slice(&[fill; 512], GuestAddress(data)).unwrap();
+                let descs = [desc(hdr, 16, 0), desc(data, 512, 0), desc(status, 1, W)];
+                let q = MockSplitQueue::create(mem, GuestAddress(at), 16);
+                let chain = q.build_desc_chain(&descs).unwrap();
+                assert_eq!(dev.handle(queue, chain, mem), 1);
+                assert_eq!(mem.read_obj::<u8>(GuestAddress(status)).unwrap(), OK);
+            }
+        };
+        let mem = &r.mem;
+        std::thread::scope(|s| {
+            s.spawn(|| write(lane.as_mut(), mem, 1, 0x40_0000));
+            write(&mut r.dev, mem, 0, 0x50_0000);
+        });
+        // A flush on either queue covers both queues' writes.
+        r.header(VIRTIO_BLK_T_FLUSH, 0);
+        assert_eq!(r.run(&[desc(HDR, 16, 0), desc(STATUS, 1, W)]), (1, OK));
+        let image = std::fs::read(r.dir.join("disk.img")).unwrap();
+        for (n, sector) in image[..512 * 512].chunks(512).enumerate() {
+            let want = 0x40 + (n % 2) as u8;
+            assert!(sector.iter().all(|b| *b == want), "sector {n}");
+        }
+        let rest = image[512 * 512..].chunks(512).enumerate();
+        assert!(rest.fold(true, |ok, (i, s)| ok
+            && s.iter().all(|b| *b == (512 + i) as u8)));
+    }
+
+    #[test]
+    fn the_queue_count_round_trips_through_a_snapshot() {
+        let r = rig_with("save", false, 3);
+        let mut e = Enc::default();
+        r.dev.save(&mut e);
+        // The receiver builds the disk from the record, then restores it.
+        let n = Block::saved_queues(Some(&e.0)).unwrap();
+        assert_eq!(n, 3);
+        let mut copy = Block::new(Box::new(Nothing), false, None, n);
+        let mut d = Dec::new(Tag::PciDevices, &e.0);
+        copy.restore(&mut d).unwrap();
+        d.end().unwrap();
+        assert_eq!(copy.queue_max_sizes(), r.dev.queue_max_sizes());
+        // A disk built otherwise refuses the stream.
+        let mut other = Block::new(Box::new(Nothing), false, None, 2);
+        assert!(other.restore(&mut Dec::new(Tag::PciDevices, &e.0)).is_err());
+        // No record (every older stream): one queue; and it restores so.
+        assert_eq!(Block::saved_queues(None).unwrap(), 1);
+        assert!(other.restore(&mut Dec::new(Tag::PciDevices, &[])).is_err());
+        let mut one = Block::new(Box::new(Nothing), false, None, 1);
+        one.restore(&mut Dec::new(Tag::PciDevices, &[])).unwrap();
+        // Records no vm-run writes.
+        for bad in [&[][..], &[1, 0], &[0, 0], &[17, 0], &[2, 0, 0], &[2]] {
+            assert!(Block::saved_queues(Some(bad)).is_err(), "{bad:?}");
+        }
+    }
+
+    /// An empty disk, for devices that serve no request.
+    struct Nothing;
+
+    impl Disk for Nothing {
+        fn path(&self) -> &std::path::Path {
+            std::path::Path::new("nothing")
+        }
+        fn size(&self) -> u64 {
+            0
+        }
+        fn read_at(&self, _: u64, _: &[crate::disk::IoVec]) -> io::Result<()> {
+            Ok(())
+        }
+        fn write_at(&self, _: u64, _: &[crate::disk::IoVec]) -> io::Result<()> {
+            Ok(())
+        }
+        fn flush(&self) -> io::Result<()> {
+            Ok(())
+        }
+        fn discard(&self, _: u64, _: u64) -> io::Result<()> {
+            Ok(())
+        }
+        fn write_zeroes(&self, _: u64, _: u64, _: bool) -> io::Result<()> {
+            Ok(())
+        }
     }
 
     #[test]

@@ -20,15 +20,24 @@ use vmm_sys_util::eventfd::EventFd;
 const MEM_SIZE: usize = 64 << 10;
 const DISK_SIZE: usize = 64 << 10;
 
-/// A disk in memory, so that fuzzing touches no files.
-struct MemDisk(Vec<u8>);
+/// A disk in memory, so that fuzzing touches no files. The lock stands
+/// for what a file gives: calls from several queues' threads at once.
+struct MemDisk(std::sync::Mutex<Vec<u8>>);
 
 impl MemDisk {
-    fn range(&self, offset: u64, bufs: &[IoVec]) -> io::Result<usize> {
+    fn new(image: Vec<u8>) -> Self {
+        MemDisk(std::sync::Mutex::new(image))
+    }
+
+    fn image(&self) -> std::sync::MutexGuard<'_, Vec<u8>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn range(image: &[u8], offset: u64, bufs: &[IoVec]) -> io::Result<usize> {
         let len: usize = bufs.iter().map(|b| b.iov_len).sum();
         let end = (offset as usize)
             .checked_add(len)
-            .filter(|e| *e <= self.0.len());
+            .filter(|e| *e <= image.len());
         end.map(|_| offset as usize)
             .ok_or_else(|| io::Error::other("past the end"))
     }
@@ -39,36 +48,38 @@ impl Disk for MemDisk {
         Path::new("fuzz.img")
     }
     fn size(&self) -> u64 {
-        self.0.len() as u64
+        self.image().len() as u64
     }
-    fn read_at(&mut self, offset: u64, bufs: &[IoVec]) -> io::Result<()> {
-        let mut at = self.range(offset, bufs)?;
+    fn read_at(&self, offset: u64, bufs: &[IoVec]) -> io::Result<()> {
+        let image = self.image();
+        let mut at = Self::range(&image, offset, bufs)?;
         for b in bufs {
             // SAFETY: the block device built the iovec from a guest
             // memory slice it checked, which stays mapped.
-            unsafe { std::ptr::copy(self.0[at..].as_ptr(), b.iov_base.cast(), b.iov_len) };
+            unsafe { std::ptr::copy(image[at..].as_ptr(), b.iov_base.cast(), b.iov_len) };
             at += b.iov_len;
         }
         Ok(())
     }
-    fn write_at(&mut self, offset: u64, bufs: &[IoVec]) -> io::Result<()> {
-        let mut at = self.range(offset, bufs)?;
+    fn write_at(&self, offset: u64, bufs: &[IoVec]) -> io::Result<()> {
+        let mut image = self.image();
+        let mut at = Self::range(&image, offset, bufs)?;
         for b in bufs {
             // SAFETY: as in read_at.
-            unsafe { std::ptr::copy(b.iov_base.cast(), self.0[at..].as_mut_ptr(), b.iov_len) };
+            unsafe { std::ptr::copy(b.iov_base.cast(), image[at..].as_mut_ptr(), b.iov_len) };
             at += b.iov_len;
         }
         Ok(())
     }
-    fn flush(&mut self) -> io::Result<()> {
+    fn flush(&self) -> io::Result<()> {
         Ok(())
     }
-    fn discard(&mut self, offset: u64, len: u64) -> io::Result<()> {
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
         self.write_zeroes(offset, len, true)
     }
-    fn write_zeroes(&mut self, offset: u64, len: u64, _: bool) -> io::Result<()> {
+    fn write_zeroes(&self, offset: u64, len: u64, _: bool) -> io::Result<()> {
         let (start, len) = (offset as usize, len as usize);
-        self.0
+        self.image()
             .get_mut(start..start.saturating_add(len))
             .ok_or_else(|| io::Error::other("past the end"))?
             .fill(0);
@@ -103,19 +114,28 @@ fn guest(data: &[u8]) -> Option<([u8; 8], crate::memory::GuestMemory, ActiveQueu
     Some((*cfg, mem, ActiveQueue::new(0, q, kick, 0)))
 }
 
-/// virtio-blk on an in-memory disk; bit 0 of the 8th byte makes it
-/// read-only.
+/// virtio-blk with two queues on an in-memory disk; bit 0 of the 8th
+/// byte makes it read-only, bit 1 puts the rings on the second queue,
+/// served by a lane of the device (as its own thread would serve it).
 pub fn block_queue(data: &[u8]) {
     let Some((cfg, mem, mut q)) = guest(data) else {
         return;
     };
     let mut dev = Block::new(
-        Box::new(MemDisk(vec![0x5a; DISK_SIZE])),
+        Box::new(MemDisk::new(vec![0x5a; DISK_SIZE])),
         cfg[7] & 1 != 0,
         None,
+        2,
     );
     // Errors are how a broken ring is reported; they must not panic.
-    let _ = drain_queue(&mut dev, &mut q, &mem);
+    if cfg[7] & 2 != 0 {
+        q.index = 1;
+        if let Some(mut lane) = dev.lane() {
+            let _ = drain_queue(lane.as_mut(), &mut q, &mem);
+        }
+    } else {
+        let _ = drain_queue(&mut dev, &mut q, &mem);
+    }
 }
 
 /// virtio-scsi with its CD-ROM on an in-memory image; the 6th byte
@@ -128,7 +148,7 @@ pub fn scsi_queue(data: &[u8]) {
 fn scsi_run(data: &[u8]) -> Option<crate::memory::GuestMemory> {
     let (cfg, mem, mut q) = guest(data)?;
     let image: Vec<u8> = (0..DISK_SIZE).map(|i| (i / 2048) as u8).collect();
-    let mut dev = Scsi::new(Box::new(MemDisk(image)));
+    let mut dev = Scsi::new(Box::new(MemDisk::new(image)));
     q.index = usize::from(cfg[5] % 3);
     let index = q.index;
     let _ = dev.serve(Some(index), std::slice::from_mut(&mut q), &mem);

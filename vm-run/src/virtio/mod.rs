@@ -1,9 +1,9 @@
 //! Virtio 1.x devices. A device (block.rs, rng.rs) only turns one
 //! descriptor chain at a time into work; the PCI transport (pci.rs) does
 //! the register dance with the driver, and the queue worker here serves
-//! the queues on a thread of its own, woken by ioeventfds, raising
-//! interrupts through irqfds: a guest's kick never stops a vCPU in user
-//! space.
+//! the queues on a thread of its own (or, for a device that offers
+//! lanes, a thread per queue), woken by ioeventfds, raising interrupts
+//! through irqfds: a guest's kick never stops a vCPU in user space.
 
 pub mod block;
 pub mod buffers;
@@ -77,6 +77,14 @@ pub trait VirtioDevice: Send + 'static {
     /// short ones, which share one interrupt.
     fn signal_now(&self) -> bool {
         false
+    }
+
+    /// Another handle on this device, to serve some of its queues on a
+    /// thread of its own while this one serves the others: for a device
+    /// whose queues share nothing it does not guard itself (a disk's
+    /// request queues). None, the default, serves all on one thread.
+    fn lane(&self) -> Option<Box<dyn VirtioDevice>> {
+        None
     }
 
     /// Serves queue `kicked` after its kick, or with `None` what came on
@@ -277,13 +285,17 @@ pub fn publish_used(
     Ok(())
 }
 
-/// A device's worker thread; dropping it does not stop it, stop() does.
+type Served = (Box<dyn VirtioDevice>, Vec<ActiveQueue>);
+
+/// A device's worker threads (one, or one per lane); dropping it does
+/// not stop them, stop() does.
 pub struct Worker {
     stop: Arc<EventFd>,
-    thread: std::thread::JoinHandle<(Box<dyn VirtioDevice>, Vec<ActiveQueue>)>,
+    threads: Vec<std::thread::JoinHandle<Served>>,
 }
 
 /// What the worker shares with the transport.
+#[derive(Clone)]
 pub struct Shared {
     pub interrupt: Arc<Interrupt>,
     pub needs_reset: Arc<AtomicBool>,
@@ -291,30 +303,67 @@ pub struct Shared {
 }
 
 impl Worker {
-    /// Starts serving `queues`. The eventfds come from the transport,
-    /// made before the sandbox, which allows no new ones.
+    /// Starts serving `queues`: each on a thread of its own while the
+    /// device gives lanes, the rest on the device's own thread. The
+    /// eventfds come from the transport, made before the sandbox, which
+    /// allows no new ones.
     pub fn spawn(
-        mut dev: Box<dyn VirtioDevice>,
+        dev: Box<dyn VirtioDevice>,
         mut queues: Vec<ActiveQueue>,
         shared: Shared,
         stop: Arc<EventFd>,
         mem: &'static GuestMemory,
     ) -> std::io::Result<Self> {
-        let stop_rx = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name(dev.name().to_string())
-            .spawn(move || {
-                serve(dev.as_mut(), &mut queues, &shared, &stop_rx, mem);
-                (dev, queues)
-            })?;
-        Ok(Worker { stop, thread })
+        let mut groups = Vec::new();
+        while queues.len() > 1 {
+            let Some(lane) = dev.lane() else { break };
+            groups.extend(queues.pop().map(|q| (lane, vec![q])));
+        }
+        groups.push((dev, queues));
+        let mut worker = Worker {
+            stop,
+            threads: Vec::new(),
+        };
+        for (mut dev, mut queues) in groups {
+            let (stop_rx, shared) = (worker.stop.clone(), shared.clone());
+            let thread = std::thread::Builder::new()
+                .name(dev.name().to_string())
+                .spawn(move || {
+                    serve(dev.as_mut(), &mut queues, &shared, &stop_rx, mem);
+                    (dev, queues)
+                });
+            match thread {
+                Ok(t) => worker.threads.push(t),
+                Err(e) => {
+                    worker.stop();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(worker)
     }
 
-    /// Stops the thread after the chain it is on, and returns the device
-    /// and its queues (where the rings are and how far it got in them).
-    pub fn stop(self) -> Option<(Box<dyn VirtioDevice>, Vec<ActiveQueue>)> {
+    /// Stops the threads after the chain each is on, and returns the
+    /// device and its queues (where the rings are and how far it got in
+    /// them), in order; the lanes are dropped.
+    pub fn stop(self) -> Option<Served> {
+        // Every thread sees the stop; none reads it, or another might
+        // never wake. It is cleared once all are gone.
         let _ = self.stop.write(1);
-        self.thread.join().ok()
+        let mut served: Vec<Served> = Vec::new();
+        let mut lost = false;
+        for t in self.threads {
+            match t.join() {
+                Ok(s) => served.push(s),
+                Err(_) => lost = true,
+            }
+        }
+        let _ = self.stop.read();
+        // The device's own thread was spawned last.
+        let (dev, mut queues) = served.pop().filter(|_| !lost)?;
+        queues.extend(served.into_iter().flat_map(|(_, q)| q));
+        queues.sort_by_key(|q| q.index);
+        Some((dev, queues))
     }
 }
 
@@ -352,8 +401,7 @@ fn serve(
             continue; // EINTR; poll has no other transient error here.
         }
         if fds[0].revents != 0 {
-            let _ = stop.read();
-            return;
+            return; // Worker::stop clears the eventfd.
         }
         for i in 0..queues.len() {
             if fds[1 + i].revents == 0 {
@@ -496,6 +544,89 @@ mod tests {
         };
         assert!(drain_queue(&mut dev, &mut q, &mem).unwrap());
         (dev.seen, interrupt.isr_value())
+    }
+
+    /// A device of three queues that offers lanes, noting on which
+    /// thread it served each kick.
+    struct Laned(Arc<Mutex<Vec<(usize, std::thread::ThreadId)>>>);
+
+    impl VirtioDevice for Laned {
+        fn device_type(&self) -> u32 {
+            0
+        }
+        fn name(&self) -> &str {
+            "laned"
+        }
+        fn features(&self) -> u64 {
+            0
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[16, 16, 16]
+        }
+        fn config(&self) -> &[u8] {
+            &[]
+        }
+        fn handle(&mut self, _: usize, _: Chain<'_>, _: &GuestMemory) -> u32 {
+            0
+        }
+        fn serve(
+            &mut self,
+            kicked: Option<usize>,
+            _: &mut [ActiveQueue],
+            _: &GuestMemory,
+        ) -> std::result::Result<u64, (usize, virtio_queue::Error)> {
+            let mut seen = self.0.lock().unwrap();
+            seen.extend(kicked.map(|q| (q, std::thread::current().id())));
+            Ok(0)
+        }
+        fn lane(&self) -> Option<Box<dyn VirtioDevice>> {
+            Some(Box::new(Laned(self.0.clone())))
+        }
+    }
+
+    #[test]
+    fn lanes_serve_each_queue_on_a_thread_and_stop_together() {
+        let kvm = kvm_ioctls::Kvm::new().unwrap();
+        let vm = Arc::new(kvm.create_vm().unwrap());
+        vm.create_irq_chip().unwrap();
+        let router = Arc::new(GsiRouter::new(vm));
+        let msix = Msix::new(4, router.clone()).unwrap();
+        let shared = Shared {
+            interrupt: Arc::new(Interrupt::new(router, 17, msix)),
+            needs_reset: Arc::default(),
+            config_vector: NO_VECTOR,
+        };
+        let mem: &'static GuestMemory = Box::leak(Box::new(
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap(),
+        ));
+        let queues = (0..3)
+            .map(|i| {
+                let mock = MockSplitQueue::create(mem, GuestAddress(i * 0x1000), 16);
+                let kick = Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+                ActiveQueue::new(i as usize, mock.create_queue().unwrap(), kick, 0)
+            })
+            .collect();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        let w = Worker::spawn(
+            Box::new(Laned(seen.clone())),
+            queues,
+            shared,
+            stop.clone(),
+            mem,
+        )
+        .unwrap();
+        let (dev, queues) = w.stop().expect("every thread stopped");
+        assert_eq!(dev.name(), "laned");
+        let order: Vec<usize> = queues.iter().map(|q| q.index).collect();
+        assert_eq!(order, [0, 1, 2], "every queue back, in order");
+        // Each thread served its queue once as it started.
+        let seen = seen.lock().unwrap();
+        let threads: std::collections::HashSet<_> = seen.iter().map(|s| s.1).collect();
+        assert_eq!(seen.len(), 3);
+        assert_eq!(threads.len(), 3, "{seen:?}");
+        // The stop is cleared for the next start.
+        assert!(stop.read().is_err());
     }
 
     #[test]

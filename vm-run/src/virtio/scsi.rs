@@ -100,6 +100,7 @@ impl Scsi {
             format: Some(Format::Raw),
             read_only: true,
             serial: None,
+            queues: None,
         };
         let disk = disk::open(&spec)?;
         if disk.size() < SECTOR {
@@ -791,6 +792,7 @@ mod tests {
             format: None,
             read_only: false,
             serial: None,
+            queues: None,
         };
         assert!(matches!(disk::open(&rw), Err(Error::Locked(_))));
         let tiny = dir.join("tiny.iso");

@@ -125,6 +125,8 @@ fn incoming(a: Args) -> Result<(Config, Incoming), Error> {
                 format: None,
                 read_only: d.read_only,
                 serial: d.serial.clone(),
+                // The stream says how many the guest had.
+                queues: None,
             })
             .collect()
     } else if a.disks.len() == conf.disks.len() {
