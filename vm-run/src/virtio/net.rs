@@ -271,10 +271,11 @@ impl Net {
     /// driver adds in between would then lie below the event index, and
     /// the driver, which kicks only when its index passes the event index
     /// (EVENT_IDX), would not kick for them. It adds more only once it
-    /// has received something, so neither side would move again: the
-    /// guest's receive path stalled for good this way under iperf3
-    /// (issue 19.11a). Nor may it be the chains given back (next_avail):
-    /// the driver has passed that index already and would never kick.
+    /// has received something, so neither side would move again (issue
+    /// 19.11a: seen in the test host as a starved device with the whole
+    /// ring refilled below its event index). Nor may it be the chains
+    /// given back (next_avail): the driver has passed that index already
+    /// and would never kick.
     fn await_buffers(
         &self,
         q: &mut Queue,
