@@ -150,24 +150,18 @@ impl Net {
             let reply = self.replies.pop_front();
             let need = reply.as_ref().map_or(self.rx_room(), |r| HDR_LEN + r.len());
             q.disable_notification(mem)?;
-            let Some(bufs) = self.take_buffers(q, mem, need)? else {
-                if let Some(r) = reply {
-                    self.replies.push_front(r);
+            let bufs = match self.take_buffers(q, mem, need)? {
+                Take::Got(bufs) => bufs,
+                Take::Short { seen } => {
+                    if let Some(r) = reply {
+                        self.replies.push_front(r);
+                    }
+                    if self.await_buffers(q, mem, seen)? {
+                        continue;
+                    }
+                    self.starved = true;
+                    return Ok(used);
                 }
-                // Ask for a kick when the driver adds buffers beyond those
-                // seen (with EVENT_IDX the event index must be there, not
-                // at the chains given back), and look once more, so that
-                // buffers added meanwhile are not missed.
-                let back = q.next_avail();
-                let seen = q.avail_idx(mem, Ordering::Acquire)?.0;
-                q.set_next_avail(seen);
-                let more = q.enable_notification(mem);
-                q.set_next_avail(back);
-                if more? {
-                    continue;
-                }
-                self.starved = true;
-                return Ok(used);
             };
             let iov = bufs.iovecs(mem);
             let got = match reply {
@@ -198,14 +192,14 @@ impl Net {
     }
 
     /// Takes chains off the receive ring until they hold `need` bytes
-    /// (one chain without mergeable buffers); None, with the ring as it
-    /// was, when there are not enough.
+    /// (one chain without mergeable buffers); when there are not enough,
+    /// leaves the ring as it was and says how far it looked.
     fn take_buffers(
         &self,
         q: &mut Queue,
         mem: &GuestMemory,
         need: usize,
-    ) -> Result<Option<RxBuffers>, virtio_queue::Error> {
+    ) -> Result<Take, virtio_queue::Error> {
         let merge = self.has(VIRTIO_NET_F_MRG_RXBUF);
         let start = q.next_avail();
         let mut bufs = RxBuffers {
@@ -217,8 +211,11 @@ impl Net {
         loop {
             let next = q.iter(mem)?.next();
             let Some(chain) = next else {
+                // The iterator stops at the available index it read, so
+                // every chain before it was looked at.
+                let seen = q.next_avail();
                 q.set_next_avail(bufs.start);
-                return Ok(None);
+                return Ok(Take::Short { seen });
             };
             let head = chain.head_index();
             let first = bufs.iov.len();
@@ -255,13 +252,43 @@ impl Net {
             bufs.chains.push((head, first, chain_room));
             room += chain_room;
             if !merge || room >= need {
-                return Ok(Some(bufs));
+                return Ok(Take::Got(bufs));
             }
         }
         // A bad chain cut the gathering short: the frame waits for the
-        // driver to fix its ring (it only harms its own traffic).
+        // driver to post more (it only harms its own traffic).
         q.set_next_avail(bufs.start);
-        Ok(None)
+        let seen = q.avail_idx(mem, Ordering::Acquire)?.0;
+        Ok(Take::Short { seen })
+    }
+
+    /// The guest gave too little room: asks for a kick when the driver
+    /// adds buffers beyond `seen`, the available index take_buffers
+    /// looked up to; true if it has added some already, and the ring
+    /// should be looked at again.
+    ///
+    /// The index must be the one looked at, not one read now: buffers the
+    /// driver adds in between would then lie below the event index, and
+    /// the driver, which kicks only when its index passes the event index
+    /// (EVENT_IDX), would not kick for them. It adds more only once it
+    /// has received something, so neither side would move again (issue
+    /// 19.11a: seen in the test host as a starved device with the whole
+    /// ring refilled below its event index). Nor may it be the chains
+    /// given back (next_avail): the driver has passed that index already
+    /// and would never kick.
+    fn await_buffers(
+        &self,
+        q: &mut Queue,
+        mem: &GuestMemory,
+        seen: u16,
+    ) -> Result<bool, virtio_queue::Error> {
+        let back = q.next_avail();
+        q.set_next_avail(seen);
+        // Writes the event index (or clears NO_NOTIFY), fences, and
+        // compares the available index with `seen`.
+        let more = q.enable_notification(mem);
+        q.set_next_avail(back);
+        more
     }
 
     /// One frame from the guest, to the tap (or the DHCP responder).
@@ -313,6 +340,15 @@ impl Net {
         m[5] ^= 0xff;
         m
     }
+}
+
+/// What take_buffers found.
+enum Take {
+    Got(RxBuffers),
+    /// Not enough room in the chains up to available index `seen`.
+    Short {
+        seen: u16,
+    },
 }
 
 /// Receive chains taken for one frame: (head, first iovec, room) each,
@@ -822,6 +858,63 @@ mod tests {
         r.serve(None);
         assert_eq!(r.used(RX).len(), 6);
         assert!(r.queues[RX].needs_interrupt(r.mem));
+    }
+
+    /// The driver's rule for kicking after it published avail index
+    /// `new` (from `old`), EVENT_IDX: vring_need_event() on the event
+    /// index the device wrote behind the used ring.
+    fn driver_kicks(r: &Rig, q: usize, old: u16, new: u16) -> bool {
+        let at = Rig::base(q) + USED + 4 + 8 * u64::from(SIZE);
+        let event: u16 = r.mem.read_obj(GuestAddress(at)).unwrap();
+        new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
+    }
+
+    #[test]
+    fn buffers_posted_while_the_device_looks_are_not_missed() {
+        // The device finds too little room; before it asks for a kick,
+        // the driver posts enough, looks at the event index and, as it
+        // has not moved, does not kick. The device must see them anyway:
+        // the driver posts no more until it has received (issue 19.11a).
+        let mut r = rig(MRG_TSO, None);
+        r.queues[RX].queue.set_event_idx(true);
+        r.post(RX, &[(BUFS, 2048, true)]);
+        send(&r.host, &frame(3000, 8));
+        let mem: &GuestMemory = r.mem;
+        let need = r.net.rx_room();
+        let q = &mut r.queues[RX].queue;
+        let Take::Short { seen } = r.net.take_buffers(q, mem, need).unwrap() else {
+            panic!("one 2 KiB buffer is room enough for a TSO frame");
+        };
+        assert_eq!(seen, 1);
+        for i in 1..SIZE as u64 {
+            r.post(RX, &[(BUFS + i * 0x4000, 16384, true)]);
+        }
+        assert!(!driver_kicks(&r, RX, 1, SIZE), "the driver does not kick");
+        let q = &mut r.queues[RX].queue;
+        assert!(r.net.await_buffers(q, mem, seen).unwrap(), "look again");
+        // The whole receive path, from the same state: the frame arrives.
+        assert_eq!(r.serve(None), 1 << RX);
+        assert_eq!(r.used(RX), vec![(0, 2048), (1, 3012 - 2048)]);
+        assert!(r.net.poll_fd().is_some(), "not starved");
+    }
+
+    #[test]
+    fn a_starved_device_is_kicked_by_the_next_buffers() {
+        // Too little room and nothing posted meanwhile: the tap waits, and
+        // the event index makes the driver's next post a kick.
+        let mut r = rig(MRG_TSO, None);
+        r.queues[RX].queue.set_event_idx(true);
+        r.post(RX, &[(BUFS, 2048, true)]);
+        send(&r.host, &frame(3000, 9));
+        assert_eq!(r.serve(None), 0);
+        assert_eq!(r.net.poll_fd(), None);
+        r.post(RX, &[(BUFS + 0x4000, 16384, true)]);
+        assert!(driver_kicks(&r, RX, 1, 2));
+        for i in 2..SIZE as u64 {
+            r.post(RX, &[(BUFS + i * 0x4000, 16384, true)]);
+        }
+        assert_eq!(r.serve(Some(RX)), 1 << RX);
+        assert_eq!(r.used(RX), vec![(0, 2048), (1, 3012 - 2048)]);
     }
 
     #[test]
