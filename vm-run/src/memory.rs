@@ -2,6 +2,8 @@
 //! and where the boot structures live. Everything that places something in
 //! guest memory takes its address from here.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY};
 use kvm_ioctls::VmFd;
 use vm_memory::bitmap::AtomicBitmap;
@@ -176,6 +178,55 @@ pub fn create(size: u64, what: &str) -> Result<GuestMemory> {
         }
     }
     Ok(mem)
+}
+
+/// Whether guest memory is mapped from a snapshot file (map_image): then
+/// a page that is not resident may still hold the file's data.
+static FILE_BACKED: AtomicBool = AtomicBool::new(false);
+
+pub fn file_backed() -> bool {
+    FILE_BACKED.load(Ordering::Relaxed)
+}
+
+/// Puts a snapshot file's memory image in place of the guest's RAM,
+/// each region mapped privately from `file` at `offset` onwards, region
+/// after region: a page is read from the file (the page cache, shared
+/// with every other guest mapping it) only when first touched, and copied
+/// only when written. Called before any vCPU runs; KVM's memory slots
+/// name the same addresses, so they need no change. No MADV_HUGEPAGE:
+/// a huge page would be a private copy, and the point is to share.
+pub fn map_image(mem: &GuestMemory, file: &std::fs::File, offset: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut at = offset;
+    for r in mem.iter() {
+        let host = r
+            .get_host_address(vm_memory::MemoryRegionAddress(0))
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let len = r.len() as usize;
+        let off = libc::off_t::try_from(at).map_err(|_| std::io::Error::other("offset"))?;
+        // SAFETY: [host, host + len) is exactly this region's own mapping,
+        // made by vm-memory and never unmapped (guest memory lives for the
+        // process): MAP_FIXED swaps its pages for the file's in one step.
+        // Nothing holds a Rust reference into it (vm-memory reads and
+        // writes through raw pointers), and no vCPU or device thread runs
+        // yet; KVM drops whatever it had mapped of the old pages.
+        let p = unsafe {
+            libc::mmap(
+                host.cast(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_NORESERVE,
+                file.as_raw_fd(),
+                off,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        at += r.len();
+    }
+    FILE_BACKED.store(true, Ordering::Relaxed);
+    Ok(())
 }
 
 /// The guest's RAM in bytes (without the holes).

@@ -11,7 +11,8 @@
 //! RTC                     the CMOS clock
 //! VCPU x vCPUs            each vCPU's KVM state (x86/state.rs)
 //! VMST                    irqchip, PIT, kvmclock (x86/state.rs)
-//! MEM ...                 memory (snapshot/memory.rs)
+//! MEM ... | MIMG image    memory (snapshot/memory.rs): runs, or into a
+//!                         regular file one page-aligned image to map
 //! END
 //! ```
 //!
@@ -20,6 +21,7 @@
 //! the devices' part, and `Board::restore` the rest.
 
 use std::fmt;
+use std::fs::File;
 use std::io::{self, Read, Write};
 use std::time::Instant;
 
@@ -35,7 +37,9 @@ use crate::error::{Error, KvmError};
 use crate::memory::BIOS_IMAGE_MAX;
 use crate::pci::root::PciRoot;
 use crate::snapshot::live::{self, DirtyLog};
-use crate::snapshot::memory::{load_run, write_dirty, write_memory};
+use crate::snapshot::memory::{
+    image_target, load_image, load_run, write_dirty, write_image, write_memory, ImageLayout,
+};
 use crate::snapshot::stream::{Dec, Enc, Reader, StreamError, Tag, Writer};
 use crate::snapshot::{GuestConfig, MEM_RUN_PAGES, PAGE};
 use crate::vcpu::PauseError;
@@ -108,10 +112,18 @@ impl Board {
     /// Writes the guest's stream into `out`. `live`: the guest runs;
     /// memory goes in pre-copy rounds, and the guest is paused only for
     /// the last of it (vm-send -l). Otherwise the caller has paused it.
-    pub fn write_snapshot(&self, out: &mut dyn Write, live: bool) -> Result<(), SendError> {
+    /// Into a regular file, memory is one image a receiver can map, and a
+    /// live migration pauses the guest first: nothing reads the file
+    /// while it is written, so there is no one to overlap with.
+    pub fn write_snapshot(&self, out: &mut File, live: bool) -> Result<(), SendError> {
         if lock(&self.hotplug).pending() {
             return Err(SendError::Replugging);
         }
+        let image = image_target(out);
+        if live && image.is_some() {
+            self.pauser.pause().map_err(SendError::Pause)?;
+        }
+        let live = live && image.is_none();
         let mut w = Writer::new(out)?;
         w.section(Tag::Config, &[&self.conf.encode()])?;
         if let Some(rom) = &self.rom {
@@ -144,7 +156,10 @@ impl Board {
                 }
                 Ok(())
             }
-            None => Ok(write_memory(&mut w, self.mem, self.skip_absent, true)?),
+            None => Ok(match image {
+                Some(base) => write_image(&mut w, self.mem, self.skip_absent, base)?,
+                None => write_memory(&mut w, self.mem, self.skip_absent, true)?,
+            }),
         });
         pci.quiesce(false);
         written?;
@@ -269,9 +284,13 @@ pub fn read<R: Read>(
         None
     };
     // A live migration's pre-copied memory comes before DEVS.
+    let mut runs = false;
     let devs = loop {
         match r.next(max_run.max(small))? {
-            Some((Tag::Memory, payload)) => load_run(mem, payload)?,
+            Some((Tag::Memory, payload)) => {
+                runs = true;
+                load_run(mem, payload)?
+            }
             got => break expect(got, Tag::Devices)?.to_vec(),
         }
     };
@@ -305,11 +324,25 @@ pub fn read<R: Read>(
         states.push(VcpuState::decode(expect(r.next(small)?, Tag::Vcpu)?)?);
     }
     let vm = VmState::decode(expect(r.next(small)?, Tag::Vm)?)?;
+    let images = r.version() >= 6;
     while let Some((tag, payload)) = r.next(max_run)? {
-        if tag != Tag::Memory {
-            return Err(StreamError::Order(tag, "out of order"));
+        match tag {
+            Tag::Memory => {
+                runs = true;
+                load_run(mem, payload)?
+            }
+            // All of memory, so alone: runs before it would be lost where
+            // it is mapped, and stay where it is read.
+            Tag::Image if images && !runs => {
+                let layout = ImageLayout::decode(payload)?;
+                load_image(r, mem, &layout)?;
+                if let Some((tag, _)) = r.next(small)? {
+                    return Err(StreamError::Order(tag, "after the memory image"));
+                }
+                break;
+            }
+            _ => return Err(StreamError::Order(tag, "out of order")),
         }
-        load_run(mem, payload)?;
     }
     Ok(Saved {
         serial,
