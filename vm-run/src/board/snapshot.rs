@@ -385,8 +385,9 @@ pub mod fuzz {
 
     /// A well-formed stream of `version` with `vcpus` vCPUs (zeroed
     /// state, as KVM's structures allow) and memory runs before DEVS
-    /// (`live`) and after VMST; `firmware` (version 5) adds a BIOS.
-    fn well_formed(version: u32, vcpus: u8, live: bool, firmware: bool) -> Vec<u8> {
+    /// (`live`) and after VMST, or after VMST a memory image (`image`,
+    /// version 6); `firmware` (version 5) adds a BIOS.
+    fn well_formed(version: u32, vcpus: u8, live: bool, firmware: bool, image: bool) -> Vec<u8> {
         use kvm_bindings::*;
         use std::mem::size_of;
         let mut w = Writer::new(Vec::new()).expect("a Vec takes writes");
@@ -474,7 +475,21 @@ pub mod fuzz {
                 .bytes(&vec![0; size_of::<kvm_clock_data>()])
                 .u64(1_700_000_000_000_000_000);
             w.section(Tag::Vm, &[&vm.0])?;
-            w.section(Tag::Memory, &[&run])
+            if !image {
+                return w.section(Tag::Memory, &[&run]);
+            }
+            let mut layout = ImageLayout {
+                offset: 0,
+                regions: vec![(0, MEM_SIZE as u64)],
+            };
+            let end = w.position() + 16 + layout.encode().len() as u64;
+            layout.offset = end.next_multiple_of(PAGE as u64);
+            w.section(Tag::Image, &[&layout.encode()])?;
+            let pad = layout.offset - w.position();
+            let raw = w.raw(pad + MEM_SIZE as u64);
+            raw.resize(raw.len() + pad as usize, 0);
+            raw.extend((0..MEM_SIZE).map(|i| (i / PAGE) as u8));
+            Ok(())
         };
         sections(&mut w).expect("a Vec takes writes");
         let mut out = w.finish().expect("a Vec takes writes");
@@ -485,13 +500,18 @@ pub mod fuzz {
     /// The seeds of vm-run/fuzz/corpus/snapshot_stream.
     pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         vec![
-            ("v5", well_formed(5, 1, false, false)),
-            ("v5_bios_live_two_vcpus", well_formed(5, 2, true, true)),
-            ("v4", well_formed(4, 1, false, false)),
-            ("v4_live_two_vcpus", well_formed(4, 2, true, false)),
-            ("v3", well_formed(3, 1, false, false)),
-            ("v2", well_formed(2, 1, true, false)),
-            ("v1", well_formed(1, 1, false, false)),
+            ("v6", well_formed(6, 1, false, false, false)),
+            ("v6_image", well_formed(6, 1, false, false, true)),
+            ("v5", well_formed(5, 1, false, false, false)),
+            (
+                "v5_bios_live_two_vcpus",
+                well_formed(5, 2, true, true, false),
+            ),
+            ("v4", well_formed(4, 1, false, false, false)),
+            ("v4_live_two_vcpus", well_formed(4, 2, true, false, false)),
+            ("v3", well_formed(3, 1, false, false, false)),
+            ("v2", well_formed(2, 1, true, false, false)),
+            ("v1", well_formed(1, 1, false, false, false)),
         ]
     }
 
