@@ -156,10 +156,10 @@ impl Board {
                 }
                 Ok(())
             }
-            None => Ok(match image {
-                Some(base) => write_image(&mut w, self.mem, self.skip_absent, base)?,
-                None => write_memory(&mut w, self.mem, self.skip_absent, true)?,
-            }),
+            None => match image {
+                Some(base) => Ok(write_image(&mut w, self.mem, self.skip_absent, base)?),
+                None => Ok(write_memory(&mut w, self.mem, self.skip_absent, true)?),
+            },
         });
         pci.quiesce(false);
         written?;
