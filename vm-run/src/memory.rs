@@ -248,13 +248,19 @@ pub fn file_data(mem: &GuestMemory, at: u64, len: usize) -> Option<Vec<bool>> {
 /// a huge page would be a private copy, and the point is to share.
 pub fn map_image(mem: &GuestMemory, file: &std::fs::File, offset: u64) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
+    let host = |r: &vm_memory::GuestRegionMmap<AtomicBitmap>| {
+        r.get_host_address(vm_memory::MemoryRegionAddress(0))
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    };
+    let Some(first) = mem.iter().next() else {
+        return Ok(());
+    };
+    // Before any region is mapped: should a later one fail, the earlier
+    // ones are the file's all the same, and a send must know it.
+    let _ = MAPPED.set((file.try_clone()?, offset, host(first)? as usize));
     let mut at = offset;
-    let mut first = None;
     for r in mem.iter() {
-        let host = r
-            .get_host_address(vm_memory::MemoryRegionAddress(0))
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
-        first.get_or_insert(host as usize);
+        let host = host(r)?;
         let len = r.len() as usize;
         let off = libc::off_t::try_from(at).map_err(|_| std::io::Error::other("offset"))?;
         // SAFETY: [host, host + len) is exactly this region's own mapping,
@@ -277,9 +283,6 @@ pub fn map_image(mem: &GuestMemory, file: &std::fs::File, offset: u64) -> std::i
             return Err(std::io::Error::last_os_error());
         }
         at += r.len();
-    }
-    if let Some(host) = first {
-        let _ = MAPPED.set((file.try_clone()?, offset, host));
     }
     Ok(())
 }

@@ -146,8 +146,12 @@ pub fn load_image<R: Read>(
             if meta.len() < at + total + 24 {
                 return Err(StreamError::Truncated);
             }
-            crate::memory::map_image(mem, file, at)?;
-            return r.skip_in_file(pad + total);
+            // A file that cannot be mapped (a filesystem without mmap) is
+            // read: where a region was mapped before the failure, it holds
+            // these same bytes already.
+            if crate::memory::map_image(mem, file, at).is_ok() {
+                return r.skip_in_file(pad + total);
+            }
         }
     }
     let mut buf = vec![0; pad as usize];
