@@ -309,8 +309,9 @@ fn clones_map_one_checkpoint_file_and_each_keeps_every_page() {
         );
     }
 
-    // A clone sent again, into a file (holes and all) and through a
-    // pipe, goes on in its receiver.
+    // A clone sent again, into a file (holes and all) and migrated live
+    // through a pipe (KVM's dirty log over the file's pages), goes on in
+    // its receiver.
     let again = dir.join("again");
     let o = sh(&dir, &format!("vm-send c1 > {}", again.display()));
     assert_eq!((o.status, o.stderr.as_str()), (0, ""), "{o:?}");
@@ -320,7 +321,7 @@ fn clones_map_one_checkpoint_file_and_each_keeps_every_page() {
     let g = receive_file(&dir, "c1-again", &again);
     let seen = dirtied(&dir, g, "c1-again");
     assert!(seen.contains('.'), "{seen:?}");
-    let g = receive(&dir, "c2-again", "vm-send c2");
+    let g = receive(&dir, "c2-again", "vm-send -l c2");
     assert_eq!(c2.expect("c2").end().status, 0);
     let seen = dirtied(&dir, g, "c2-again");
     assert!(seen.contains('.'), "{seen:?}");
