@@ -57,7 +57,12 @@ fn send(req: Request, name: &str) -> Result<(), ClientError> {
         .map(std::fs::File::from)
         .and_then(|f| f.metadata())
         .is_ok_and(|m| m.file_type().is_file());
-    let meter = progress::meter("vm-send").filter(|_| !file);
+    // (Not made and dropped: a meter prints its total when dropped.)
+    let meter = if file {
+        None
+    } else {
+        progress::meter("vm-send")
+    };
     let relay = match meter {
         Some(_) => Some(
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
