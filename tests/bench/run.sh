@@ -11,7 +11,8 @@
 #     against qemu-img on this machine; fio in guests of vm-run on raw and
 #     on a qcow2 overlay and of QEMU on the same kind of overlay;
 #  5. snapshots (tests/bench/snapshot.sh, alone too): vm-send/vm-receive
-#     against QEMU's migrate exec: on this machine's /dev/kvm;
+#     against QEMU's migrate exec: on this machine's /dev/kvm, and clones
+#     mapped from a checkpoint file (tests/bench/clones.sh, alone too);
 #  6. firmware: SeaBIOS to a boot sector, vm-run and QEMU -M pc
 #     (tests/bench/firmware.sh, alone too), on this machine's /dev/kvm;
 #  7. start-up and exit against the floor (tests/bench/startup.sh), and
@@ -54,6 +55,7 @@ sed -n '/^BOOT-TABLE-BEGIN/,/^BOOT-TABLE-END/p' "$tmp/host.log" | tr -d '\r' |
 "$root/tests/bench/qcow2.sh" "$tmp/qcow2"
 "$root/tests/bench/net.sh" "$tmp/net"
 "$root/tests/bench/snapshot.sh" "$tmp/snapshot"
+"$root/tests/bench/clones.sh" "$tmp/clones"
 "$root/tests/bench/firmware.sh" "$tmp/firmware"
 "$root/tests/bench/startup.sh" "$tmp/startup-exit"
 "$root/tests/bench/density.sh" "$tmp/density"
@@ -95,6 +97,8 @@ echo
 cat "$tmp/net"
 echo
 cat "$tmp/snapshot"
+echo
+cat "$tmp/clones"
 echo
 cat "$tmp/firmware"
 echo

@@ -2,6 +2,8 @@
 //! and where the boot structures live. Everything that places something in
 //! guest memory takes its address from here.
 
+use std::sync::OnceLock;
+
 use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY};
 use kvm_ioctls::VmFd;
 use vm_memory::bitmap::AtomicBitmap;
@@ -176,6 +178,113 @@ pub fn create(size: u64, what: &str) -> Result<GuestMemory> {
         }
     }
     Ok(mem)
+}
+
+/// The snapshot file guest memory is mapped from (map_image), where in
+/// it the image starts, and the host address of that memory: then a page
+/// that is not resident may still hold the file's data. One guest a
+/// process, so one at most.
+static MAPPED: OnceLock<(std::fs::File, u64, usize)> = OnceLock::new();
+
+fn mapped(mem: &GuestMemory) -> Option<(&std::fs::File, u64)> {
+    let (file, start, host) = MAPPED.get()?;
+    let first = mem.iter().next()?;
+    let base = first
+        .get_host_address(vm_memory::MemoryRegionAddress(0))
+        .ok()?;
+    (base as usize == *host).then_some((file, *start))
+}
+
+/// Whether `mem` is mapped from a snapshot file.
+pub fn file_backed(mem: &GuestMemory) -> bool {
+    mapped(mem).is_some()
+}
+
+/// For `len` bytes of a mapped image from `at` (counted from the image's
+/// start), whether each page lies where the file has data rather than a
+/// hole (SEEK_DATA and SEEK_HOLE): a page in a hole that this guest never
+/// wrote is zero. None where the file cannot say.
+pub fn file_data(mem: &GuestMemory, at: u64, len: usize) -> Option<Vec<bool>> {
+    use std::os::fd::AsRawFd;
+    let (file, start) = mapped(mem)?;
+    let page = 4096u64;
+    let (from, to) = (start + at, start + at + len as u64);
+    let mut data = vec![false; len.div_ceil(4096)];
+    let seek = |off: u64, whence| {
+        // SAFETY: lseek on a descriptor we own; it touches no memory.
+        let r = unsafe { libc::lseek(file.as_raw_fd(), off as libc::off_t, whence) };
+        u64::try_from(r).ok()
+    };
+    let mut off = from;
+    while off < to {
+        // ENXIO: no data after off, all holes to the end.
+        let Some(d) = seek(off, libc::SEEK_DATA) else {
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO) {
+                break;
+            }
+            return None;
+        };
+        if d >= to {
+            break;
+        }
+        let h = seek(d, libc::SEEK_HOLE)?.min(to);
+        let first = (d - from) / page;
+        let last = (h - from).div_ceil(page);
+        let n = data.len();
+        for b in &mut data[(first as usize).min(n)..(last as usize).min(n)] {
+            *b = true;
+        }
+        off = h.max(d + 1);
+    }
+    Some(data)
+}
+
+/// Puts a snapshot file's memory image in place of the guest's RAM,
+/// each region mapped privately from `file` at `offset` onwards, region
+/// after region: a page is read from the file (the page cache, shared
+/// with every other guest mapping it) only when first touched, and copied
+/// only when written. Called before any vCPU runs; KVM's memory slots
+/// name the same addresses, so they need no change. No MADV_HUGEPAGE:
+/// a huge page would be a private copy, and the point is to share.
+pub fn map_image(mem: &GuestMemory, file: &std::fs::File, offset: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let host = |r: &vm_memory::GuestRegionMmap<AtomicBitmap>| {
+        r.get_host_address(vm_memory::MemoryRegionAddress(0))
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    };
+    let Some(first) = mem.iter().next() else {
+        return Ok(());
+    };
+    // Before any region is mapped: should a later one fail, the earlier
+    // ones are the file's all the same, and a send must know it.
+    let _ = MAPPED.set((file.try_clone()?, offset, host(first)? as usize));
+    let mut at = offset;
+    for r in mem.iter() {
+        let host = host(r)?;
+        let len = r.len() as usize;
+        let off = libc::off_t::try_from(at).map_err(|_| std::io::Error::other("offset"))?;
+        // SAFETY: [host, host + len) is exactly this region's own mapping,
+        // made by vm-memory and never unmapped (guest memory lives for the
+        // process): MAP_FIXED swaps its pages for the file's in one step.
+        // Nothing holds a Rust reference into it (vm-memory reads and
+        // writes through raw pointers), and no vCPU or device thread runs
+        // yet; KVM drops whatever it had mapped of the old pages.
+        let p = unsafe {
+            libc::mmap(
+                host.cast(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_NORESERVE,
+                file.as_raw_fd(),
+                off,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        at += r.len();
+    }
+    Ok(())
 }
 
 /// The guest's RAM in bytes (without the holes).

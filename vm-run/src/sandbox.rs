@@ -91,8 +91,11 @@ const SYSCALLS: &[i64] = &[
     libc::SYS_getpid,
     libc::SYS_geteuid,
     libc::SYS_mincore,
-    // vm-send passes the fd to write the snapshot to.
+    // vm-send passes the fd to write the snapshot to; into a regular
+    // file, its memory goes at page-aligned offsets (snapshot/memory.rs).
     libc::SYS_recvmsg,
+    libc::SYS_fstat,
+    libc::SYS_lseek,
     // NICs: frames from the tap (writev is there for the console).
     libc::SYS_readv,
 ];
@@ -172,10 +175,14 @@ fn filter(pid: u32) -> Backend<BpfProgram> {
         .map(|req| arg_is(1, req))
         .collect::<Backend<Vec<_>>>()?;
     rules.insert(libc::SYS_ioctl, by_request);
-    // UnixStream::try_clone, for the console client; no other fcntl.
+    // UnixStream::try_clone, for the console client; whether vm-send's
+    // file appends (snapshot/memory.rs); no other fcntl.
     rules.insert(
         libc::SYS_fcntl,
-        vec![arg_is(1, libc::F_DUPFD_CLOEXEC as u64)?],
+        vec![
+            arg_is(1, libc::F_DUPFD_CLOEXEC as u64)?,
+            arg_is(1, libc::F_GETFL as u64)?,
+        ],
     );
     // Signals to our own threads only (Pauser, glibc's raise and
     // pthread_kill): the thread group must be ours.

@@ -11,7 +11,8 @@
 //! RTC                     the CMOS clock
 //! VCPU x vCPUs            each vCPU's KVM state (x86/state.rs)
 //! VMST                    irqchip, PIT, kvmclock (x86/state.rs)
-//! MEM ...                 memory (snapshot/memory.rs)
+//! MEM ... | MIMG image    memory (snapshot/memory.rs): runs, or into a
+//!                         regular file one page-aligned image to map
 //! END
 //! ```
 //!
@@ -20,6 +21,7 @@
 //! the devices' part, and `Board::restore` the rest.
 
 use std::fmt;
+use std::fs::File;
 use std::io::{self, Read, Write};
 use std::time::Instant;
 
@@ -35,7 +37,9 @@ use crate::error::{Error, KvmError};
 use crate::memory::BIOS_IMAGE_MAX;
 use crate::pci::root::PciRoot;
 use crate::snapshot::live::{self, DirtyLog};
-use crate::snapshot::memory::{load_run, write_dirty, write_memory};
+use crate::snapshot::memory::{
+    image_target, load_image, load_run, write_dirty, write_image, write_memory, ImageLayout,
+};
 use crate::snapshot::stream::{Dec, Enc, Reader, StreamError, Tag, Writer};
 use crate::snapshot::{GuestConfig, MEM_RUN_PAGES, PAGE};
 use crate::vcpu::PauseError;
@@ -128,10 +132,18 @@ impl Board {
     /// Writes the guest's stream into `out`. `live`: the guest runs;
     /// memory goes in pre-copy rounds, and the guest is paused only for
     /// the last of it (vm-send -l). Otherwise the caller has paused it.
-    pub fn write_snapshot(&self, out: &mut dyn Write, live: bool) -> Result<(), SendError> {
+    /// Into a regular file, memory is one image a receiver can map, and a
+    /// live migration pauses the guest first: nothing reads the file
+    /// while it is written, so there is no one to overlap with.
+    pub fn write_snapshot(&self, out: &mut File, live: bool) -> Result<(), SendError> {
         if lock(&self.hotplug).pending() {
             return Err(SendError::Replugging);
         }
+        let image = image_target(out);
+        if live && image.is_some() {
+            self.pauser.pause().map_err(SendError::Pause)?;
+        }
+        let live = live && image.is_none();
         let mut w = Writer::new(out)?;
         w.section(Tag::Config, &[&self.conf.encode()])?;
         if let Some(rom) = &self.rom {
@@ -164,7 +176,10 @@ impl Board {
                 }
                 Ok(())
             }
-            None => Ok(write_memory(&mut w, self.mem, self.skip_absent, true)?),
+            None => match image {
+                Some(base) => Ok(write_image(&mut w, self.mem, self.skip_absent, base)?),
+                None => Ok(write_memory(&mut w, self.mem, self.skip_absent, true)?),
+            },
         });
         pci.quiesce(false);
         written?;
@@ -289,9 +304,13 @@ pub fn read<R: Read>(
         None
     };
     // A live migration's pre-copied memory comes before DEVS.
+    let mut runs = false;
     let devs = loop {
         match r.next(max_run.max(small))? {
-            Some((Tag::Memory, payload)) => load_run(mem, payload)?,
+            Some((Tag::Memory, payload)) => {
+                runs = true;
+                load_run(mem, payload)?
+            }
             got => break expect(got, Tag::Devices)?.to_vec(),
         }
     };
@@ -325,11 +344,25 @@ pub fn read<R: Read>(
         states.push(VcpuState::decode(expect(r.next(small)?, Tag::Vcpu)?)?);
     }
     let vm = VmState::decode(expect(r.next(small)?, Tag::Vm)?)?;
+    let images = r.version() >= 6;
     while let Some((tag, payload)) = r.next(max_run)? {
-        if tag != Tag::Memory {
-            return Err(StreamError::Order(tag, "out of order"));
+        match tag {
+            Tag::Memory => {
+                runs = true;
+                load_run(mem, payload)?
+            }
+            // All of memory, so alone: runs before it would be lost where
+            // it is mapped, and stay where it is read.
+            Tag::Image if images && !runs => {
+                let layout = ImageLayout::decode(payload)?;
+                load_image(r, mem, &layout)?;
+                if let Some((tag, _)) = r.next(small)? {
+                    return Err(StreamError::Order(tag, "after the memory image"));
+                }
+                break;
+            }
+            _ => return Err(StreamError::Order(tag, "out of order")),
         }
-        load_run(mem, payload)?;
     }
     Ok(Saved {
         serial,
@@ -372,8 +405,9 @@ pub mod fuzz {
 
     /// A well-formed stream of `version` with `vcpus` vCPUs (zeroed
     /// state, as KVM's structures allow) and memory runs before DEVS
-    /// (`live`) and after VMST; `firmware` (version 5) adds a BIOS.
-    fn well_formed(version: u32, vcpus: u8, live: bool, firmware: bool) -> Vec<u8> {
+    /// (`live`) and after VMST, or after VMST a memory image (`image`,
+    /// version 6); `firmware` (version 5) adds a BIOS.
+    fn well_formed(version: u32, vcpus: u8, live: bool, firmware: bool, image: bool) -> Vec<u8> {
         use kvm_bindings::*;
         use std::mem::size_of;
         let mut w = Writer::new(Vec::new()).expect("a Vec takes writes");
@@ -461,7 +495,21 @@ pub mod fuzz {
                 .bytes(&vec![0; size_of::<kvm_clock_data>()])
                 .u64(1_700_000_000_000_000_000);
             w.section(Tag::Vm, &[&vm.0])?;
-            w.section(Tag::Memory, &[&run])
+            if !image {
+                return w.section(Tag::Memory, &[&run]);
+            }
+            let mut layout = ImageLayout {
+                offset: 0,
+                regions: vec![(0, MEM_SIZE as u64)],
+            };
+            let end = w.position() + 16 + layout.encode().len() as u64;
+            layout.offset = end.next_multiple_of(PAGE as u64);
+            w.section(Tag::Image, &[&layout.encode()])?;
+            let pad = layout.offset - w.position();
+            let raw = w.raw(pad + MEM_SIZE as u64);
+            raw.resize(raw.len() + pad as usize, 0);
+            raw.extend((0..MEM_SIZE).map(|i| (i / PAGE) as u8));
+            Ok(())
         };
         sections(&mut w).expect("a Vec takes writes");
         let mut out = w.finish().expect("a Vec takes writes");
@@ -472,13 +520,18 @@ pub mod fuzz {
     /// The seeds of vm-run/fuzz/corpus/snapshot_stream.
     pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         vec![
-            ("v5", well_formed(5, 1, false, false)),
-            ("v5_bios_live_two_vcpus", well_formed(5, 2, true, true)),
-            ("v4", well_formed(4, 1, false, false)),
-            ("v4_live_two_vcpus", well_formed(4, 2, true, false)),
-            ("v3", well_formed(3, 1, false, false)),
-            ("v2", well_formed(2, 1, true, false)),
-            ("v1", well_formed(1, 1, false, false)),
+            ("v6", well_formed(6, 1, false, false, false)),
+            ("v6_image", well_formed(6, 1, false, false, true)),
+            ("v5", well_formed(5, 1, false, false, false)),
+            (
+                "v5_bios_live_two_vcpus",
+                well_formed(5, 2, true, true, false),
+            ),
+            ("v4", well_formed(4, 1, false, false, false)),
+            ("v4_live_two_vcpus", well_formed(4, 2, true, false, false)),
+            ("v3", well_formed(3, 1, false, false, false)),
+            ("v2", well_formed(2, 1, true, false, false)),
+            ("v1", well_formed(1, 1, false, false, false)),
         ]
     }
 

@@ -1,13 +1,16 @@
-//! The snapshot stream, version 5 (docs/SNAPSHOT.md): a header, then
+//! The snapshot stream, version 6 (docs/SNAPSHOT.md): a header, then
 //! sections, each a tag, a length and a CRC-32 of its payload, readable
-//! strictly in order from a pipe. This file is the only place that knows
-//! the layout on the wire.
+//! strictly in order from a pipe; written into a regular file, its memory
+//! is one page-aligned image after an MIMG section, which a receiver may
+//! map instead of reading. This file is the only place that knows the
+//! layout on the wire.
 
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
 
 pub const MAGIC: &[u8; 8] = b"VMSNAP\r\n";
-pub const VERSION: u32 = 5;
+pub const VERSION: u32 = 6;
 /// Version 1 streams are version 2 streams without memory before DEVS;
 /// version 2 streams are version 3 streams without NICs in CONF and
 /// without RTC (and their guests have no vmgenid page); version 3
@@ -15,7 +18,8 @@ pub const VERSION: u32 = 5;
 /// (no hotplug slots in their ACPI tables, so no new MAC on a receive);
 /// version 4 streams are version 5 streams without PCIX (no device kept
 /// state beyond its transport), and their guests booted a kernel, not a
-/// BIOS, and had no CD-ROM.
+/// BIOS, and had no CD-ROM; version 5 streams are version 6 streams
+/// without an MIMG section (their memory always comes in MEM runs).
 pub const OLDEST: u32 = 1;
 /// The largest section: a BIOS image (memory comes in runs of 1 MiB).
 /// Each reader names a smaller bound for the sections it expects; a
@@ -44,11 +48,15 @@ pub enum Tag {
     Vm,
     /// A run of non-zero guest pages: address, then the pages.
     Memory,
+    /// All of guest memory as one image after the section (version 6,
+    /// written into a regular file): the section holds where, the image
+    /// follows it.
+    Image,
     /// The end, with the number of sections before it.
     End,
 }
 
-const TAGS: [(Tag, &[u8; 4]); 10] = [
+const TAGS: [(Tag, &[u8; 4]); 11] = [
     (Tag::Config, b"CONF"),
     (Tag::Rom, b"ROM "),
     (Tag::Devices, b"DEVS"),
@@ -58,6 +66,7 @@ const TAGS: [(Tag, &[u8; 4]); 10] = [
     (Tag::Vcpu, b"VCPU"),
     (Tag::Vm, b"VMST"),
     (Tag::Memory, b"MEM "),
+    (Tag::Image, b"MIMG"),
     (Tag::End, b"END "),
 ];
 
@@ -117,13 +126,32 @@ impl From<io::Error> for StreamError {
 pub struct Writer<W: Write> {
     out: W,
     sections: u64,
+    /// Bytes written since the stream's start, header included.
+    written: u64,
 }
 
 impl<W: Write> Writer<W> {
     pub fn new(mut out: W) -> io::Result<Self> {
         out.write_all(MAGIC)?;
         out.write_all(&VERSION.to_le_bytes())?;
-        Ok(Writer { out, sections: 0 })
+        Ok(Writer {
+            out,
+            sections: 0,
+            written: 12,
+        })
+    }
+
+    /// Where the next byte goes, counted from the stream's start.
+    pub fn position(&self) -> u64 {
+        self.written
+    }
+
+    /// The output itself, for what follows an MIMG section: its image,
+    /// written there by the caller, `len` bytes in all (holes included),
+    /// so that the output's position is `position() + len` afterwards.
+    pub fn raw(&mut self, len: u64) -> &mut W {
+        self.written += len;
+        &mut self.out
     }
 
     /// One section from its payload's parts, without copying them.
@@ -141,6 +169,7 @@ impl<W: Write> Writer<W> {
         for p in parts {
             self.out.write_all(p)?;
         }
+        self.written += 16 + len as u64;
         self.sections += 1;
         Ok(())
     }
@@ -168,6 +197,11 @@ pub struct Reader<R: Read> {
     /// memory section cost a receive more than its reads (a mapping, its
     /// page faults and its zeroing, each MiB).
     payload: Vec<u8>,
+    /// Bytes read since the stream's start, header included.
+    read: u64,
+    /// The regular file the input reads, and where in it the stream
+    /// starts: an image in it can be mapped, and skipped with a seek.
+    file: Option<(File, u64)>,
 }
 
 impl<R: Read> Reader<R> {
@@ -190,7 +224,50 @@ impl<R: Read> Reader<R> {
             sections: 0,
             done: false,
             payload: Vec::new(),
+            read: 12,
+            file: None,
         })
+    }
+
+    /// Tells the reader that its input is `file` itself, read without a
+    /// buffer (a descriptor that shares the file's offset), so that an
+    /// image may be mapped from it and skipped by seeking. Where the
+    /// offset cannot be had, the stream is read as from a pipe.
+    pub fn with_file(mut self, mut file: File) -> Self {
+        if let Ok(at) = file.stream_position() {
+            if let Some(start) = at.checked_sub(self.read) {
+                self.file = Some((file, start));
+            }
+        }
+        self
+    }
+
+    /// Where the next byte comes from, counted from the stream's start.
+    pub fn position(&self) -> u64 {
+        self.read
+    }
+
+    /// The input's file and the stream's offset in it, when it is one.
+    pub fn file(&self) -> Option<(&File, u64)> {
+        self.file.as_ref().map(|(f, start)| (f, *start))
+    }
+
+    /// Bytes that are not a section: an image's padding and pages.
+    pub fn read_raw(&mut self, buf: &mut [u8]) -> Result<(), StreamError> {
+        self.input.read_exact(buf)?;
+        self.read += buf.len() as u64;
+        Ok(())
+    }
+
+    /// Goes past `n` bytes of a file's image that were mapped, not read.
+    pub fn skip_in_file(&mut self, n: u64) -> Result<(), StreamError> {
+        let Some((file, _)) = self.file.as_mut() else {
+            return Err(StreamError::Io(io::Error::other("not a file")));
+        };
+        let n = i64::try_from(n).map_err(|_| StreamError::Truncated)?;
+        file.seek(SeekFrom::Current(n))?;
+        self.read += n as u64;
+        Ok(())
     }
 
     /// The stream's version, from its header.
@@ -221,6 +298,7 @@ impl<R: Read> Reader<R> {
         let payload = &mut self.payload;
         payload.resize(len as usize, 0);
         self.input.read_exact(payload)?;
+        self.read += 16 + len;
         if crc32fast::hash(payload) != crc {
             return Err(StreamError::Checksum(tag));
         }
@@ -349,6 +427,26 @@ mod tests {
     }
 
     #[test]
+    fn both_ends_count_the_bytes_that_went_by() {
+        let mut w = Writer::new(Vec::new()).unwrap();
+        w.section(Tag::Config, &[b"abc"]).unwrap();
+        assert_eq!(w.position(), 12 + 16 + 3);
+        w.raw(5).extend_from_slice(&[1; 5]);
+        assert_eq!(w.position(), 12 + 16 + 3 + 5);
+        let out = w.finish().unwrap();
+        let mut r = Reader::new(out.as_slice()).unwrap();
+        assert_eq!(r.position(), 12);
+        assert!(r.next(100).unwrap().is_some());
+        assert_eq!(r.position(), 31);
+        let mut raw = [0; 5];
+        r.read_raw(&mut raw).unwrap();
+        assert_eq!((raw, r.position()), ([1; 5], 36));
+        assert!(r.next(100).unwrap().is_none());
+        // A reader of a byte slice has no file to skip in.
+        assert!(r.skip_in_file(1).is_err());
+    }
+
+    #[test]
     fn every_truncation_is_an_error() {
         let full = stream();
         for cut in 0..full.len() {
@@ -370,9 +468,9 @@ mod tests {
         let mut v0 = full.clone();
         v0[8] = 0;
         assert!(matches!(read_all(&v0), Err(StreamError::Version(0))));
-        // Versions 1 and 2 read as they did (what they lack is for the
+        // Versions 1, 2 and 5 read as they did (what they lack is for the
         // reader of the sections to know).
-        for v in [1, 2] {
+        for v in [1, 2, 5] {
             let mut old = full.clone();
             old[8] = v;
             assert_eq!(

@@ -4,6 +4,7 @@
 
 use std::ffi::OsString;
 use std::io;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 
 use vm_run::config::{self, Config, Console};
@@ -106,11 +107,31 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Option<Args>, Error
 /// changed as the options say.
 fn incoming(a: Args) -> Result<(Config, Incoming), Error> {
     let stream = |e: vm_run::snapshot::stream::StreamError| Error::Snapshot(e.to_string());
-    let input: Box<dyn io::Read> = match progress::meter("vm-receive") {
-        Some(m) => Box::new(progress::Counting::new(io::stdin().lock(), m)),
-        None => Box::new(io::stdin().lock()),
+    // A regular file is read without a buffer, through a descriptor that
+    // shares its offset: a memory image in it is mapped, not read, and
+    // skipped with a seek (docs/SNAPSHOT.md, "Receiving from a file").
+    let file = io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .map(std::fs::File::from)
+        .ok()
+        .filter(|f| f.metadata().is_ok_and(|m| m.file_type().is_file()));
+    let mut reader = match file {
+        Some(f) => {
+            let input = f
+                .try_clone()
+                .map_err(|e| Error::Os("standard input".into(), e))?;
+            let input: Box<dyn io::Read> = Box::new(input);
+            Reader::new(input).map_err(stream)?.with_file(f)
+        }
+        None => {
+            let input: Box<dyn io::Read> = match progress::meter("vm-receive") {
+                Some(m) => Box::new(progress::Counting::new(io::stdin().lock(), m)),
+                None => Box::new(io::stdin().lock()),
+            };
+            Reader::new(input).map_err(stream)?
+        }
     };
-    let mut reader = Reader::new(input).map_err(stream)?;
     let conf = match reader.next(1 << 20).map_err(stream)? {
         Some((Tag::Config, payload)) => GuestConfig::decode(payload).map_err(stream)?,
         _ => return Err(Error::Snapshot("no CONF section first".into())),

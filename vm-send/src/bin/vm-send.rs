@@ -3,7 +3,7 @@
 //! control socket (SCM_RIGHTS), so the stream never passes through here.
 
 use std::io::{self, IoSlice, IsTerminal};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use vm_run::control::client::{ClientError, GuestSocket};
@@ -49,8 +49,20 @@ fn send(req: Request, name: &str) -> Result<(), ClientError> {
     let (_, s) = g.request(req)?;
     let out = io::stdout();
     // On a terminal's stderr, vm-run writes into a pipe of ours, relayed
-    // to stdout and counted (progress.rs).
-    let meter = progress::meter("vm-send");
+    // to stdout and counted (progress.rs); not into a regular file, which
+    // vm-run itself must have to write memory as an image to map.
+    let file = out
+        .as_fd()
+        .try_clone_to_owned()
+        .map(std::fs::File::from)
+        .and_then(|f| f.metadata())
+        .is_ok_and(|m| m.file_type().is_file());
+    // (Not made and dropped: a meter prints its total when dropped.)
+    let meter = if file {
+        None
+    } else {
+        progress::meter("vm-send")
+    };
     let relay = match meter {
         Some(_) => Some(
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
