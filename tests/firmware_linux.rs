@@ -109,6 +109,7 @@ start() {
 tails() {
     echo "--- console tail:"; tail -c 3000 $con | tr -d '\033' | tail -n 40
     echo "--- stderr tail:"; tail -n 30 /tmp/$n.err
+    echo "--- guests and CPU time:"; vm-ctl status; ps -o pid,time,args | grep -e vm-run -e vm-receive | grep -v grep
 }
 from_now() { mark=$(wc -c < $con); }
 seen() {
