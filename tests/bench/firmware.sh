@@ -143,7 +143,8 @@ the boot loader's first line is GRUB's menu and isolinux's
 \`tests/bench/firmware.sh\`, $hr rounds, $(uptime | sed 's/.*load/load/').
 
 HOST
-	awk '
+	grep -aq '^FWBENCH ' "$log" || echo "No round finished."
+	grep -aq '^FWBENCH ' "$log" && awk '
 	/^FWBENCH / { k = $2 " " $3; n[k]++
 		for (i = 4; i <= NF; i++) v[k, i, n[k]] = $i }
 	function med(k, i,    a, j, m, t, c) {
@@ -170,10 +171,10 @@ HOST
 	}' "$log"
 	if [ $st -ne 0 ]; then
 		echo
-		echo "The test host died (run-host.sh status $st) after the rounds above; its console's last kernel lines:"
+		echo "The test host died (run-host.sh status $st) after the rounds above; the end of its console:"
 		echo
 		echo '```'
-		grep -a -e 'soft lockup' -e 'Kernel panic' -e 'BUG:' -e 'RIP:' -e 'Call Trace' -e '^ *[a-z_]*+0x' -e 'run-host.sh:' "$log" | tr -d '\r' | head -n 40
+		tail -n 30 "$log" | tr -d '\r' | sed 's/\x1b[[c?0-9;]*[A-Za-z]//g' | grep -av '^FWBENCH '
 		echo '```'
 	fi
 }
