@@ -6,8 +6,22 @@
 # virtio-blk), alternating. The boot sector's first line is the mark;
 # it then resets, which ends vm-run (75); QEMU reads vm-run's ACPI layout
 # wrong and goes on, so its run is ended after 20 s and its exit, CPU
-# and RSS figures mean nothing here. A Linux guest through GRUB is not
-# measured yet (issue 18: needs the media of tests/media in the test host).
+# and RSS figures mean nothing here.
+#
+# Then, with the media of `make media` (target/media; skipped when they
+# are missing or FIRMWARE_HOST=0), Linux through SeaBIOS in the emulated
+# test host, vm-run against QEMU -M pc with KVM (-cpu host, the same
+# Debian SeaBIOS file, 2 vCPUs, 1 GiB, the disk as virtio-blk, the CD as
+# virtio-scsi), FIRMWARE_HOST_ROUNDS rounds (default 2) of four boots,
+# one guest at a time, the VMMs' order swapped each round: debian.raw
+# from start to GRUB's menu (the boot loader's first line on the serial
+# console), to root's prompt and, after `poweroff` is typed, to the
+# VMM's exit; di.iso to isolinux's "Loading /install/vmlinuz" and to the
+# installer's first question (then killed). QEMU -M pc locked the test
+# host up before (tests/README.md): the host runs with silence detection
+# (run-host.sh -s), its console is kept in target/bench/firmware-host.log,
+# and the section shows what the rounds that finished measured, with the
+# host's lockup or panic lines if it died.
 set -eu
 root=$(cd "$(dirname "$0")/../.." && pwd)
 out=${1:-/dev/stdout}
@@ -23,6 +37,148 @@ echo "bench: SeaBIOS to a boot sector, vm-run and QEMU -M pc ($runs rounds)" >&2
 	"QEMU pc=timeout -s KILL 20 qemu-system-x86_64 -M pc -enable-kvm -cpu host,-arch-capabilities \
 	-m 64M -nodefaults -no-user-config -nographic -serial stdio -monitor none -no-reboot \
 	-bios /usr/share/seabios/bios-256k.bin -drive file=$tmp/boot.bin,format=raw,if=virtio" > "$tmp/table"
+host_section() {
+	media=$root/target/media
+	if [ "${FIRMWARE_HOST:-1}" = 0 ] || [ ! -f "$media/debian.raw" ] || [ ! -f "$media/di.iso" ]; then
+		echo "bench: no target/media (make media) or FIRMWARE_HOST=0: Linux through SeaBIOS not measured" >&2
+		return 0
+	fi
+	hr=${FIRMWARE_HOST_ROUNDS:-2}
+	echo "bench: Linux through SeaBIOS in the test host, vm-run and QEMU -M pc ($hr rounds, about $((hr * 8)) minutes)" >&2
+	# debian.raw up to its last MiB of data, extended again in the host:
+	# the kernel's initramfs unpacker fails on a 2 GiB file
+	# (tests/firmware_linux.rs does the same).
+	mib=$(( ($(stat -c %s "$media/debian.raw") + 1048575) / 1048576 ))
+	while [ "$mib" -gt 0 ] && [ -z "$(dd if="$media/debian.raw" bs=1M skip=$((mib - 1)) count=1 2>/dev/null | tr -d '\0' | head -c 1)" ]; do
+		mib=$((mib - 1))
+	done
+	mkdir -p "$tmp/m/media"
+	head -c $((mib * 1048576)) "$media/debian.raw" > "$tmp/m/media/debian.raw"
+	ln -s "$media/di.iso" "$tmp/m/media/di.iso"
+	(cd "$tmp/m" && find . -mindepth 1 | cpio -o -L -H newc -R 0:0 --quiet) | gzip -1 > "$tmp/media.cpio.gz"
+	rm -rf "$tmp/m"
+	cat > "$tmp/scenario.sh" <<'SCENARIO'
+exec 2>&1
+truncate -s 2147483648 /media/debian.raw
+export TMPDIR=/tmp
+up() { cut -d' ' -f1 /proc/uptime; }
+start() {
+	con=/tmp/$1.con; rm -f /tmp/in; mkfifo /tmp/in; : > $con; shift
+	t0=$(up)
+	timeout -s KILL 600 "$@" < /tmp/in > $con 2> /tmp/err & pid=$!
+	exec 3> /tmp/in
+}
+# at PATTERN SECS: the seconds from start to PATTERN on the console, or
+# "-" if the VMM ended or SECS went by first.
+at() {
+	i=0
+	while ! grep -aqF -- "$1" $con; do
+		kill -0 $pid 2>/dev/null || { echo -; return; }
+		i=$((i + 1)); [ $i -le $(($2 * 5)) ] || { echo -; return; }
+		# A line now and then: run-host.sh -s takes a silent console
+		# for a dead host.
+		[ $((i % 300)) -ne 0 ] || echo "waiting for $1 at $((i / 5)) s" >&2
+		sleep 0.2
+	done
+	awk -v a="$(up)" -v b="$t0" 'BEGIN { printf "%.1f", a - b }'
+}
+ended() {
+	i=0
+	while kill -0 $pid 2>/dev/null; do
+		i=$((i + 1)); [ $i -le $(($1 * 5)) ] || { kill -9 $pid; wait $pid; exec 3>&-; echo -; return; }
+		sleep 0.2
+	done
+	wait $pid; exec 3>&-
+	awk -v a="$(up)" -v b="$t0" 'BEGIN { printf "%.1f", a - b }'
+}
+stop() { kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null; exec 3>&-; }
+qemu="qemu-system-x86_64 -M pc -enable-kvm -cpu host -smp 2 -m 1G -nodefaults -no-user-config \
+	-vga none -display none -monitor none -serial stdio -bios /usr/share/seabios/bios-256k.bin"
+deb() {
+	case $1 in
+	vm-run) start deb vm-run -c 2 -m 1G -d /media/debian.raw ;;
+	qemu) start deb $qemu -drive file=/media/debian.raw,format=raw,if=virtio ;;
+	esac
+	m=$(at 'Debian 12 (vm-tools test medium)' 120); p=$(at 'root@vmtest:~#' 600)
+	[ "$p" = - ] || printf 'poweroff\n' >&3
+	[ "$p" = - ] && { stop; e=-; } || e=$(ended 300)
+	echo "FWBENCH $1 debian $m $p $e"
+	[ "$e" != - ] || tail -c 2000 $con | tr -d '\033'
+}
+di() {
+	case $1 in
+	vm-run) start di vm-run -c 2 -m 1G -r /media/di.iso -B cdrom ;;
+	qemu) start di $qemu -device virtio-scsi-pci \
+		-drive file=/media/di.iso,if=none,id=cd,media=cdrom,readonly=on -device scsi-cd,drive=cd,bootindex=1 ;;
+	esac
+	l=$(at 'Loading /install/vmlinuz' 120); q=$(at 'Select a language' 600)
+	stop
+	echo "FWBENCH $1 di $l $q"
+	[ "$q" != - ] || tail -c 2000 $con | tr -d '\033'
+}
+for r in $(seq $ROUNDS); do
+	if [ $((r % 2)) = 1 ]; then order="vm-run qemu"; else order="qemu vm-run"; fi
+	for v in $order; do deb $v; done
+	for v in $order; do di $v; done
+done
+SCENARIO
+	sed -i "1i ROUNDS=$hr" "$tmp/scenario.sh"
+	mkdir -p "$root/target/bench"
+	log=$root/target/bench/firmware-host.log
+	st=0
+	"$root/tests/harness/run-host.sh" -q -b "$bin" -s 300 -t $((hr * 900 + 300)) -x "$tmp/media.cpio.gz" \
+		"$tmp/scenario.sh" > "$log" 2>&1 || st=$?
+	cat <<HOST
+
+## Linux through SeaBIOS inside the emulated test host
+
+Debian 12 through GRUB from \`debian.raw\` and Debian's installer from
+\`di.iso\` (\`make media\`, tests/README.md), under vm-run (no \`-b\`) and
+under QEMU $(qemu-system-x86_64 --version | sed -n 's/.*version \([^ ]*\).*/\1/p' | head -n1) \`-M pc -enable-kvm -cpu host\` with the same SeaBIOS file,
+both with 2 vCPUs and 1 GiB, the disk on virtio-blk, the CD on
+virtio-scsi, one guest at a time in the test host (kvm-amd under TCG:
+compare the columns with each other only). Seconds from the VMM's start;
+the boot loader's first line is GRUB's menu and isolinux's
+\`Loading /install/vmlinuz\` (both print to the serial line themselves).
+\`tests/bench/firmware.sh\`, $hr rounds, $(uptime | sed 's/.*load/load/').
+
+HOST
+	grep -aq '^FWBENCH ' "$log" || echo "No round finished."
+	grep -aq '^FWBENCH ' "$log" && awk '
+	/^FWBENCH / { k = $2 " " $3; n[k]++
+		for (i = 4; i <= NF; i++) v[k, i, n[k]] = $i }
+	function med(k, i,    a, j, m, t, c) {
+		c = 0
+		for (j = 1; j <= n[k]; j++) if (v[k, i, j] != "-") a[++c] = v[k, i, j] + 0
+		if (c == 0) return "-"
+		for (j = 1; j <= c; j++) for (m = j + 1; m <= c; m++) if (a[m] < a[j]) { t = a[j]; a[j] = a[m]; a[m] = t }
+		return c % 2 ? a[(c + 1) / 2] : (a[c / 2] + a[c / 2 + 1]) / 2
+	}
+	function all(k, i,    j, s) { s = ""; for (j = 1; j <= n[k]; j++) s = s (j > 1 ? ", " : "") v[k, i, j]; return s }
+	function row(what, g, i,    a, b) {
+		a = med("vm-run " g, i); b = med("qemu " g, i)
+		printf "| %s | %s (%s) | %s (%s) | %s |\n", what, a, all("vm-run " g, i), b, all("qemu " g, i),
+			(a != "-" && b != "-" && b > 0) ? sprintf("%.2fx", a / b) : "n/a"
+	}
+	END {
+		print "| seconds from start, median (each round) | vm-run | QEMU pc | vm-run / QEMU |"
+		print "|---|---|---|---|"
+		row("debian.raw: GRUB menu", "debian", 4)
+		row("debian.raw: root prompt", "debian", 5)
+		row("debian.raw: `poweroff` typed, VMM exited", "debian", 6)
+		row("di.iso: isolinux loads the kernel", "di", 4)
+		row("di.iso: the installer asks its first question", "di", 5)
+	}' "$log"
+	if [ $st -ne 0 ]; then
+		echo
+		echo "The test host died (run-host.sh status $st) after the rounds above; the end of its console:"
+		echo
+		echo '```'
+		tail -n 30 "$log" | tr -d '\r' | sed 's/\x1b[[c?0-9;]*[A-Za-z]//g' | grep -av '^FWBENCH '
+		echo '```'
+	fi
+}
+
 {
 cat <<HEAD
 ## Firmware boot on this machine's /dev/kvm
@@ -36,4 +192,5 @@ BIOS; only the first row compares them (QEMU's run is ended after 20 s).
 
 HEAD
 cat "$tmp/table"
+host_section
 } > "$out"

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Usage: debian-raw.sh OUTDIR RECIPEDIR (called by build.sh)
 # OUTDIR/debian.raw: Debian 12 made by debootstrap (minbase, systemd, udev,
-# the generic kernel) on a 2 GiB sparse disk: an MBR with one bootable
+# the generic kernel, D-Bus for logind, iproute2 and ping, networkd on DHCP) on a 2 GiB sparse disk: an MBR with one bootable
 # ext4 partition from 1 MiB, GRUB's boot.img in the MBR and core.img in
 # the gap before the partition. No loop device and no mount: the file
 # system is made from a directory (mkfs.ext4 -d) at the partition's
@@ -36,12 +36,15 @@ log() { # log STEP CMD...: run CMD quietly; on failure show its output
 }
 
 mkdir -p "$out/debs/debootstrap"
-# Recommends stay out (firmware, apparmor): only what boots to a login.
+# Recommends stay out (firmware, apparmor): only what boots to a login,
+# and what the tests ask of it: D-Bus, without which systemd-logind does
+# not start and so nothing powers off on the ACPI power button (vm-ctl
+# stop); ip and ping for a NIC.
 # Two stages, so that the initramfs is configured before the kernel's
 # package makes it: made once, with only what boots a VM (MODULES=list),
 # it is 7 MB, which loads faster through the BIOS and unpacks faster
 # under TCG than MODULES=most's. Neither file is a package's conffile.
-log debootstrap debootstrap --foreign --variant=minbase --include=systemd-sysv,udev,linux-image-amd64 \
+log debootstrap debootstrap --foreign --variant=minbase --include=systemd-sysv,udev,linux-image-amd64,dbus,iproute2,iputils-ping \
     --cache-dir="$out/debs/debootstrap" bookworm "$root" "$mirror"
 mkdir -p "$root/etc/initramfs-tools/conf.d" "$root/usr/share/initramfs-tools/modules.d"
 echo MODULES=list > "$root/etc/initramfs-tools/conf.d/vmtest"
@@ -58,6 +61,14 @@ chroot "$root" passwd -q -d root
 # types its commands (poweroff, reboot), with no password to send.
 mkdir -p "$root/etc/systemd/system/serial-getty@ttyS0.service.d"
 cp "$recipe/autologin.conf" "$root/etc/systemd/system/serial-getty@ttyS0.service.d/"
+# Any NIC configured by systemd-networkd with DHCP (vm-run answers it).
+# Enabled by hand rather than with systemctl enable, which would enable
+# systemd-networkd-wait-online too: nothing here waits for the network.
+mkdir -p "$root/etc/systemd/network" "$root/etc/systemd/system/multi-user.target.wants" \
+    "$root/etc/systemd/system/sockets.target.wants"
+cp "$recipe/dhcp.network" "$root/etc/systemd/network/"
+ln -sf /lib/systemd/system/systemd-networkd.service "$root/etc/systemd/system/multi-user.target.wants/"
+ln -sf /lib/systemd/system/systemd-networkd.socket "$root/etc/systemd/system/sockets.target.wants/"
 kver=$(ls "$root/usr/lib/modules")
 [ "$(echo "$kver" | wc -w)" -eq 1 ] || { echo "debian-raw.sh: expected one kernel, got: $kver" >&2; exit 1; }
 grep -v -e '^#' -e '^ *$' "$recipe/prune-modules" | while read -r d; do
