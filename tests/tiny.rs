@@ -593,6 +593,8 @@ fn verbose_prints_the_exits_when_the_guest_ends() {
         .unwrap();
     assert_eq!(count, 15, "{com1}");
     assert!(out.stderr.contains("first vCPU entry "), "{}", out.stderr);
+    // The VM is closed before the exit, and -v says how long KVM took.
+    assert!(out.stderr.contains("the VM closed in "), "{}", out.stderr);
     let quiet = tiny(&["-a", "poweroff"]);
     assert!(!quiet.stderr.contains("exits"), "{}", quiet.stderr);
 }
