@@ -149,7 +149,7 @@ impl Pauser {
     /// under TCG, exiting with a vCPU inside the guest has been seen to
     /// hang the host kernel. Each vCPU thread then closes its vCPU and
     /// ends, so that the VM can go before the process's memory does
-    /// (`vm::Machine::close`).
+    /// (vm.rs, `close_vm`).
     /// Under -v it then prints the vCPUs' exits (merged as they ended).
     pub fn stop_all(&self) {
         const LIMIT: Duration = Duration::from_millis(500);

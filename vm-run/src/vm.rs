@@ -57,7 +57,8 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
     let image = boot::probe(cfg)?;
     // SeaBIOS needs a PIT; a kernel booted directly by default has none
     // (x86/irqchip.rs).
-    if cfg.pit.unwrap_or(matches!(image, boot::Image::Bios(_))) {
+    let pit = cfg.pit.unwrap_or(matches!(image, boot::Image::Bios(_)));
+    if pit {
         irqchip::create_pit(&m.vm).map_err(|e| Error::Kvm("KVM_CREATE_PIT2".into(), e))?;
     }
     let entry = match image {
@@ -77,7 +78,7 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
             "vm-run: {} MiB, {} vCPUs, entry {entry:x?}, PIT {}",
             cfg.mem_size >> 20,
             cfg.vcpus,
-            if m.vm.get_pit2().is_ok() { "on" } else { "off" }
+            if pit { "on" } else { "off" }
         );
     }
     let vcpus = create_vcpus(
