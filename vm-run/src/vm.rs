@@ -281,10 +281,11 @@ impl Host {
         // The VM goes before the process's memory does: closed at exit,
         // KVM's MMU notifier on that memory would cost the exit one more
         // SRCU grace period (docs/BENCHMARKS.md, "Start-up and exit").
-        // The vCPUs closed theirs as they ended (Pauser::stop_all).
+        // The vCPUs closed theirs as they ended (Pauser::stop_all); the
+        // disks are flushed, so no device needs KVM any more.
         if let Some(null) = &self.null {
             let t = crate::stats::now_ns();
-            close_vm(&board.vm, null);
+            close_vm(&board.vm, board.mem, null);
             if cfg.verbose {
                 eprintln!(
                     "vm-run: the VM closed in {:.3} ms, {:.3} ms after start",
@@ -400,7 +401,24 @@ fn guest_config(cfg: &Config, cpuid: &CpuId) -> GuestConfig {
 /// `VmFd` may still use it: the descriptor's number is made /dev/null's in
 /// one step, so it is never free for another file to take, and a late
 /// call on it (the RTC's tick, a control command) fails with ENOTTY.
-fn close_vm(vm: &VmFd, null: &File) {
+///
+/// The RAM's memory slots are deleted first. KVM frees what the
+/// irqchip's devices replaced on its I/O bus after an SRCU grace period
+/// of its own pace (`call_srcu`, in recent kernels such as this host's
+/// 6.18), and tearing a VM down waits for those (`srcu_barrier`): some
+/// 10 ms for a guest that lived less than that. A slot's deletion waits
+/// for an expedited grace period, which ends those too, in well under a
+/// millisecond (docs/BENCHMARKS.md, "Start-up and exit").
+fn close_vm(vm: &VmFd, mem: &GuestMemory, null: &File) {
+    for slot in 0..vm_memory::GuestMemoryBackend::num_regions(mem) as u32 {
+        let gone = kvm_bindings::kvm_userspace_memory_region {
+            slot,
+            ..Default::default()
+        };
+        // SAFETY: a size of 0 deletes the slot: KVM lets go of the
+        // memory, which stays mapped for vm-run's own threads.
+        let _ = unsafe { vm.set_user_memory_region(gone) };
+    }
     // SAFETY: dup3 replaces the file behind the VM's number atomically;
     // that number stays open (on /dev/null) for the VmFd that owns it.
     unsafe { libc::dup3(null.as_raw_fd(), vm.as_raw_fd(), libc::O_CLOEXEC) };
