@@ -28,7 +28,7 @@ fn clock_script(opts: &str) -> String {
         guest(
             &format!("{opts}-m 256M"),
             "bzImage",
-            "run=\"dmesg | grep -iE 'tsc|clocksource|timer|pit|hpet|calibrat'; \
+            "run=\"dmesg | grep -i -e tsc -e clocksource -e timer -e pit -e hpet -e calibrat; \
              cat /sys/devices/system/clocksource/clocksource0/current_clocksource; \
              echo GUEST=$(date +%s); sleep 5; echo GUEST=$(date +%s)\"",
         )
