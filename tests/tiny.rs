@@ -593,6 +593,63 @@ fn verbose_prints_the_exits_when_the_guest_ends() {
         .unwrap();
     assert_eq!(count, 15, "{com1}");
     assert!(out.stderr.contains("first vCPU entry "), "{}", out.stderr);
+    // The VM is closed before the exit, and -v says how long KVM took.
+    assert!(out.stderr.contains("the VM closed in "), "{}", out.stderr);
     let quiet = tiny(&["-a", "poweroff"]);
     assert!(!quiet.stderr.contains("exits"), "{}", quiet.stderr);
+}
+
+/// Whether KVM gave process `pid` a PIT: its worker thread is
+/// `kvm-pit/PID`.
+fn has_pit(pid: u32) -> bool {
+    let want = format!("kvm-pit/{pid}\n");
+    fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|e| fs::read_to_string(e.ok()?.path().join("comm")).ok())
+        .any(|comm| comm == want)
+}
+
+/// The tiny guest, a kernel booted directly, has no PIT unless asked
+/// (-P on); sent and received, each guest has what it had.
+#[test]
+fn a_pit_only_when_asked_and_it_goes_with_the_guest() {
+    let dir = target_dir().join("tmp").join("tiny-pit");
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).expect("mkdir");
+    use vm_tests::named::{Console, Tiny};
+    // A guest that echoes what is typed runs: its PIT, made before the
+    // vCPUs, is there if it ever will be.
+    let running = |name: &str| {
+        let mut con = Console::attach(&dir, name);
+        con.type_in("x");
+        assert!(con.wait_for("x", Duration::from_secs(5)), "{name}: no echo");
+    };
+    for (name, extra, pit) in [("on", &["-P", "on"][..], true), ("off", &[][..], false)] {
+        let src = Tiny::start(&dir, name, extra);
+        running(name);
+        assert_eq!(has_pit(src.pid()), pit, "{name}");
+        let file = dir.join(format!("{name}.snap"));
+        let send = Command::new(bin("vm-send"))
+            .arg(name)
+            .env("VM_RUNDIR", &dir)
+            .stdout(fs::File::create(&file).expect("create"))
+            .output()
+            .expect("vm-send");
+        assert!(send.status.success(), "{send:?}");
+        assert_eq!(src.end().status, 0);
+        let mut cmd = Command::new(bin("vm-receive"));
+        cmd.args(["-N", name])
+            .stdin(fs::File::open(&file).expect("open"));
+        let dst = Tiny::spawn(cmd, &dir, name);
+        running(name);
+        assert_eq!(has_pit(dst.pid()), pit, "{name} received");
+    }
+}
+
+#[test]
+fn pit_option_takes_on_or_off() {
+    let out = tiny(&["-P", "yes", "-a", "poweroff"]);
+    assert_fails(&out, 64, "-P yes: not on or off");
+    let out = tiny(&["-P", "on", "-a", "poweroff"]);
+    assert_eq!((out.status, out.stdout.as_str()), (0, "tiny: poweroff\n"));
 }

@@ -3,7 +3,9 @@
 # power button or a console byte), until each has printed its line; then
 # each process's PSS from /proc/PID/smaps_rollup, and for one of them the
 # mappings that hold its private memory. The same for QEMU microvm unless
-# NO_QEMU is set. Writes Markdown to $1 (stdout).
+# NO_QEMU is set, and for an older vm-run with OLD=path. Also the time
+# from the first start until all have printed (polled every 20 ms).
+# Writes Markdown to $1 (stdout).
 # usage: density.sh [out] [count]
 set -eu
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -24,10 +26,12 @@ cleanup() {
 trap cleanup EXIT
 
 # Starts $n copies of the command, waits until each has printed, and
-# prints "name | total PSS | median | min–max | private of one" as a row.
+# prints "name | all printed after | total PSS | median | min–max |
+# private of one" as a row.
 measure() {
 	name=$1; shift
 	pids=
+	t0=$(date +%s%N)
 	i=0
 	while [ $i -lt $n ]; do
 		# stdin: a FIFO nobody writes, open and silent (a byte would
@@ -39,21 +43,22 @@ measure() {
 	tries=0
 	until [ "$(grep -l 'tiny: wait' "$tmp"/*.out 2>/dev/null | wc -l)" -eq $n ]; do
 		tries=$((tries + 1))
-		if [ $tries -gt 600 ]; then
+		if [ $tries -gt 3000 ]; then
 			echo "density: $name: not all $n guests printed in 60 s" >&2
 			exit 1
 		fi
-		sleep 0.1
+		sleep 0.02
 	done
+	t1=$(date +%s%N)
 	for p in $pids; do
 		awk '/^Pss:/ {print $2}' "/proc/$p/smaps_rollup"
 	done | sort -n > "$tmp/pss"
 	first=${pids# }; first=${first%% *}
 	awk '/^(Private_Clean|Private_Dirty):/ {s += $2} END {print s}' "/proc/$first/smaps_rollup" > "$tmp/priv"
-	awk -v name="$name" -v priv="$(cat "$tmp/priv")" '
+	awk -v name="$name" -v priv="$(cat "$tmp/priv")" -v ms=$(((t1 - t0) / 1000000)) '
 		{ v[NR] = $1; s += $1 }
-		END { printf "| %s | %d | %.1f MiB | %d KiB | %d–%d KiB | %d KiB |\n",
-			name, NR, s / 1024, v[int((NR + 1) / 2)], v[1], v[NR], priv }' "$tmp/pss"
+		END { printf "| %s | %d | %d ms | %.1f MiB | %d KiB | %d–%d KiB | %d KiB |\n",
+			name, NR, ms, s / 1024, v[int((NR + 1) / 2)], v[1], v[NR], priv }' "$tmp/pss"
 	# The mappings of one process, largest private first.
 	awk '
 		/^[0-9a-f]+-[0-9a-f]+ / { h = ($6 == "" ? "[anon]" : $6) " " $2 }
@@ -78,9 +83,12 @@ load0=$(uptime)
 	echo "until each has printed its line; then each process's PSS"
 	echo "(\`/proc/PID/smaps_rollup\`). Load average ${load0##*average: }."
 	echo
-	echo "| $n idle guests | guests | total PSS | median PSS | range | private memory of one |"
-	echo "|---|---|---|---|---|---|"
+	echo "| $n idle guests | guests | all printed after | total PSS | median PSS | range | private memory of one |"
+	echo "|---|---|---|---|---|---|---|"
 	measure vm-run "$bin/vm-run" -m 128M -b "$tiny" -a wait
+	if [ -n "${OLD:-}" ]; then
+		measure "vm-run (old)" "$OLD" -m 128M -b "$tiny" -a wait
+	fi
 	if [ -z "${NO_QEMU:-}" ]; then
 		measure QEMU qemu-system-x86_64 -M microvm -enable-kvm -cpu host,-arch-capabilities \
 			-m 128M -nodefaults -no-user-config -nographic -serial stdio -monitor none \

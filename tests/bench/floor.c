@@ -2,9 +2,11 @@
  * floor: the least a KVM VMM does to start and end a guest, as the floor
  * vm-run's start-up is measured against (tests/bench/startup.sh). It
  * creates a VM, one memory slot and one vCPU (with -i the in-kernel
- * irqchip first, with -p the PIT too, as vm-run does), runs four bytes
- * of real-mode code that write to port 0xf4, prints "tiny: bench" as the
- * tiny guest does, and exits, leaving the teardown to the kernel.
+ * irqchip first, with -p the PIT too, as vm-run does with a BIOS), runs
+ * four bytes of real-mode code that write to port 0xf4, prints "tiny:
+ * bench" as the tiny guest does, and exits, leaving the teardown to the
+ * kernel; with -c it first closes the vCPU and the VM, as vm-run does, so
+ * that KVM tears the VM down before the process's memory goes.
  */
 #include <err.h>
 #include <fcntl.h>
@@ -23,14 +25,16 @@ main(int argc, char **argv)
 {
 	/* mov $'x', %al; out %al, $0xf4 */
 	static const unsigned char code[] = { 0xb0, 'x', 0xe6, 0xf4 };
-	int irqchip = 0, pit = 0, c;
-	while ((c = getopt(argc, argv, "ip")) != -1) {
+	int irqchip = 0, pit = 0, closing = 0, c;
+	while ((c = getopt(argc, argv, "cip")) != -1) {
 		if (c == 'i')
 			irqchip = 1;
 		else if (c == 'p')
 			irqchip = pit = 1;
+		else if (c == 'c')
+			closing = 1;
 		else
-			errx(64, "usage: floor [-i] [-p]");
+			errx(64, "usage: floor [-c] [-i] [-p]");
 	}
 	int kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
 	if (kvm < 0)
@@ -87,6 +91,12 @@ main(int argc, char **argv)
 			err(70, "KVM_RUN");
 		if (run->exit_reason == KVM_EXIT_IO && run->io.port == 0xf4) {
 			fputs("tiny: bench\n", stdout);
+			fflush(stdout);
+			if (closing) {
+				munmap(run, size);
+				close(vcpu);
+				close(vm);
+			}
 			return 0;
 		}
 		errx(70, "unexpected exit %u", run->exit_reason);

@@ -11,7 +11,7 @@ use crate::nic::{self, NicSpec};
 
 pub const USAGE: &str =
     "usage: vm-run [-pv] [-a cmdline] [-c ncpus] [-d [raw:|qcow2:]disk[,ro]] ... \
-[-i initrd] [-m size] [-n fd[,lladdr=mac]] ... [-N name [-o user[:group]]] [-r iso] [-B disk|cdrom] [-b kernel|bios]";
+[-i initrd] [-m size] [-P on|off] [-n fd[,lladdr=mac]] ... [-N name [-o user[:group]]] [-r iso] [-B disk|cdrom] [-b kernel|bios]";
 
 /// The BIOS booted when there is no -b: Debian's seabios package's.
 pub const DEFAULT_BIOS: &str = "/usr/share/seabios/bios-256k.bin";
@@ -76,6 +76,9 @@ pub struct Config {
     pub mem_size: u64,
     pub console: Console,
     pub verbose: bool,
+    /// -P: whether the guest has an i8254 PIT; None gives one to a BIOS
+    /// and none to a kernel booted directly (vm.rs).
+    pub pit: Option<bool>,
     /// The guest's name (vmctl's rule, see `check_name`); names the control
     /// socket and seeds stable per-guest identities such as MAC addresses.
     pub name: Option<String>,
@@ -124,6 +127,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed> {
     let mut mem_size = DEFAULT_MEM;
     let mut console = Console::Stdio;
     let mut verbose = false;
+    let mut pit = None;
     let mut name = None;
     let mut owner = None;
     let mut boot_device = None;
@@ -174,6 +178,13 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed> {
                 cdrom = Some(v);
             }
             Short('p') => console = Console::Pty,
+            Short('P') => {
+                pit = Some(match string(p.value().map_err(usage)?, "-P")?.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    v => return Err(Error::Usage(format!("-P {v}: not on or off"))),
+                })
+            }
             Short('v') => verbose = true,
             Short('h') | Long("help") => return Ok(Parsed::Help),
             _ => return Err(usage(arg.unexpected())),
@@ -230,6 +241,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed> {
         mem_size,
         console,
         verbose,
+        pit,
         received: false,
         name,
         owner,
@@ -389,6 +401,15 @@ mod tests {
             config("-b k -N web-1.a_b").name.as_deref(),
             Some("web-1.a_b")
         );
+    }
+
+    #[test]
+    fn pit_on_off_or_left_to_the_boot() {
+        assert_eq!(config("-b k").pit, None);
+        assert_eq!(config("-b k -P on").pit, Some(true));
+        assert_eq!(config("-P off").pit, Some(false));
+        let e = parse(args("-b k -P yes")).err().map(|e| e.to_string());
+        assert_eq!(e.as_deref(), Some("-P yes: not on or off"));
     }
 
     #[test]

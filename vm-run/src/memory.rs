@@ -71,6 +71,9 @@ pub const BIOS_IMAGE_MAX: u64 = 16 << 20;
 /// loadfile_bios copies the whole image too).
 pub const BIOS_LOW_START: u64 = 0xc0000;
 
+/// A transparent huge page of x86-64.
+const HUGE_PAGE: usize = 2 << 20;
+
 /// e820 entry types.
 pub const E820_RAM: u32 = 1;
 pub const E820_RESERVED: u32 = 2;
@@ -172,9 +175,22 @@ pub fn create(size: u64, what: &str) -> Result<GuestMemory> {
             // Huge pages where the host's THP is "madvise" (Debian's
             // default), as QEMU asks for its RAM: a 512th of the page
             // faults, for the guest and for a receive that fills memory
-            // from a stream, and fewer TLB misses. Only a hint.
-            // SAFETY: the range is the region's own mapping.
-            unsafe { libc::madvise(base.cast(), r.len() as usize, libc::MADV_HUGEPAGE) };
+            // from a stream, and fewer TLB misses. Only a hint. Not for
+            // the first 2 MiB, which hold the boot structures, the BIOS
+            // area and the start of the kernel: a few KiB of it touched
+            // by an idle guest would take a whole 2 MiB page of the host
+            // (docs/BENCHMARKS.md, "Density").
+            let len = r.len() as usize;
+            let small = if r.start_addr().0 == 0 {
+                len.min(HUGE_PAGE)
+            } else {
+                0
+            };
+            // SAFETY: both ranges lie inside the region's own mapping.
+            unsafe {
+                libc::madvise(base.cast(), small, libc::MADV_NOHUGEPAGE);
+                libc::madvise(base.add(small).cast(), len - small, libc::MADV_HUGEPAGE);
+            }
         }
     }
     Ok(mem)

@@ -47,6 +47,8 @@ const SYSCALLS: &[i64] = &[
     libc::SYS_poll,
     libc::SYS_ppoll,
     libc::SYS_close,
+    // The VM closed before the exit (vm.rs, close_vm).
+    libc::SYS_dup3,
     libc::SYS_futex,
     libc::SYS_set_robust_list,
     libc::SYS_rseq,

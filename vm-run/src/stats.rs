@@ -32,6 +32,12 @@ extern "C" fn record_start() {
 #[link_section = ".init_array"]
 static RECORD_START: extern "C" fn() = record_start;
 
+/// Milliseconds since vm-run started (since the epoch of CLOCK_MONOTONIC
+/// if the C runtime did not record the start).
+pub fn ms_since_start() -> f64 {
+    now_ns().saturating_sub(START_NS.load(Ordering::Relaxed)) as f64 / 1e6
+}
+
 /// The kinds of exit, as KVM_RUN returns them.
 #[derive(Clone, Copy)]
 pub enum Kind {

@@ -111,6 +111,8 @@ struct PauseState {
     saving: Option<Vec<Option<StateResult<VcpuState>>>>,
     /// Under -v, the exits of the vCPUs that have parked or ended.
     stats: Option<ExitStats>,
+    /// The run is over: a vCPU thread ends rather than parks.
+    ending: bool,
 }
 
 impl Pauser {
@@ -145,10 +147,21 @@ impl Pauser {
     /// Gets every vCPU out of KVM_RUN before the process exits, so that
     /// the kernel tears the VM down with no vCPU in guest mode. Nested
     /// under TCG, exiting with a vCPU inside the guest has been seen to
-    /// hang the host kernel.
-    /// Under -v it then prints the vCPUs' exits (merged as they parked).
+    /// hang the host kernel. Each vCPU thread then closes its vCPU and
+    /// ends, so that the VM can go before the process's memory does
+    /// (vm.rs, `close_vm`).
+    /// Under -v it then prints the vCPUs' exits (merged as they ended).
     pub fn stop_all(&self) {
-        let _ = self.park_all(Duration::from_millis(500));
+        const LIMIT: Duration = Duration::from_millis(500);
+        self.lock().ending = true;
+        // Wakes the vCPUs a pause has parked; kicks those in KVM_RUN.
+        self.changed.notify_all();
+        let _ = self.park_all(LIMIT);
+        let st = self.lock();
+        drop(
+            self.changed
+                .wait_timeout_while(st, LIMIT, |st| st.gone < self.vcpus),
+        );
         if let Some(s) = self.lock().stats.take() {
             eprint!("{}", s.table());
         }
@@ -273,14 +286,18 @@ impl Pauser {
         self.changed.notify_all();
     }
 
-    /// Called by a vCPU thread between two runs.
-    fn park_if_paused(&self, id: usize, fd: &VcpuFd, stats: &mut Option<Box<ExitStats>>) {
+    /// Called by a vCPU thread between two runs; false when the run is
+    /// over and the thread is to end.
+    fn park_if_paused(&self, id: usize, fd: &VcpuFd, stats: &mut Option<Box<ExitStats>>) -> bool {
         if !self.requested.load(Ordering::SeqCst) {
-            return;
+            return true;
         }
         let mut st = self.lock();
+        if st.ending {
+            return false;
+        }
         if !st.paused {
-            return;
+            return true;
         }
         Self::merge_stats(&mut st, stats);
         st.parked += 1;
@@ -290,6 +307,10 @@ impl Pauser {
         // if the guest does not use kvmclock.
         let _ = fd.kvmclock_ctrl();
         while st.paused {
+            if st.ending {
+                st.parked -= 1;
+                return false;
+            }
             if let Some(slot) = st.saving.as_mut().and_then(|s| s.get_mut(id)) {
                 if slot.is_none() {
                     *slot = Some(VcpuState::save(fd, &self.msr_index));
@@ -299,6 +320,7 @@ impl Pauser {
             st = self.changed.wait(st).unwrap_or_else(|e| e.into_inner());
         }
         st.parked -= 1;
+        true
     }
 }
 
@@ -359,8 +381,18 @@ impl Vcpu {
                 // clock read per exit.
                 let mut stats = me.verbose.then(Box::<ExitStats>::default);
                 let outcome = me.run(&mut stats);
-                me.pauser.gone(&mut stats);
-                me.reporter.report(outcome);
+                let Vcpu {
+                    fd,
+                    pauser,
+                    reporter,
+                    ..
+                } = me;
+                // The kick handler must not write to kvm_run once it is
+                // unmapped, which dropping the fd does (closing the vCPU).
+                IMMEDIATE_EXIT.with(|p| p.set(std::ptr::null_mut()));
+                drop(fd);
+                pauser.gone(&mut stats);
+                reporter.report(outcome);
             })
             .map(|_| ())
             .map_err(|e| Error::Os("vCPU thread".into(), e))
@@ -369,7 +401,10 @@ impl Vcpu {
     fn run(&mut self, stats: &mut Option<Box<ExitStats>>) -> Outcome {
         let kvm_run: *const kvm_bindings::kvm_run = self.fd.get_kvm_run();
         loop {
-            self.pauser.park_if_paused(self.id.into(), &self.fd, stats);
+            if !self.pauser.park_if_paused(self.id.into(), &self.fd, stats) {
+                // The run is already over: this outcome goes unheard.
+                return Outcome::Stopped;
+            }
             let entered = if stats.is_some() { stats::now_ns() } else { 0 };
             let result = self.fd.run();
             if let Some(s) = stats.as_mut() {

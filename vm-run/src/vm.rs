@@ -2,7 +2,9 @@
 //! memory, console), the board, a kernel booted or a stream received,
 //! the vCPUs, the sandbox, then a wait for the first report of its end.
 
+use std::fs::File;
 use std::io::Read;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
@@ -52,7 +54,14 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
     vmgenid::write_new_id(mem)?;
     // A kernel, entered in 64-bit mode (bzImage) or 32-bit (PVH); or a
     // BIOS, which vCPU 0 enters at the reset vector.
-    let entry = match boot::probe(cfg)? {
+    let image = boot::probe(cfg)?;
+    // SeaBIOS needs a PIT; a kernel booted directly by default has none
+    // (x86/irqchip.rs).
+    let pit = cfg.pit.unwrap_or(matches!(image, boot::Image::Bios(_)));
+    if pit {
+        irqchip::create_pit(&m.vm).map_err(|e| Error::Kvm("KVM_CREATE_PIT2".into(), e))?;
+    }
+    let entry = match image {
         boot::Image::Kernel => {
             let rsdp = acpi::write_tables(mem, cfg.vcpus, &board.nic_slots)?;
             let entry = boot::load(mem, cfg, rsdp)?;
@@ -66,9 +75,10 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
     };
     if cfg.verbose {
         eprintln!(
-            "vm-run: {} MiB, {} vCPUs, entry {entry:x?}",
+            "vm-run: {} MiB, {} vCPUs, entry {entry:x?}, PIT {}",
             cfg.mem_size >> 20,
-            cfg.vcpus
+            cfg.vcpus,
+            if pit { "on" } else { "off" }
         );
     }
     let vcpus = create_vcpus(
@@ -135,6 +145,9 @@ struct Host {
     console: Console,
     attached: Arc<Attached>,
     room_reader: Option<EventFd>,
+    /// What the VM's descriptor becomes when the VM is closed (close_vm);
+    /// None where /dev/null cannot be opened, and the VM goes at exit.
+    null: Option<File>,
 }
 
 impl Host {
@@ -157,6 +170,7 @@ impl Host {
             console: Console::open(cfg.console)?,
             attached: Arc::new(Attached::default()),
             room_reader: None,
+            null: File::open("/dev/null").ok(),
         })
     }
 
@@ -264,13 +278,30 @@ impl Host {
             c.finish(outcome.exit_status());
             // Dropping it removes the socket.
         }
-        // vCPU threads may still be in KVM_RUN: the process exit ends them.
+        // The VM goes before the process's memory does: closed at exit,
+        // KVM's MMU notifier on that memory would cost the exit one more
+        // SRCU grace period (docs/BENCHMARKS.md, "Start-up and exit").
+        // The vCPUs closed theirs as they ended (Pauser::stop_all); the
+        // disks are flushed, so no device needs KVM any more.
+        if let Some(null) = &self.null {
+            let t = crate::stats::now_ns();
+            close_vm(&board.vm, board.mem, null);
+            if cfg.verbose {
+                eprintln!(
+                    "vm-run: the VM closed in {:.3} ms, {:.3} ms after start",
+                    (crate::stats::now_ns() - t) as f64 / 1e6,
+                    crate::stats::ms_since_start()
+                );
+            }
+        }
+        // A vCPU thread that did not stop in time ends with the process.
         Ok(outcome)
     }
 }
 
 /// KVM's side of a guest: the VM with its in-kernel irqchip, and guest
-/// memory registered.
+/// memory registered. The PIT comes later, once vm-run knows what boots
+/// (or from the stream, x86/state.rs).
 struct Machine {
     kvm: Kvm,
     vm: Arc<VmFd>,
@@ -364,6 +395,33 @@ fn guest_config(cfg: &Config, cpuid: &CpuId) -> GuestConfig {
         firmware: false,
         cdrom: cfg.cdrom.as_ref().map(|p| p.display().to_string()),
     }
+}
+
+/// Closes the VM, which KVM then tears down, while every holder of its
+/// `VmFd` may still use it: the descriptor's number is made /dev/null's in
+/// one step, so it is never free for another file to take, and a late
+/// call on it (the RTC's tick, a control command) fails with ENOTTY.
+///
+/// The RAM's memory slots are deleted first. KVM frees what the
+/// irqchip's devices replaced on its I/O bus after an SRCU grace period
+/// of its own pace (`call_srcu`, in recent kernels such as this host's
+/// 6.18), and tearing a VM down waits for those (`srcu_barrier`): some
+/// 10 ms for a guest that lived less than that. A slot's deletion waits
+/// for an expedited grace period, which ends those too, in well under a
+/// millisecond (docs/BENCHMARKS.md, "Start-up and exit").
+fn close_vm(vm: &VmFd, mem: &GuestMemory, null: &File) {
+    for slot in 0..vm_memory::GuestMemoryBackend::num_regions(mem) as u32 {
+        let gone = kvm_bindings::kvm_userspace_memory_region {
+            slot,
+            ..Default::default()
+        };
+        // SAFETY: a size of 0 deletes the slot: KVM lets go of the
+        // memory, which stays mapped for vm-run's own threads.
+        let _ = unsafe { vm.set_user_memory_region(gone) };
+    }
+    // SAFETY: dup3 replaces the file behind the VM's number atomically;
+    // that number stays open (on /dev/null) for the VmFd that owns it.
+    unsafe { libc::dup3(null.as_raw_fd(), vm.as_raw_fd(), libc::O_CLOEXEC) };
 }
 
 /// Retries `f` while what it needs is held by another vm-run, for up to

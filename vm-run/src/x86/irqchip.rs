@@ -1,6 +1,8 @@
 //! KVM's in-kernel interrupt controllers (PIC, IOAPIC, LAPICs) and PIT:
 //! they are faster than anything in user space and save no state we would
-//! have to keep ourselves.
+//! have to keep ourselves. The PIT only for guests that need one: KVM
+//! takes 15 to 20 ms to tear it down at exit (docs/BENCHMARKS.md,
+//! "Start-up and exit").
 
 use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{VcpuFd, VmFd};
@@ -19,14 +21,20 @@ pub fn create(vm: &VmFd) -> Result<()> {
     vm.set_tss_address(KVM_TSS_ADDR)
         .map_err(|e| Error::Kvm("KVM_SET_TSS_ADDR".into(), e))?;
     vm.create_irq_chip()
-        .map_err(|e| Error::Kvm("KVM_CREATE_IRQCHIP".into(), e))?;
+        .map_err(|e| Error::Kvm("KVM_CREATE_IRQCHIP".into(), e))
+}
+
+/// The i8254 PIT, after the irqchip (its IRQ 0 goes there). SeaBIOS
+/// counts time with it; Linux on KVM does not (kvmclock gives it the TSC's
+/// rate, the LAPIC's TSC-deadline mode its timer), nor does the tiny
+/// guest.
+pub fn create_pit(vm: &VmFd) -> std::result::Result<(), kvm_ioctls::Error> {
     // The dummy speaker port keeps port 0x61 in the kernel as well.
     let pit = kvm_pit_config {
         flags: KVM_PIT_SPEAKER_DUMMY,
         ..Default::default()
     };
     vm.create_pit2(pit)
-        .map_err(|e| Error::Kvm("KVM_CREATE_PIT2".into(), e))
 }
 
 /// Wires LINT0 to the PIC (ExtINT) and LINT1 to NMI, as a PC's firmware

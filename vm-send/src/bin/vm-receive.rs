@@ -226,6 +226,8 @@ fn incoming(a: Args) -> Result<(Config, Incoming), Error> {
             Console::StdoutOnly
         },
         verbose: a.verbose,
+        // The stream says whether the guest had a PIT (x86/state.rs).
+        pit: None,
         received: true,
         name: a.name,
         owner: a.owner,
