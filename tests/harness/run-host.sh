@@ -44,8 +44,11 @@ else
 fi
 # One test host at a time on this machine (2 cores): parallel test runs,
 # worktrees and benchmarks queue here instead of starving each other.
-exec 9>/tmp/vm-testhost.lock
-flock 9
+# soak.sh holds the lock for a whole series of boots and says so.
+if [ -z "${TESTHOST_LOCK_HELD:-}" ]; then
+    exec 9>/tmp/vm-testhost.lock
+    flock 9
+fi
 # Now and then the test host's kernel locks up inside KVM under heavy
 # guest I/O (nested SVM under TCG; see the notes of issue 3). Such a boot
 # is stopped at once and reported with status 3, so that the caller can

@@ -1,39 +1,42 @@
 #!/bin/sh
-# Usage: tests/harness/soak.sh [-k bookworm|backports] [-p KVM_AMD_PARAMS] [-g GUESTS] [-o DIR] N
+# Usage: tests/harness/soak.sh [-k KERNEL[,KERNEL]] [-p KVM_AMD_PARAMS] [-g GUESTS] [-T MINUTES] [-o DIR] N
 # Run by hand (not in CI, not in make test): how reliable the emulated test
-# host is. Boots test hosts until N Linux guests have started in them,
-# GUESTS (default 10, even) per test-host boot, two at a time: one vm-run
-# and one QEMU guest (run-host.sh -q), alternately with 1 and 2 vCPUs (at
-# most twice the boots N needs, should hosts die early). Each guest, on a
-# bridge with a raw disk, pings the host, sends it 4 MiB over TCP and
-# writes 8 MiB of random bytes to its disk; the host checks both by SHA-256.
-#   -k  the test host's own kernel (hostkernel.sh; default: the harness's)
+# host is. Boots test hosts until N Linux guests have started in them for
+# each KERNEL, GUESTS (default 10, even) per test-host boot, two at a time:
+# one vm-run and one QEMU guest (run-host.sh -q), alternately with 1 and 2
+# vCPUs. Each guest, on a bridge with a raw disk, pings the host, sends it
+# 4 MiB over TCP and writes 8 MiB of random bytes to its disk; the host
+# checks both by SHA-256. The series holds the machine's test-host lock
+# from its first boot to its last: other test runs wait meanwhile.
+#   -k  the test host's own kernels (hostkernel.sh: bookworm, backports;
+#       default the harness's); with two, test-host boots alternate, so
+#       both see the same load on the machine
 #   -p  reload kvm_amd with these parameters before the first guest
-#   -o  where the consoles and failures go (default target/soak/DATE-KERNEL)
-# Prints a summary: test-host boots and how each ended (panic, lockup,
-# silence, timeout), guest boots and failures; DIR keeps every host
-# console (host-NN.log) and an excerpt per failure (failures/). Exit status
-# 0 only if every host boot and every guest came out clean.
+#   -T  start no test-host boot after MINUTES (default 25) of the series
+#   -o  where the consoles and failures go (default target/soak/DATE)
+# Prints a summary per kernel: test-host boots and how each ended (panic,
+# lockup, silence, timeout), guest boots and failures; DIR keeps every
+# host console (host-NN-KERNEL.log) and an excerpt per failure
+# (failures/). Exit status 0 only if every host boot and every guest
+# came out clean and N guests were run for each kernel.
 set -eu
 root=$(cd "$(dirname "$0")/../.." && pwd)
-usage() { sed -n 's/^# \{0,1\}//; 2,17p' "$0" >&2; exit 2; }
-kernel=${TESTHOST_KERNEL:-}; params=; per=10; out=
-while getopts k:p:g:o: o; do
-    case $o in k) kernel=$OPTARG ;; p) params=$OPTARG ;; g) per=$OPTARG ;; o) out=$OPTARG ;; *) usage ;; esac
+usage() { sed -n 's/^# \{0,1\}//; 2,21p' "$0" >&2; exit 2; }
+kernels=${TESTHOST_KERNEL:-}; params=; per=10; out=; cap=25
+while getopts k:p:g:o:T: o; do
+    case $o in k) kernels=$OPTARG ;; p) params=$OPTARG ;; g) per=$OPTARG ;; o) out=$OPTARG ;; T) cap=$OPTARG ;; *) usage ;; esac
 done
 shift $((OPTIND - 1))
 [ $# -eq 1 ] || usage
-case $1$per in *[!0-9]*) usage ;; esac
+case $1$per$cap in *[!0-9]*) usage ;; esac
 [ "$per" -ge 2 ] && [ $((per % 2)) -eq 0 ] && [ "$1" -ge 1 ] || usage
 n=$1
 # The harness's default kernel is host.sh's; say it out loud here.
-kernel=${kernel:-$(sed -n 's/^variant=\${TESTHOST_KERNEL:-\([a-z]*\)}$/\1/p' "$root/tests/harness/host.sh")}
+kernels=$(echo "${kernels:-$(sed -n 's/^variant=\${TESTHOST_KERNEL:-\([a-z]*\)}$/\1/p' "$root/tests/harness/host.sh")}" | tr , ' ')
 bin=$root/target/x86_64-unknown-linux-musl/release
 [ -x "$bin/vm-run" ] && [ -x "$bin/vm-net" ] || { echo "soak.sh: no $bin/vm-run: run make first" >&2; exit 1; }
-hosts=$(( (n + per - 1) / per ))
-out=${out:-$root/target/soak/$(date +%Y%m%d-%H%M%S)-$kernel}
+out=${out:-$root/target/soak/$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$out/failures"
-export TESTHOST_KERNEL=$kernel TESTHOST_DIR=$root/target/testhost-soak-$kernel
 
 # What each guest runs (its /init evals run=...; me and port come on the
 # kernel command line too). No single quotes: the host's script quotes it.
@@ -122,15 +125,35 @@ echo "@@@ SOAK-HOST-END $(date +%s)"
 EOF
 
 summary=$out/summary.txt
-echo "soak: $n guests, $per per test-host boot, at least $hosts boots, kernel $kernel, kvm_amd params '${params:-default}', $(date '+%F %T')" | tee "$summary"
+echo "soak: $n guests per kernel, $per per test-host boot, kernels: $kernels, kvm_amd params '${params:-default}', $(date '+%F %T')" | tee "$summary"
+# Every test host is built before the lock is taken.
+for k in $kernels; do
+    TESTHOST_KERNEL=$k WITH_QEMU=1 "$root/tests/harness/host.sh" "$root/target/testhost-soak-$k" 2>&1 | tail -n 3
+done
+exec 9>/tmp/vm-testhost.lock
+flock 9
+export TESTHOST_LOCK_HELD=1
 start=$(date +%s)
-h=1 gs=0
-while [ $gs -lt $n ] && [ $h -le $((2 * hosts)) ]; do
-    log=$out/host-$(printf %02d $h).log
+echo "soak: test-host lock taken at $(date '+%T')" | tee -a "$summary"
+# started K: how many guests kernel K's boots have started so far.
+started() { cat "$out"/host-*-"$1".log 2>/dev/null | grep -c '^@@@ SOAK-START' || :; }
+h=1 last=0
+while :; do
+    k=
+    for c in $kernels; do
+        # the kernel with the fewest guests so far goes next
+        [ "$(started "$c")" -lt "$n" ] || continue
+        [ -n "$k" ] && [ "$(started "$c")" -ge "$(started "$k")" ] || k=$c
+    done
+    [ -n "$k" ] || break
+    [ $(($(date +%s) - start + last)) -le $((cap * 60)) ] ||
+        { echo "soak: -T $cap minutes reached" | tee -a "$summary"; break; }
+    log=$out/host-$(printf %02d $h)-$k.log
     s=$(date +%s)
-    rc=0
-    { "$root/tests/harness/run-host.sh" -q -s 150 -t $((per / 2 * 330 + 180)) "$scenario" 2>&1 || echo "soak.sh: run-host.sh status $?"; } |
-        tr -d '\r' > "$log"
+    { TESTHOST_KERNEL=$k TESTHOST_DIR=$root/target/testhost-soak-$k \
+        "$root/tests/harness/run-host.sh" -q -s 150 -t $((per / 2 * 330 + 180)) "$scenario" 2>&1 ||
+        echo "soak.sh: run-host.sh status $?"; } | tr -d '\r' > "$log"
+    last=$(($(date +%s) - s))
     rc=$(sed -n 's/^soak.sh: run-host.sh status //p' "$log"); rc=${rc:-0}
     how=ok
     if grep -q "run-host.sh: the test host's kernel panicked" "$log"; then
@@ -139,46 +162,52 @@ while [ $gs -lt $n ] && [ $h -le $((2 * hosts)) ]; do
     elif grep -q "run-host.sh: the test host's kernel locked up" "$log"; then how=lockup
     elif grep -q 'run-host.sh: the test host said nothing' "$log"; then how=silent
     elif grep -q '@@@ SOAK-PARAMS-FAILED' "$log"; then how=params-rejected
-    elif [ $rc -ne 0 ] || ! grep -q '@@@ SOAK-HOST-END' "$log"; then how="failed-rc$rc"
+    elif [ "$rc" -ne 0 ] || ! grep -q '@@@ SOAK-HOST-END' "$log"; then how="failed-rc$rc"
     fi
-    # A host's lines only, then the guests'.
     started=$(grep -c '^@@@ SOAK-START' "$log" || :)
     done_=$(grep -c '^@@@ SOAK-GUEST' "$log" || :)
     bad=$(grep '^@@@ SOAK-GUEST' "$log" | grep -cv ' ok$' || :)
     t1=$(sed -n 's/^@@@ SOAK-HOST \([0-9]*\) .*/\1/p' "$log"); t2=$(sed -n 's/^@@@ SOAK-HOST-END \([0-9]*\).*/\1/p' "$log")
-    echo "host $h: $how, $(($(date +%s) - s)) s (lock wait and boot $((${t1:-$s} - s)) s, guests $(( ${t2:-$(date +%s)} - ${t1:-$s} )) s), guests started $started, finished $done_, failed $bad" | tee -a "$summary"
+    echo "host $h $k: $how, $last s (boot $((${t1:-$s} - s)) s, guests $(( ${t2:-$(date +%s)} - ${t1:-$s} )) s), guests started $started, finished $done_, failed $bad" | tee -a "$summary"
     if [ "$how" != ok ]; then
-        f=$out/failures/host-$(printf %02d $h)-$how.txt
+        f=$out/failures/host-$(printf %02d $h)-$k-$how.txt
+        # The host's own lines around the trouble, then the console's end.
         { grep -n -B2 -A60 -E 'stack guard page|BUG: soft lockup|Kernel panic|Oops|general protection|watchdog' "$log" | grep -Ev '^[0-9]+[-:]g[0-9]+\| ' | head -200
           echo ...; tail -n 60 "$log"; } > "$f"
     fi
     grep '^@@@ SOAK-GUEST' "$log" | grep -v ' ok$' | while read -r _ _ j rest; do
-        f=$out/failures/host-$(printf %02d $h)-g$j.txt
+        f=$out/failures/host-$(printf %02d $h)-$k-g$j.txt
         { echo "@@@ SOAK-GUEST $j $rest"; grep "^g$j| " "$log"; } > "$f"
         echo "  guest $j: $rest" | tee -a "$summary"
     done
     # Guests a dead host left unfinished are counted apart, not as clean.
     grep '^@@@ SOAK-START' "$log" | while read -r _ _ j rest; do
         grep -q "^@@@ SOAK-GUEST $j " "$log" && continue
-        f=$out/failures/host-$(printf %02d $h)-g$j-unfinished.txt
+        f=$out/failures/host-$(printf %02d $h)-$k-g$j-unfinished.txt
         { echo "@@@ SOAK-START $j $rest (no verdict: the host ended first)"; grep "^g$j| " "$log"; } > "$f"
     done
-    h=$((h + 1)) gs=$((gs + started))
+    h=$((h + 1))
 done
+flock -u 9
 
-# Totals from the per-boot lines.
-tot() { grep -c "$1" "$summary" || :; }
-boots=$(grep -c '^host ' "$summary" || :)
-hostbad=$(grep '^host ' "$summary" | grep -cv '^host [0-9]*: ok,' || :)
-gs=$(cat "$out"/host-*.log | grep -c '^@@@ SOAK-START' || :)
-gd=$(cat "$out"/host-*.log | grep -c '^@@@ SOAK-GUEST' || :)
-gok=$(cat "$out"/host-*.log | grep '^@@@ SOAK-GUEST' | grep -c ' ok$' || :)
-{
-    echo "---"
-    echo "kernel: $(grep -h '^@@@ SOAK-HOST ' "$out"/host-*.log | head -n1 | cut -d' ' -f4-)"
-    echo "test-host boots: $boots; clean $((boots - hostbad)); panics $(tot ': panic'), of which stack guard page $(tot ': panic-stack-guard'); lockups $(tot ': lockup'); silent $(tot ': silent'); other $(tot ': failed-rc\|: params-rejected')"
-    echo "guest boots: started $gs, finished $gd, clean $gok, failed $((gd - gok)), left unfinished by their host $((gs - gd))"
-    echo "vm-run: $(cat "$out"/host-*.log | grep '^@@@ SOAK-GUEST' | grep -c ' vm-run ' || :) finished, $(cat "$out"/host-*.log | grep '^@@@ SOAK-GUEST' | grep ' vm-run ' | grep -cv ' ok$' || :) failed; qemu: $(cat "$out"/host-*.log | grep '^@@@ SOAK-GUEST' | grep -c ' qemu ' || :) finished, $(cat "$out"/host-*.log | grep '^@@@ SOAK-GUEST' | grep ' qemu ' | grep -cv ' ok$' || :) failed"
-    echo "wall: $(($(date +%s) - start)) s; consoles and failures in $out"
-} | tee -a "$summary"
-[ "$hostbad" -eq 0 ] && [ "$gd" -eq "$gok" ] && [ "$gs" -eq "$gd" ]
+# Totals per kernel, from the per-boot lines and the consoles.
+clean=1
+for k in $kernels; do
+    logs() { cat "$out"/host-*-"$k".log 2>/dev/null || :; }
+    tot() { grep "^host [0-9]* $k: " "$summary" | grep -c "$1" || :; }
+    boots=$(tot .); hostbad=$((boots - $(tot ': ok,')))
+    gs=$(logs | grep -c '^@@@ SOAK-START' || :)
+    gd=$(logs | grep -c '^@@@ SOAK-GUEST' || :)
+    gok=$(logs | grep '^@@@ SOAK-GUEST' | grep -c ' ok$' || :)
+    vr=$(logs | grep '^@@@ SOAK-GUEST' | grep -c ' vm-run ' || :); vrbad=$(logs | grep '^@@@ SOAK-GUEST' | grep ' vm-run ' | grep -cv ' ok$' || :)
+    q=$(logs | grep '^@@@ SOAK-GUEST' | grep -c ' qemu ' || :); qbad=$(logs | grep '^@@@ SOAK-GUEST' | grep ' qemu ' | grep -cv ' ok$' || :)
+    {
+        echo "--- $k: $(logs | grep '^@@@ SOAK-HOST ' | head -n1 | cut -d' ' -f4-)"
+        echo "test-host boots: $boots; clean $((boots - hostbad)); panics $(tot ': panic'), of which stack guard page $(tot ': panic-stack-guard'); lockups $(tot ': lockup'); silent $(tot ': silent'); other $(tot ': failed-rc\|: params-rejected')"
+        echo "guest boots: started $gs, finished $gd, clean $gok, failed $((gd - gok)), left unfinished by their host $((gs - gd))"
+        echo "vm-run: $vr finished, $vrbad failed; qemu: $q finished, $qbad failed"
+    } | tee -a "$summary"
+    [ "$hostbad" -eq 0 ] && [ "$gd" -eq "$gok" ] && [ "$gs" -eq "$gd" ] && [ "$gs" -ge "$n" ] || clean=
+done
+echo "wall: $(($(date +%s) - start)) s with the lock; consoles and failures in $out" | tee -a "$summary"
+[ -n "$clean" ]
