@@ -114,10 +114,11 @@ g() {
 j=0
 while [ $j -lt $PER ]; do
     case $((j % 4)) in
-    0) g $j vm-run 1 bzImage & g $((j + 1)) qemu 1 bzImage ;;
-    *) g $j vm-run 2 vmlinux & g $((j + 1)) qemu 2 bzImage ;;
+    # Subshells: g's variables and background listener stay its own.
+    0) (g $j vm-run 1 bzImage) & a=$!; (g $((j + 1)) qemu 1 bzImage) ;;
+    *) (g $j vm-run 2 vmlinux) & a=$!; (g $((j + 1)) qemu 2 bzImage) ;;
     esac
-    wait $!
+    wait $a
     j=$((j + 2))
 done
 kill $tick
