@@ -1,8 +1,9 @@
 #!/bin/sh
 # Usage: tests/harness/host.sh [OUTDIR [FIXTURE]]
-#   (defaults target/testhost and target/guest; WITH_QEMU=1 also builds qemu.cpio.gz)
+#   (defaults target/testhost and target/guest; WITH_QEMU=1 also builds qemu.cpio.gz;
+#   TESTHOST_KERNEL=bookworm|backports picks the host's own kernel, hostkernel.sh)
 # Builds the emulated test host (see /work/shared/notes/kvm-on-this-machine.md):
-#   OUTDIR/vmlinuz       Debian's cloud kernel, the fixture's bzImage
+#   OUTDIR/vmlinuz       the host's kernel: Debian's cloud kernel (hostkernel.sh)
 #   OUTDIR/host.cpio.gz  busybox, kvm-amd & co, /guest/{bzImage,bzImage-generic,vmlinux,initrd.gz}, /init
 #   OUTDIR/qemu.cpio.gz  qemu-system-x86_64, qemu-img, qemu-io, their libraries
 #                        and QEMU's firmware, to append
@@ -12,10 +13,15 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 out=${1:-$root/target/testhost}; fix=${2:-$root/target/guest}
 "$root/tests/guest/build.sh" "$fix"
 mkdir -p "$out"
+# 6.1, the guests' kernel: bookworm-backports' 6.12 panicked in every
+# boot of tests/harness/soak.sh (tests/README.md).
+variant=${TESTHOST_KERNEL:-bookworm}
+kdir=$out/kernel-$variant
+"$root/tests/harness/hostkernel.sh" "$variant" "$kdir" "$fix"
 tmp=$(mktemp -d "$out/tmp.XXXXXX"); trap 'rm -rf "$tmp"' EXIT; trap 'exit 1' INT TERM HUP
 me=$root/tests/harness/host.sh
 
-sum=$(cat "$me" "$fix/bzImage" "$fix/bzImage-generic" "$fix/vmlinux" "$fix/initrd.gz" "$fix"/hostmods/* | sha256sum)
+sum=$(cat "$me" "$fix/bzImage" "$fix/bzImage-generic" "$fix/vmlinux" "$fix/initrd.gz" "$kdir/vmlinuz" "$kdir"/mods/* | sha256sum)
 if [ ! -f "$out/host.cpio.gz" ] || [ "$(cat "$out/host.stamp" 2>/dev/null)" != "$sum" ]; then
     r=$tmp/host
     mkdir -p "$r/bin/vm" "$r/dev" "$r/proc" "$r/sys" "$r/tmp" "$r/root" "$r/etc" "$r/guest" "$r/lib"
@@ -24,7 +30,7 @@ if [ ! -f "$out/host.cpio.gz" ] || [ "$(cat "$out/host.stamp" 2>/dev/null)" != "
     for a in $("$r/bin/busybox" --list-full); do
         mkdir -p "$r/${a%/*}"; [ -e "$r/$a" ] || ln -s /bin/busybox "$r/$a"
     done
-    cp -r "$fix/hostmods" "$r/lib/modules"
+    cp -r "$kdir/mods" "$r/lib/modules"
     cp "$fix/bzImage" "$fix/bzImage-generic" "$fix/vmlinux" "$fix/initrd.gz" "$r/guest/"
     cat > "$r/init" <<'EOF'
 #!/bin/sh
@@ -40,6 +46,7 @@ mount -t tmpfs tmpfs /tmp
 for m in $(cat /lib/modules/order); do insmod "/lib/modules/$m.ko" 2>/dev/null; done
 ip link set lo up
 [ -c /dev/kvm ] || { echo TESTHOST-NO-KVM; poweroff -f; }
+echo "TESTHOST-KERNEL $(uname -r)"
 echo TESTHOST-READY
 rc=0
 if [ -f /scenario.sh ]; then
@@ -53,7 +60,7 @@ poweroff -f
 EOF
     chmod 755 "$r/init"
     (cd "$r" && find . -mindepth 1 | cpio -o -H newc -R 0:0 --quiet) | gzip > "$out/host.cpio.gz"
-    cp "$fix/bzImage" "$out/vmlinuz"
+    cp "$kdir/vmlinuz" "$out/vmlinuz"
     echo "$sum" > "$out/host.stamp"
 fi
 

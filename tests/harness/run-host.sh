@@ -10,16 +10,19 @@
 # The console goes to stdout; exit status 0 iff it shows TESTHOST-DONE,
 # 3 if the host's kernel locked up, panicked or (-s) fell silent.
 # Interactive (stdin a tty): you type into the host console; Ctrl-A x quits.
+# TESTHOST_DIR (default target/testhost) and TESTHOST_KERNEL (host.sh) pick
+# another build of the host. Console lines that start "gN| " are a guest's
+# (soak.sh prefixes them): a lockup or panic there is not the host's.
 set -eu
 root=$(cd "$(dirname "$0")/../.." && pwd)
-usage() { sed -n 's/^# \{0,1\}//; 2,12p' "$0" >&2; exit 2; }
+usage() { sed -n 's/^# \{0,1\}//; 2,15p' "$0" >&2; exit 2; }
 withq=; bin=$root/target/x86_64-unknown-linux-musl/release; t=; extra=; silent=
 while getopts qb:s:t:x: o; do
     case $o in q) withq=1 ;; b) bin=$OPTARG ;; s) silent=$OPTARG ;; t) t=$OPTARG ;; x) extra=$OPTARG ;; *) usage ;; esac
 done
 shift $((OPTIND - 1))
 [ $# -eq 1 ] && [ -f "$1" ] || usage
-host=$root/target/testhost
+host=${TESTHOST_DIR:-$root/target/testhost}
 command -v qemu-system-x86_64 >/dev/null || {
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-x86 >/dev/null
@@ -41,17 +44,21 @@ else
 fi
 # One test host at a time on this machine (2 cores): parallel test runs,
 # worktrees and benchmarks queue here instead of starving each other.
-exec 9>/tmp/vm-testhost.lock
-flock 9
+# soak.sh holds the lock for a whole series of boots and says so.
+if [ -z "${TESTHOST_LOCK_HELD:-}" ]; then
+    exec 9>/tmp/vm-testhost.lock
+    flock 9
+fi
 # Now and then the test host's kernel locks up inside KVM under heavy
 # guest I/O (nested SVM under TCG; see the notes of issue 3). Such a boot
 # is stopped at once and reported with status 3, so that the caller can
 # try again rather than wait for the timeout. So is one whose console
 # says nothing for -s seconds (its guests stuck in KVM; see tests/README.md).
+hostlines() { grep -Ev '^g[0-9]+\| ' "$1"; }
 : > "$tmp/log"
 ( quiet=0 seen=0
 while sleep 2; do
-	grep -q 'BUG: soft lockup' "$tmp/log" && { pkill -f "$tmp/initrd"; exit 0; }
+	hostlines "$tmp/log" | grep -q 'BUG: soft lockup' && { pkill -f "$tmp/initrd"; exit 0; }
 	[ -n "$silent" ] || continue
 	n=$(wc -c < "$tmp/log")
 	if [ "$n" != "$seen" ]; then seen=$n quiet=0; else quiet=$((quiet + 2)); fi
@@ -65,14 +72,14 @@ timeout $fg -k 5 "$t" qemu-system-x86_64 -M q35 -accel tcg -cpu EPYC-Rome,+svm,+
     -append 'console=ttyS0 quiet panic=-1' 2>"$tmp/err" | tee "$tmp/log" || :
 kill $watcher 2>/dev/null || :
 grep -v 'TCG doesn.t support requested feature' "$tmp/err" >&2 || :
-if grep -q 'BUG: soft lockup' "$tmp/log"; then
+if hostlines "$tmp/log" | grep -q 'BUG: soft lockup'; then
 	echo "run-host.sh: the test host's kernel locked up; boot abandoned" >&2
 	exit 3
 fi
 # The host's own kernel panicking (a stack guard page hit in its KVM
 # entry code, with QEMU's guests too: see tests/README.md) ends the boot
 # before TESTHOST-DONE; a guest's panic on this console would not.
-if ! grep -q TESTHOST-DONE "$tmp/log" && grep -q 'Kernel panic - not syncing' "$tmp/log"; then
+if ! grep -q TESTHOST-DONE "$tmp/log" && hostlines "$tmp/log" | grep -q 'Kernel panic - not syncing'; then
 	echo "run-host.sh: the test host's kernel panicked; boot abandoned" >&2
 	exit 3
 fi
