@@ -64,7 +64,7 @@ head -c @SIZE@ /dev/urandom > /tmp/out.bin
 nc -ll -p 5003 -e sh -c 'echo SINK=$(wc -c) >&2' 2> /tmp/sink.log & sink=$!
 nc -ll -p 5004 -e cat /tmp/out.bin & source=$!
 vm-net -i bt1 sh -c 'ip addr add 10.11.0.1/24 dev bt1 || exit 1
-	exec vm-run -c 2 -m 384M -b /guest/bzImage -i /tmp/initrd-both.gz 		-a "console=ttyS0 quiet run="sh /rounds.sh @ROUNDS@ @SIZE@ @SECS@""'
+	exec vm-run -c 2 -m 384M -b /guest/bzImage -i /tmp/initrd-both.gz 		-a "console=ttyS0 quiet run=\"sh /rounds.sh @ROUNDS@ @SIZE@ @SECS@\""'
 rc=$?
 kill $sink $source
 cat /tmp/sink.log
