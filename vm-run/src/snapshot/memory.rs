@@ -242,19 +242,8 @@ fn nonzero_runs(
             present.is_none_or(|p| p.get(i).is_none_or(|b| b & 1 != 0))
                 && !is_zero(&chunk[i * PAGE..(i + 1) * PAGE])
         };
-        let pages = chunk.len() / PAGE;
-        let mut i = 0;
-        while i < pages {
-            if !keep(i) {
-                i += 1;
-                continue;
-            }
-            let start = i;
-            i += 1;
-            while i < pages && i - start < max && keep(i) {
-                i += 1;
-            }
-            emit(c * CHUNK + start * PAGE, &chunk[start * PAGE..i * PAGE])?;
+        for (start, end) in page_runs(chunk.len() / PAGE, max, keep) {
+            emit(c * CHUNK + start * PAGE, &chunk[start * PAGE..end * PAGE])?;
         }
     }
     Ok(())
@@ -330,27 +319,40 @@ fn write_runs<W: Write>(
     keep: impl Fn(usize) -> bool,
     still: bool,
 ) -> io::Result<()> {
-    let pages = bytes.len() / PAGE;
     let mut copy = (!still).then(|| Vec::with_capacity(MEM_RUN_PAGES * PAGE));
-    let mut i = 0;
-    while i < pages {
-        if !keep(i) {
-            i += 1;
-            continue;
-        }
-        let start = i;
-        i += 1;
-        while i < pages && i - start < MEM_RUN_PAGES && keep(i) {
-            i += 1;
-        }
+    for (start, end) in page_runs(bytes.len() / PAGE, MEM_RUN_PAGES, keep) {
         run(
             w,
             base + (start * PAGE) as u64,
-            &bytes[start * PAGE..i * PAGE],
+            &bytes[start * PAGE..end * PAGE],
             copy.as_mut(),
         )?;
     }
     Ok(())
+}
+
+/// The runs (first page, page past the last) of at most `max` pages of
+/// `0..pages` that `keep` picks, in order.
+fn page_runs(
+    pages: usize,
+    max: usize,
+    keep: impl Fn(usize) -> bool,
+) -> impl Iterator<Item = (usize, usize)> {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        while i < pages && !keep(i) {
+            i += 1;
+        }
+        if i == pages {
+            return None;
+        }
+        let start = i;
+        i += 1;
+        while i < pages && i - start < max && keep(i) {
+            i += 1;
+        }
+        Some((start, i))
+    })
 }
 
 /// One MEM section: an address and whole pages, into guest RAM.
