@@ -271,15 +271,18 @@ pub struct VmState {
     realtime_ns: u64,
 }
 
+/// The in-kernel irqchip's three chips, in the order the state keeps them.
+const IRQCHIPS: [u32; 3] = [
+    KVM_IRQCHIP_PIC_MASTER,
+    KVM_IRQCHIP_PIC_SLAVE,
+    KVM_IRQCHIP_IOAPIC,
+];
+
 impl VmState {
     /// `clock` is the guest clock as the pause left it.
     pub fn save(vm: &VmFd, clock: kvm_clock_data, realtime_ns: u64) -> StateResult<VmState> {
         let mut chips = [kvm_irqchip::default(); 3];
-        for (c, id) in chips.iter_mut().zip([
-            KVM_IRQCHIP_PIC_MASTER,
-            KVM_IRQCHIP_PIC_SLAVE,
-            KVM_IRQCHIP_IOAPIC,
-        ]) {
+        for (c, id) in chips.iter_mut().zip(IRQCHIPS) {
             c.chip_id = id;
             vm.get_irqchip(c).map_err(kvm("KVM_GET_IRQCHIP"))?;
         }
@@ -340,11 +343,7 @@ impl VmState {
         let clock = from_bytes(&d, clock, "kvmclock")?;
         let realtime_ns = d.u64()?;
         d.end()?;
-        for (c, id) in chips.iter().zip([
-            KVM_IRQCHIP_PIC_MASTER,
-            KVM_IRQCHIP_PIC_SLAVE,
-            KVM_IRQCHIP_IOAPIC,
-        ]) {
+        for (c, id) in chips.iter().zip(IRQCHIPS) {
             if c.chip_id != id {
                 return Err(d.bad("interrupt controllers out of order"));
             }
@@ -364,11 +363,7 @@ mod tests {
 
     fn vm_state(pit: Option<kvm_pit_state2>) -> VmState {
         let mut chips = [kvm_irqchip::default(); 3];
-        for (c, id) in chips.iter_mut().zip([
-            KVM_IRQCHIP_PIC_MASTER,
-            KVM_IRQCHIP_PIC_SLAVE,
-            KVM_IRQCHIP_IOAPIC,
-        ]) {
+        for (c, id) in chips.iter_mut().zip(IRQCHIPS) {
             c.chip_id = id;
         }
         VmState {
