@@ -18,52 +18,14 @@
 #     exec:cat > file.
 # Files in /dev/shm, as in snapshot.sh: the VMMs, not the disk.
 set -eu
-root=$(cd "$(dirname "$0")/../.." && pwd)
+. "$(dirname "$0")/lib.sh"
 out=${1:-/dev/stdout}
 rounds=${2:-5}
-bin=$root/target/x86_64-unknown-linux-musl/release
-tiny=$root/target/tiny-guest/tiny.elf
 [ -x "$bin/vm-send" ] || { echo "clones.sh: build first (make)" >&2; exit 1; }
-if [ ! -f "$tiny" ]; then
-	mkdir -p "${tiny%/*}"
-	cc -c "$root/tests/tiny-guest/tiny.S" -o "${tiny%.elf}.o"
-	ld -m elf_x86_64 -n --no-warn-rwx-segments -T "$root/tests/tiny-guest/tiny.ld" "${tiny%.elf}.o" -o "$tiny"
-fi
+tiny_guest
 tmp=$(mktemp -d -p /dev/shm)
 trap 'vm-ctl stop -a -f -w > /dev/null 2>&1 || :; kill $(jobs -p) 2>/dev/null || :; rm -rf "$tmp"' EXIT
 export VM_RUNDIR=$tmp/run PATH=$bin:$PATH
-now() { date +%s%N; }
-ms() { echo $(( ($2 - $1) / 1000000 )); }
-# The median of the numbers on stdin, and their range.
-stats() { sort -n | awk '{ v[NR] = $1 } END { printf "%s ms [%s–%s]", v[int((NR + 1) / 2)], v[1], v[NR] }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", (b > 0 ? a / b : 0) }'; }
-median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
-# QMP: one command after the handshake, or poll until the answer matches.
-qmp() {
-	python3 - "$@" <<'PY'
-import json, socket, sys, time
-path, cmd, args, want = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
-for _ in range(1000):
-    try:
-        s = socket.socket(socket.AF_UNIX); s.connect(path); break
-    except OSError:
-        time.sleep(0.005)
-f = s.makefile("rw")
-f.readline()
-def call(c, a):
-    f.write(json.dumps({"execute": c, "arguments": a}) + "\n"); f.flush()
-    while True:
-        r = json.loads(f.readline())
-        if "return" in r or "error" in r:
-            return r
-call("qmp_capabilities", {})
-while True:
-    r = call(cmd, args)
-    if not want or want in json.dumps(r):
-        break
-    time.sleep(0.002)
-PY
-}
 qemu() { # MEM [QEMU ARGS...]: the tiny guest, idle (wait)
 	m=$1; shift
 	exec qemu-system-x86_64 -M microvm -enable-kvm -cpu host,-arch-capabilities -m "$m" \

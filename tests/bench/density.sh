@@ -8,14 +8,10 @@
 # Writes Markdown to $1 (stdout).
 # usage: density.sh [out] [count]
 set -eu
-root=$(cd "$(dirname "$0")/../.." && pwd)
+. "$(dirname "$0")/lib.sh"
 out=${1:-/dev/stdout}
 n=${2:-50}
-bin=$root/target/x86_64-unknown-linux-musl/release
-tiny=$root/target/tiny-guest/tiny.elf
-mkdir -p "${tiny%/*}"
-cc -c "$root/tests/tiny-guest/tiny.S" -o "${tiny%.elf}.o"
-ld -m elf_x86_64 -n --no-warn-rwx-segments -T "$root/tests/tiny-guest/tiny.ld" "${tiny%.elf}.o" -o "$tiny"
+tiny_guest
 tmp=$(mktemp -d)
 pids=
 cleanup() {

@@ -9,48 +9,13 @@
 # time to send, throughput, and time from the receiver's start to a
 # running guest. Needs python3 for QEMU's QMP.
 set -eu
-root=$(cd "$(dirname "$0")/../.." && pwd)
+. "$(dirname "$0")/lib.sh"
 out=${1:-/dev/stdout}
-bin=$root/target/x86_64-unknown-linux-musl/release
-tiny=$root/target/tiny-guest/tiny.elf
 [ -x "$bin/vm-send" ] || { echo "snapshot.sh: build first (make)" >&2; exit 1; }
-if [ ! -f "$tiny" ]; then
-	mkdir -p "${tiny%/*}"
-	cc -c "$root/tests/tiny-guest/tiny.S" -o "${tiny%.elf}.o"
-	ld -m elf_x86_64 -n --no-warn-rwx-segments -T "$root/tests/tiny-guest/tiny.ld" "${tiny%.elf}.o" -o "$tiny"
-fi
+tiny_guest
 # Streams go to tmpfs: the bench is about the VMMs, not the disk.
 tmp=$(mktemp -d -p /dev/shm); trap 'kill $(jobs -p) 2>/dev/null || :; rm -rf "$tmp"' EXIT
 export VM_RUNDIR=$tmp/run PATH=$bin:$PATH
-now() { date +%s%N; }
-ms() { echo $(( ($2 - $1) / 1000000 )); }
-mib() { echo $(( $1 / 1048576 )); }
-# QMP: one command after the handshake, or poll until the answer matches.
-qmp() {
-	python3 - "$@" <<'PY'
-import json, socket, sys, time
-path, cmd, args, want = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
-for _ in range(500):
-    try:
-        s = socket.socket(socket.AF_UNIX); s.connect(path); break
-    except OSError:
-        time.sleep(0.01)
-f = s.makefile("rw")
-f.readline()
-def call(c, a):
-    f.write(json.dumps({"execute": c, "arguments": a}) + "\n"); f.flush()
-    while True:
-        r = json.loads(f.readline())
-        if "return" in r or "error" in r:
-            return r
-call("qmp_capabilities", {})
-while True:
-    r = call(cmd, args)
-    if not want or want in json.dumps(r):
-        break
-    time.sleep(0.002)
-PY
-}
 # QMP: one command, its answer on stdout.
 qmp_print() {
 	python3 - "$@" <<'PY'

@@ -8,14 +8,10 @@
 # alongside. Writes a Markdown section to $1 (stdout). Under a minute.
 # usage: startup.sh [out] [runs]
 set -eu
-root=$(cd "$(dirname "$0")/../.." && pwd)
+. "$(dirname "$0")/lib.sh"
 out=${1:-/dev/stdout}
 runs=${2:-15}
-bin=$root/target/x86_64-unknown-linux-musl/release
-tiny=$root/target/tiny-guest/tiny.elf
-mkdir -p "${tiny%/*}"
-cc -c "$root/tests/tiny-guest/tiny.S" -o "${tiny%.elf}.o"
-ld -m elf_x86_64 -n --no-warn-rwx-segments -T "$root/tests/tiny-guest/tiny.ld" "${tiny%.elf}.o" -o "$tiny"
+tiny_guest
 floor=$root/target/tiny-guest/floor
 cc -O2 -static -o "$floor" "$root/tests/bench/floor.c"
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT

@@ -1,0 +1,49 @@
+# Sourced by the benchmarks (". "$(dirname "$0")/lib.sh""): where the
+# binaries are, the tiny guest, and the little arithmetic they share.
+root=$(cd "$(dirname "$0")/../.." && pwd)
+bin=$root/target/x86_64-unknown-linux-musl/release
+tiny=$root/target/tiny-guest/tiny.elf
+
+# Builds the tiny PVH guest from its source every time: it takes
+# milliseconds, and a stale one would measure something else.
+tiny_guest() {
+	mkdir -p "${tiny%/*}"
+	cc -c "$root/tests/tiny-guest/tiny.S" -o "${tiny%.elf}.o"
+	ld -m elf_x86_64 -n --no-warn-rwx-segments -T "$root/tests/tiny-guest/tiny.ld" \
+		"${tiny%.elf}.o" -o "$tiny"
+}
+now() { date +%s%N; }
+# Milliseconds from $1 to $2 (nanosecond stamps of now).
+ms() { echo $(( ($2 - $1) / 1000000 )); }
+mib() { echo $(( $1 / 1048576 )); }
+# The median of the numbers on stdin, and their range.
+stats() { sort -n | awk '{ v[NR] = $1 } END { printf "%s ms [%s–%s]", v[int((NR + 1) / 2)], v[1], v[NR] }'; }
+median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", (b > 0 ? a / b : 0) }'; }
+# QEMU's QMP: SOCKET COMMAND ARGS-JSON WANT: one command after the
+# handshake, repeated until its answer contains WANT (if not empty).
+qmp() {
+	python3 - "$@" <<'PY'
+import json, socket, sys, time
+path, cmd, args, want = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
+for _ in range(1000):
+    try:
+        s = socket.socket(socket.AF_UNIX); s.connect(path); break
+    except OSError:
+        time.sleep(0.005)
+f = s.makefile("rw")
+f.readline()
+def call(c, a):
+    f.write(json.dumps({"execute": c, "arguments": a}) + "\n"); f.flush()
+    while True:
+        r = json.loads(f.readline())
+        if "return" in r or "error" in r:
+            return r
+call("qmp_capabilities", {})
+while True:
+    r = call(cmd, args)
+    if not want or want in json.dumps(r):
+        break
+    time.sleep(0.002)
+PY
+}
