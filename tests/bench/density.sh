@@ -3,7 +3,8 @@
 # power button or a console byte), until each has printed its line; then
 # each process's PSS from /proc/PID/smaps_rollup, and for one of them the
 # mappings that hold its private memory. The same for QEMU microvm unless
-# NO_QEMU is set, and for an older vm-run with OLD=path. Also the time
+# NO_QEMU is set, for an older vm-run with OLD=path, and for Firecracker
+# with FIRECRACKER=path (lib.sh). Also the time
 # from the first start until all have printed (polled every 20 ms).
 # Writes Markdown to $1 (stdout).
 # usage: density.sh [out] [count]
@@ -84,6 +85,10 @@ load0=$(uptime)
 	measure vm-run "$bin/vm-run" -m 128M -b "$tiny" -a wait
 	if [ -n "${OLD:-}" ]; then
 		measure "vm-run (old)" "$OLD" -m 128M -b "$tiny" -a wait
+	fi
+	if [ -n "${FIRECRACKER:-}" ]; then
+		fc_config 128 wait > "$tmp/fc.json"
+		measure Firecracker "$FIRECRACKER" --no-api --level Error --config-file "$tmp/fc.json"
 	fi
 	if [ -z "${NO_QEMU:-}" ]; then
 		measure QEMU qemu-system-x86_64 -M microvm -enable-kvm -cpu host,-arch-capabilities \

@@ -12,6 +12,14 @@ tiny_guest() {
 	ld -m elf_x86_64 -n --no-warn-rwx-segments -T "$root/tests/tiny-guest/tiny.ld" \
 		"${tiny%.elf}.o" -o "$tiny"
 }
+# FIRECRACKER=path/to/firecracker adds it to the start-up and density
+# benchmarks (built from its sources by hand; make bench does not fetch
+# it). fc_config MEM ARGS writes its configuration for the tiny guest to
+# stdout: no API socket, no devices but its serial console.
+fc_config() {
+	printf '{"boot-source": {"kernel_image_path": "%s", "boot_args": "%s"},\n' "$tiny" "$2"
+	printf ' "drives": [], "machine-config": {"vcpu_count": 1, "mem_size_mib": %s}}\n' "$1"
+}
 now() { date +%s%N; }
 # Milliseconds from $1 to $2 (nanosecond stamps of now).
 ms() { echo $(( ($2 - $1) / 1000000 )); }

@@ -5,7 +5,7 @@
 # slot and a vCPU; with the in-kernel irqchip, closed before exit or not;
 # with it and the PIT), alternating, in one vm-bench run; then vm-run -v's
 # own account of where its time went. With OLD=path/to/vm-run an older build runs
-# alongside. Writes a Markdown section to $1 (stdout). Under a minute.
+# alongside, with FIRECRACKER=path/to/firecracker Firecracker (lib.sh). Writes a Markdown section to $1 (stdout). Under a minute.
 # usage: startup.sh [out] [runs]
 set -eu
 . "$(dirname "$0")/lib.sh"
@@ -20,6 +20,10 @@ set -- "vm-run=$bin/vm-run -m 128M -b $tiny -a bench" \
 	"vm-run -P on=$bin/vm-run -P on -m 128M -b $tiny -a bench"
 if [ -n "${OLD:-}" ]; then
 	set -- "$@" "vm-run (old)=$OLD -m 128M -b $tiny -a bench"
+fi
+if [ -n "${FIRECRACKER:-}" ]; then
+	fc_config 128 bench > "$tmp/fc.json"
+	set -- "$@" "Firecracker=$FIRECRACKER --no-api --level Error --config-file $tmp/fc.json"
 fi
 load0=$(uptime)
 "$bin/vm-bench" -n "$runs" -k "tiny: bench" "$@" \
