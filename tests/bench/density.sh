@@ -4,7 +4,8 @@
 # each process's PSS from /proc/PID/smaps_rollup, and for one of them the
 # mappings that hold its private memory. The same for QEMU microvm unless
 # NO_QEMU is set, for an older vm-run with OLD=path, and for Firecracker
-# with FIRECRACKER=path (lib.sh). Also the time
+# with FIRECRACKER=path and Cloud Hypervisor with CLOUD_HYPERVISOR=path
+# (lib.sh). Also the time
 # from the first start until all have printed (polled every 20 ms). The
 # VMMs take turns, ROUNDS times (3); the table gives medians over the
 # rounds (PSS: of each round's median guest). Writes Markdown to $1
@@ -76,6 +77,7 @@ mkfifo "$tmp/quiet"
 exec 3<>"$tmp/quiet"
 : > "$tmp/rows"
 fc_config 128 wait > "$tmp/fc.json"
+[ -z "${CLOUD_HYPERVISOR:-}" ] || tiny_guest_ch
 load0=$(uptime)
 r=0
 while [ $r -lt "$rounds" ]; do
@@ -85,6 +87,10 @@ while [ $r -lt "$rounds" ]; do
 	fi
 	if [ -n "${FIRECRACKER:-}" ]; then
 		measure Firecracker "$FIRECRACKER" --no-api --level Error --config-file "$tmp/fc.json"
+	fi
+	if [ -n "${CLOUD_HYPERVISOR:-}" ]; then
+		# shellcheck disable=SC2046 # words of its command line
+		measure "Cloud Hypervisor" "$CLOUD_HYPERVISOR" $(ch_args 128 wait)
 	fi
 	if [ -z "${NO_QEMU:-}" ]; then
 		measure QEMU qemu-system-x86_64 -M microvm -enable-kvm -cpu host,-arch-capabilities \

@@ -5,7 +5,8 @@
 # slot and a vCPU; with the in-kernel irqchip, closed before exit or not;
 # with it and the PIT), alternating, in one vm-bench run; then vm-run -v's
 # own account of where its time went. With OLD=path/to/vm-run an older build runs
-# alongside, with FIRECRACKER=path/to/firecracker Firecracker (lib.sh). Writes a Markdown section to $1 (stdout). Under a minute.
+# alongside, with FIRECRACKER=path/to/firecracker Firecracker and with
+# CLOUD_HYPERVISOR=path Cloud Hypervisor (lib.sh). Writes a Markdown section to $1 (stdout). Under a minute.
 # usage: startup.sh [out] [runs]
 set -eu
 . "$(dirname "$0")/lib.sh"
@@ -24,6 +25,10 @@ fi
 if [ -n "${FIRECRACKER:-}" ]; then
 	fc_config 128 bench > "$tmp/fc.json"
 	set -- "$@" "Firecracker=$FIRECRACKER --no-api --level Error --config-file $tmp/fc.json"
+fi
+if [ -n "${CLOUD_HYPERVISOR:-}" ]; then
+	tiny_guest_ch
+	set -- "$@" "Cloud Hypervisor=$CLOUD_HYPERVISOR $(ch_args 128 bench)"
 fi
 load0=$(uptime)
 "$bin/vm-bench" -n "$runs" -k "tiny: bench" "$@" \

@@ -73,6 +73,13 @@ poweroff:
 	out	%ax, %dx
 
 reset:
+#ifdef S5_PORT
+	/* Built so for Cloud Hypervisor (tests/bench/lib.sh), which restarts
+	 * a guest that resets: S5 to its ACPI shutdown port ends it. */
+	mov	$0x34, %al
+	mov	$S5_PORT, %dx
+	out	%al, %dx
+#endif
 	mov	$0xfe, %al
 	out	%al, $0xf4		/* QEMU's isa-debug-exit, for benchmarks */
 	out	%al, $0x64
