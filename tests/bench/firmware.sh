@@ -72,12 +72,15 @@ start() {
 	timeout -s KILL 1200 "$@" < /tmp/in > $con 2> /tmp/err & pid=$!
 	exec 3> /tmp/in
 }
+# Whether the VMM still runs (an ended one not yet reaped is a zombie,
+# which kill -0 would still find).
+alive() { [ -r /proc/$pid/stat ] && [ "$(cut -d' ' -f3 /proc/$pid/stat)" != Z ]; }
 # at PATTERN SECS: the seconds from start to PATTERN on the console;
 # "timeout" if SECS went by first, "exit" if the VMM ended.
 at() {
 	i=0
 	while ! grep -aqF -- "$1" $con; do
-		kill -0 $pid 2>/dev/null || { echo exit; return; }
+		alive || { echo exit; return; }
 		i=$((i + 1)); [ $i -le $(($2 * 5)) ] || { echo timeout; return; }
 		# A line now and then: run-host.sh -s takes a silent console
 		# for a dead host.
@@ -88,7 +91,7 @@ at() {
 }
 ended() {
 	i=0
-	while kill -0 $pid 2>/dev/null; do
+	while alive; do
 		i=$((i + 1)); [ $i -le $(($1 * 5)) ] || { kill -9 $pid; wait $pid; exec 3>&-; echo timeout; return; }
 		sleep 0.2
 	done
@@ -99,15 +102,14 @@ stop() { kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null; exec 3>&-; }
 num() { case $1 in [0-9]*) return 0 ;; esac; return 1; }
 # The CPU seconds (user+system) of each of the VMM's threads so far, by
 # name: where the host's time went, vCPUs against the VMM's own threads.
+# (busybox's timeout execs the command: $pid is the VMM.)
 threads() {
-	vmm=$(pgrep -P $pid | head -n 1)
-	[ -n "$vmm" ] || return 0
-	for t in /proc/$vmm/task/*; do
+	for t in /proc/$pid/task/*; do
 		echo "$(tr ' ' _ < $t/comm) $(cut -d' ' -f14,15 $t/stat 2>/dev/null)"
 	done | awk -v w="$1" '{ c[$1] += ($2 + $3) / 100 } END { s = "FWTHREADS " w; for (k in c) s = s " " k "=" c[k]; print s }'
 }
 qemu="qemu-system-x86_64 -M pc -enable-kvm -cpu host -smp 2 -m 1G -nodefaults -no-user-config \
-	-vga none -display none -monitor none -serial stdio -bios /usr/share/seabios/bios-256k.bin"
+	-vga none -display none -monitor none -serial stdio -no-reboot -bios /usr/share/seabios/bios-256k.bin"
 deb() {
 	echo "FWBENCH-BEGIN $1 debian"
 	case $1 in
