@@ -445,23 +445,26 @@ fn console(g: &Guest, mut stream: UnixStream) {
     let Ok(out) = stream.try_clone() else {
         return;
     };
-    let Some(id) = g.console.attach(out) else {
-        let _ = proto::write_frame(&mut stream, &Reply::error("console in use").encode());
-        return;
+    let greet = |out: &mut UnixStream| proto::write_frame(out, &Reply::ok().encode());
+    let id = match g.console.attach(out, greet) {
+        None => {
+            let _ = proto::write_frame(&mut stream, &Reply::error("console in use").encode());
+            return;
+        }
+        Some(Err(_)) => return,
+        Some(Ok(id)) => id,
     };
-    if proto::write_frame(&mut stream, &Reply::ok().encode()).is_ok() {
-        let _ = stream.set_read_timeout(None);
-        let mut buf = [0u8; 64];
-        while let Ok(n @ 1..) = stream.read(&mut buf) {
-            let mut rest = &buf[..n];
-            while !rest.is_empty() {
-                let taken = lock(&g.board.com1).enqueue(rest);
-                rest = &rest[taken..];
-                if taken == 0 {
-                    // The guest has not drained its FIFO yet: 64 bytes a
-                    // millisecond is a fast paste, and few wake-ups.
-                    thread::sleep(Duration::from_millis(1));
-                }
+    let _ = stream.set_read_timeout(None);
+    let mut buf = [0u8; 64];
+    while let Ok(n @ 1..) = stream.read(&mut buf) {
+        let mut rest = &buf[..n];
+        while !rest.is_empty() {
+            let taken = lock(&g.board.com1).enqueue(rest);
+            rest = &rest[taken..];
+            if taken == 0 {
+                // The guest has not drained its FIFO yet: 64 bytes a
+                // millisecond is a fast paste, and few wake-ups.
+                thread::sleep(Duration::from_millis(1));
             }
         }
     }
