@@ -3,7 +3,7 @@
 # writes docs/BENCHMARKS.md (or the file named).
 #  1. start-up on this machine's /dev/kvm with the tiny PVH guest;
 #  2. Linux boot inside the emulated test host, same kernel, initramfs and
-#     command line for both;
+#     command line for both (tests/bench/boot.sh, which runs alone too);
 #  3. disk I/O with fio (tests/bench/disk.sh, which runs alone too): the
 #     host on the image file, a guest of vm-run and a guest of QEMU
 #     (virtio-blk-pci) on that same file, in the test host;
@@ -35,22 +35,8 @@ echo "bench: start-up on this machine's /dev/kvm" >&2
 	-m 128M -nodefaults -no-user-config -nographic -serial stdio -monitor none -no-reboot \
 	-device isa-debug-exit,iobase=0xf4,iosize=1 -kernel $tiny -append bench" > "$tmp/startup"
 
-echo "bench: Linux boot in the emulated test host (a few minutes)" >&2
-cmdline='console=ttyS0 quiet'
-# A run that hangs is killed after 2 minutes and shows as the maximum
-# (the test host has hung a few times in KVM; see the notes of issue 3).
-cat > "$tmp/scenario.sh" <<SCENARIO
-vm-bench -n 10 -k VMTEST-INIT-OK \
-	"vm-run=timeout -s KILL 120 vm-run -c 2 -m 256M -b /guest/bzImage -i /guest/initrd.gz -a '$cmdline'" \
-	"QEMU microvm=timeout -s KILL 120 qemu-system-x86_64 -M microvm,rtc=on -enable-kvm -cpu host -smp 2 -m 256M \
-	-nodefaults -no-user-config -nographic -serial stdio -monitor none -no-reboot \
-	-kernel /guest/bzImage -initrd /guest/initrd.gz -append '$cmdline'" > /tmp/boot.md
-echo BOOT-TABLE-BEGIN; cat /tmp/boot.md; echo BOOT-TABLE-END
-SCENARIO
-"$root/tests/harness/run-host.sh" -q -b "$bin" -t 1800 "$tmp/scenario.sh" > "$tmp/host.log"
-sed -n '/^BOOT-TABLE-BEGIN/,/^BOOT-TABLE-END/p' "$tmp/host.log" | tr -d '\r' |
-	grep '^|' > "$tmp/boot" || { cat "$tmp/host.log" >&2; exit 1; }
-
+cmdline='console=ttyS0 quiet'   # as in tests/bench/boot.sh
+"$root/tests/bench/boot.sh" "$tmp/boot"
 "$root/tests/bench/disk.sh" "$tmp/disk"
 "$root/tests/bench/qcow2.sh" "$tmp/qcow2"
 "$root/tests/bench/net.sh" "$tmp/net"

@@ -6,8 +6,11 @@ use std::sync::OnceLock;
 
 use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY};
 use kvm_ioctls::VmFd;
-use vm_memory::bitmap::AtomicBitmap;
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::bitmap::{AtomicBitmap, NewBitmap};
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{
+    GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
+};
 
 use crate::error::{Error, Result};
 
@@ -166,10 +169,27 @@ pub fn create(size: u64, what: &str) -> Result<GuestMemory> {
             host.unwrap_or(0) >> 20
         )));
     }
-    // MAP_NORESERVE comes with vm-memory's anonymous mappings: pages are
-    // only taken from the host as the guest touches them.
-    let mem = GuestMemoryMmap::from_ranges(&ram_regions(size))
-        .map_err(|e| Error::Unavailable(format!("{what}: cannot map guest memory: {e}")))?;
+    let fail = |e: &dyn std::fmt::Display| {
+        Error::Unavailable(format!("{what}: cannot map guest memory: {e}"))
+    };
+    let regions = ram_regions(size)
+        .into_iter()
+        .map(|(at, len)| {
+            let host = map_aligned(len).map_err(|e| fail(&e))?;
+            // SAFETY: [host, host + len) is a fresh anonymous mapping of
+            // this process (map_aligned) that is never unmapped.
+            let region = unsafe {
+                MmapRegionBuilder::new_with_bitmap(len, AtomicBitmap::with_len(len))
+                    .with_raw_mmap_pointer(host)
+            }
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_PRIVATE)
+            .build()
+            .map_err(|e| fail(&e))?;
+            GuestRegionMmap::new(region, at).ok_or_else(|| fail(&"a region past the end"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mem = GuestMemoryMmap::from_regions(regions).map_err(|e| fail(&e))?;
     for r in mem.iter() {
         if let Ok(base) = r.get_host_address(vm_memory::MemoryRegionAddress(0)) {
             // Huge pages where the host's THP is "madvise" (Debian's
@@ -194,6 +214,50 @@ pub fn create(size: u64, what: &str) -> Result<GuestMemory> {
         }
     }
     Ok(mem)
+}
+
+/// An anonymous private mapping of `len` bytes (MAP_NORESERVE: pages are
+/// only taken from the host as the guest touches them) that starts on a
+/// 2 MiB boundary, as the guest-physical regions do. KVM maps a huge
+/// page of the host into the guest as one huge page only where guest
+/// and host addresses agree modulo 2 MiB; else every 4 KiB the guest
+/// touches is a nested page fault of its own (28,000 more exits to
+/// boot Linux in 256 MiB, docs/BENCHMARKS.md). mmap gives only 4 KiB
+/// alignment, so 2 MiB more is mapped and the ends trimmed. Never
+/// unmapped: guest memory lives for the process.
+fn map_aligned(len: usize) -> std::io::Result<*mut u8> {
+    let span = len
+        .checked_add(HUGE_PAGE)
+        .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOMEM))?;
+    // SAFETY: a new anonymous mapping at an address the kernel picks; it
+    // replaces nothing.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            span,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_PRIVATE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    let base = p as usize;
+    let start = base.next_multiple_of(HUGE_PAGE);
+    let (head, tail) = (start - base, span - (start - base) - len);
+    // SAFETY: both ranges lie inside the mapping just made, outside the
+    // part kept, and nothing refers to them.
+    unsafe {
+        if head > 0 {
+            libc::munmap(p, head);
+        }
+        if tail > 0 {
+            libc::munmap((start + len) as *mut libc::c_void, tail);
+        }
+    }
+    Ok(start as *mut u8)
 }
 
 /// The snapshot file guest memory is mapped from (map_image), where in
@@ -392,6 +456,23 @@ pub fn e820_map(size: u64) -> Vec<(u64, u64, u32)> {
 mod tests {
     use super::*;
     use vm_memory::Bytes;
+
+    #[test]
+    fn regions_start_on_a_huge_page_as_their_guest_addresses_do() {
+        // 4 GiB + 8 MiB: two regions, below and above the hole.
+        let mem = create((4 << 30) + (8 << 20), "-m 4104M").unwrap();
+        assert_eq!(mem.iter().count(), 2);
+        for r in mem.iter() {
+            let host = r
+                .get_host_address(vm_memory::MemoryRegionAddress(0))
+                .unwrap();
+            assert_eq!(host as usize % HUGE_PAGE, 0);
+            assert_eq!(r.start_addr().0 % HUGE_PAGE as u64, 0);
+        }
+        let top = GuestAddress(MMIO_HOLE_END + (8 << 20) - 1);
+        mem.write_obj(7u8, top).unwrap();
+        assert_eq!(mem.read_obj::<u8>(top).unwrap(), 7);
+    }
 
     #[test]
     fn resident_counts_touched_pages_only() {

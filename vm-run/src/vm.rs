@@ -44,13 +44,17 @@ pub struct Incoming {
 /// Boots the guest's kernel and runs it to its end. Errors are what kept
 /// it from starting.
 pub fn run(cfg: &Config) -> Result<Outcome> {
+    let mut steps = Steps::new(cfg.verbose);
     let mut host = Host::open(cfg)?;
     host.control = host.bind(cfg)?;
+    steps.mark("host");
     let m = Machine::create(cfg)?;
+    steps.mark("machine");
     let mem = m.mem;
     let cpuid = cpuid::supported(&m.kvm)?;
     let media = board::open_media(cfg)?;
     let mut board = host.board(cfg, &m, &cpuid, media, None)?;
+    steps.mark("board");
     vmgenid::write_new_id(mem)?;
     // A kernel, entered in 64-bit mode (bzImage) or 32-bit (PVH); or a
     // BIOS, which vCPU 0 enters at the reset vector.
@@ -66,6 +70,7 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
             let rsdp = acpi::write_tables(mem, cfg.vcpus, &board.nic_slots)?;
             let entry = boot::load(mem, cfg, rsdp)?;
             regs::write_boot_structures(mem, entry)?;
+            steps.mark("kernel loaded");
             Some(entry)
         }
         boot::Image::Bios(image) => {
@@ -92,8 +97,34 @@ pub fn run(cfg: &Config) -> Result<Outcome> {
             _ => Ok(()),
         },
     )?;
+    steps.mark("vCPUs");
     host.enter_sandbox(cfg)?;
+    steps.mark("sandbox");
+    steps.print();
     host.go(cfg, board, vcpus)
+}
+
+/// With -v, when each step of the start-up ended (ms from exec), for
+/// one line before the guest runs.
+struct Steps(Option<Vec<(&'static str, f64)>>);
+
+impl Steps {
+    fn new(verbose: bool) -> Steps {
+        Steps(verbose.then(Vec::new))
+    }
+
+    fn mark(&mut self, step: &'static str) {
+        if let Some(v) = &mut self.0 {
+            v.push((step, crate::stats::ms_since_start()));
+        }
+    }
+
+    fn print(&self) {
+        if let Some(v) = &self.0 {
+            let steps: Vec<String> = v.iter().map(|(s, ms)| format!("{s} {ms:.1}")).collect();
+            eprintln!("vm-run: start-up (ms from exec): {}", steps.join(", "));
+        }
+    }
 }
 
 /// Continues a guest from a snapshot stream. Nothing runs until the whole

@@ -1,0 +1,129 @@
+#!/bin/sh
+# Usage: tests/bench/boot.sh [OUT.md]
+# The table of "Linux boot inside the emulated test host" in
+# docs/BENCHMARKS.md (tests/bench/run.sh calls it; alone, after `make` and
+# `make fixture`, it prints the table or writes it to OUT.md). Debian's
+# cloud kernel and the busybox initramfs (target/guest), -c 2 -m 256M,
+# `console=ttyS0 quiet`, vm-run against QEMU -M microvm,rtc=on in the same
+# test host, BOOT_RUNS (default 10) alternating boots each; time to the
+# init's first line (VMTEST-INIT-OK) and to exit after `poweroff -f`.
+# BOOT_OLD="LABEL=DIR ..." adds each DIR/vm-run as "vm-run (LABEL)", to
+# compare builds.
+# One more boot of vm-run -v gives its own account (start-up steps, exit
+# table) on stderr.
+#
+# BOOT_TRACE=1 adds, in the same test host, one boot of each VMM under
+# the host's kvm:kvm_exit, kvm_pio, kvm_mmio, kvm_msr and
+# kvm_userspace_exit tracepoints: their exits summarised by reason, port,
+# MMIO page and MSR on stderr (with vm-run -v's own table). BOOT_DIAG=1
+# adds that and one more boot of each with `printk.time=1
+# initcall_debug`, untraced, whose dmesg the guest prints: their slowest
+# initcalls and timelines on stderr. BOOT_RUNS=0 leaves out the table.
+# The whole console goes to target/bench/boot-console.log.
+set -eu
+root=$(cd "$(dirname "$0")/../.." && pwd)
+out=${1:-}
+bin=$root/target/x86_64-unknown-linux-musl/release
+runs=${BOOT_RUNS:-10}
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT; trap 'exit 1' INT TERM HUP
+
+"$root/tests/guest/build.sh" "$root/target/guest"
+mkdir -p "$tmp/bin" "$root/target/bench"
+cp "$bin/vm-run" "$bin/vm-bench" "$tmp/bin/"
+old=
+for o in ${BOOT_OLD:-}; do
+	label=${o%%=*}
+	cp "${o#*=}/vm-run" "$tmp/bin/vm-run-$label"
+	# As written into the scenario, where eval reads it.
+	old="$old \"\\\"vm-run ($label)=timeout -s KILL 120 vm-run-$label \$common\\\"\""
+done
+cmdline='console=ttyS0 quiet'
+qemu="qemu-system-x86_64 -M microvm,rtc=on -enable-kvm -cpu host -smp 2 -m 256M \
+	-nodefaults -no-user-config -nographic -serial stdio -monitor none -no-reboot \
+	-kernel /guest/bzImage -initrd /guest/initrd.gz"
+
+[ -z "${BOOT_DIAG:-}" ] || BOOT_TRACE=1
+diag="$cmdline printk.time=1 initcall_debug log_buf_len=4M run=dmesg"
+echo "bench: Linux boot in the emulated test host ($runs boots each${BOOT_TRACE:+, traced}${BOOT_DIAG:+, dmesg})" >&2
+{
+echo "common=\"-c 2 -m 256M -b /guest/bzImage -i /guest/initrd.gz -a '$cmdline'\""
+if [ "$runs" -gt 0 ]; then
+	# A run that hangs is killed after 2 minutes and shows as the maximum
+	# (the test host has hung a few times in KVM; see the notes of issue 3).
+	cat <<SCENARIO
+eval vm-bench -n $runs -k VMTEST-INIT-OK \
+	"\"vm-run=timeout -s KILL 120 vm-run \$common\"" $old \
+	"\"QEMU microvm=timeout -s KILL 120 $qemu -append '$cmdline'\"" > /tmp/boot.md
+echo BOOT-TABLE-BEGIN; cat /tmp/boot.md; echo BOOT-TABLE-END
+# vm-run's own account of one more boot (-v: start-up steps, exits).
+eval timeout -s KILL 120 vm-run -v \$common 2>&1 >/dev/null | sed 's/^/BOOT-V /'
+SCENARIO
+fi
+[ -z "${BOOT_TRACE:-}" ] || cat <<SCENARIO
+mount -t debugfs none /sys/kernel/debug 2>/dev/null
+t=/sys/kernel/tracing
+mount -t tracefs none \$t 2>/dev/null
+echo 131072 > \$t/buffer_size_kb
+events="kvm_exit kvm_pio kvm_mmio kvm_msr kvm_userspace_exit"
+# trace NAME COMMAND...: a boot to init and poweroff under the
+# tracepoints, its exits summarised.
+trace() {
+	name=\$1; shift
+	echo > \$t/trace
+	for e in \$events; do echo 1 > \$t/events/kvm/\$e/enable; done
+	echo 1 > \$t/tracing_on
+	timeout -s KILL 120 "\$@" > /tmp/console 2>&1
+	echo 0 > \$t/tracing_on
+	for e in \$events; do echo 0 > \$t/events/kvm/\$e/enable; done
+	echo "DIAG-EXITS \$name"
+	sed 's/^/console| /' /tmp/console
+	awk '/kvm_exit:/ { for (i = 1; i <= NF; i++) if (\$i == "reason") { n["exit " \$(i + 1)]++; break } }
+		/kvm_pio:/ { for (i = 1; i <= NF; i++) if (\$i == "at") { n[\$(i - 1) " " \$(i + 1)]++; break } }
+		/kvm_mmio:/ { for (i = 1; i <= NF; i++) if (\$i == "gpa") { g = \$(i + 1)
+			n["mmio " \$(i - 3) " " substr(g, 1, length(g) - 3) "xxx"]++; break } }
+		/kvm_msr:/ { for (i = 1; i <= NF; i++) if (\$i ~ /^msr_(read|write)\$/) { n[\$i " " \$(i + 1)]++; break } }
+		/kvm_userspace_exit:/ { for (i = 1; i <= NF; i++) if (\$i == "reason") { n["userspace " \$(i + 1)]++; break } }
+		END { for (k in n) print n[k], k }' \$t/trace | sort -rn | head -n 40
+	echo "DIAG-END \$name"
+}
+trace vm-run vm-run -v -c 2 -m 256M -b /guest/bzImage -i /guest/initrd.gz -a '$cmdline'
+trace QEMU $qemu -append '$cmdline'
+SCENARIO
+# A boot, untraced, that prints the guest's dmesg (whose printing would
+# count as exits in a traced one).
+[ -z "${BOOT_DIAG:-}" ] || cat <<SCENARIO
+echo "DIAG-BEGIN vm-run"
+timeout -s KILL 120 vm-run -c 2 -m 256M -b /guest/bzImage -i /guest/initrd.gz -a '$diag' 2>&1 | sed 's/^/console| /'
+echo "DIAG-DONE vm-run"
+echo "DIAG-BEGIN QEMU"
+timeout -s KILL 120 $qemu -append '$diag' 2>&1 | sed 's/^/console| /'
+echo "DIAG-DONE QEMU"
+SCENARIO
+} > "$tmp/scenario.sh"
+"$root/tests/harness/run-host.sh" -q -b "$tmp/bin" -t 1800 "$tmp/scenario.sh" > "$tmp/host.log" || :
+log=$root/target/bench/boot-console.log
+tr -d '\r' < "$tmp/host.log" > "$log"
+if [ -n "${BOOT_TRACE:-}" ]; then
+	for who in vm-run QEMU; do
+		echo "== $who: exits (count, kind)"
+		sed -n "/^DIAG-EXITS $who\$/,/^DIAG-END $who\$/p" "$log" | sed '1d;$d' | grep -v '^console| ' || :
+		echo "== $who: console of the traced boot (vm-run -v's table)"
+		sed -n "/^DIAG-EXITS $who\$/,/^DIAG-END $who\$/p" "$log" | sed -n 's/^console| //p' | grep -v '^\[' || :
+	done >&2
+fi
+if [ -n "${BOOT_DIAG:-}" ]; then
+	for who in vm-run QEMU; do
+		echo "== $who: slowest initcalls (usecs)"
+		sed -n "/^DIAG-BEGIN $who\$/,/^DIAG-DONE $who\$/p" "$log" |
+			sed -n 's/.*initcall \([^ ]*\) returned .* after \([0-9]*\) usecs.*/\2 \1/p' |
+			sort -rn | head -n 25
+		echo "== $who: timeline (not initcall lines)"
+		sed -n "/^DIAG-BEGIN $who\$/,/^DIAG-DONE $who\$/p" "$log" |
+			grep '^console| \[' | grep -v 'initcall\|calling ' | sed 's/^console| //'
+	done >&2
+fi
+[ "$runs" -gt 0 ] || exit 0
+sed -n 's/^BOOT-V //p' "$log" >&2
+sed -n '/^BOOT-TABLE-BEGIN/,/^BOOT-TABLE-END/p' "$log" | grep '^|' > "$tmp/boot" ||
+	{ cat "$tmp/host.log" >&2; exit 1; }
+if [ -n "$out" ]; then cp "$tmp/boot" "$out"; else cat "$tmp/boot"; fi
