@@ -123,8 +123,13 @@ pub fn run_with(
     // tests/harness/soak.sh saw 3 panics in 6 boots of the 6.1 host
     // kernel, and 7 in 7 of bookworm-backports' 6.12 (tests/README.md).
     let mut console = String::new();
+    // The machine's one test host at a time (run-host.sh's lock) is
+    // waited for here, before the clock below starts: a wait in the queue
+    // behind another worktree's tests is not this batch taking too long.
+    let _lock = host_lock();
     for attempt in 1..=2 {
         let mut cmd = Command::new(root().join("tests/harness/run-host.sh"));
+        cmd.env("TESTHOST_LOCK_HELD", "1");
         if with_qemu {
             cmd.arg("-q");
         }
@@ -167,6 +172,25 @@ pub fn run_with(
         cases: parse(&console),
         console,
     }
+}
+
+/// Takes run-host.sh's machine-wide lock (flock on /tmp/vm-testhost.lock)
+/// unless the caller holds it already (TESTHOST_LOCK_HELD, as soak.sh
+/// sets it); released when the file is dropped.
+fn host_lock() -> Option<fs::File> {
+    if std::env::var_os("TESTHOST_LOCK_HELD").is_some() {
+        return None;
+    }
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open("/tmp/vm-testhost.lock")
+        .expect("open /tmp/vm-testhost.lock");
+    // SAFETY: flock(2) on a descriptor this function owns.
+    let rc = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX) };
+    assert_eq!(rc, 0, "flock /tmp/vm-testhost.lock");
+    Some(f)
 }
 
 fn parse(console: &str) -> HashMap<String, Case> {
