@@ -36,6 +36,20 @@ const MQ_COUNTER: &str = "run=\"i=0; while :; do i=$((i+1)); w=MQ$i; \
     r=$(taskset -c $(((i+1)%2)) dd if=/dev/vda bs=512 skip=$i count=1 iflag=direct 2>/dev/null \
     | head -c ${#w}); [ $r = $w ] && s=OK || s=BAD; echo MQ $i $s END; sleep 0.3; done\"";
 
+/// Queue depth from both CPUs: 64 writers at once, 32 on each CPU (so
+/// up to 32 requests in flight on each queue), each writing its own
+/// 128 KiB of `yes Dn` in 4 KiB direct writes; then 64 readers, each on
+/// the other CPU, read the regions back the same way. The host makes the
+/// same bytes and compares digests.
+const DEEP_RUN: &str =
+    "run=\"for i in $(seq 10 73); do yes D$i | head -c 131072 > /tmp/w$i; done; \
+    for v in vda vdb; do \
+    for i in $(seq 10 73); do taskset -c $((i%2)) dd if=/tmp/w$i of=/dev/$v bs=4k \
+    seek=$(((i-10)*32)) oflag=direct 2>/dev/null & done; wait; \
+    for i in $(seq 10 73); do taskset -c $(((i+1)%2)) dd if=/dev/$v of=/tmp/r$i bs=4k \
+    skip=$(((i-10)*32)) count=32 iflag=direct 2>/dev/null & done; wait; \
+    echo DEEP-$v=$(cat /tmp/r[1-7][0-9] | sha256sum | cut -c1-16); rm -f /tmp/r*; done\"";
+
 fn scenarios() -> Vec<Scenario> {
     let disks = guest(
         "-m 256M -d /tmp/a.img -d /tmp/b.img,ro -d /tmp/c.img,serial=vm-run-c",
@@ -124,6 +138,23 @@ fn scenarios() -> Vec<Scenario> {
                     "bzImage",
                     MQ_RUN,
                 )
+            ),
+        },
+        Scenario {
+            // Many requests in flight on each queue at once, from both
+            // CPUs, on raw and qcow2.
+            name: "deep",
+            script: format!(
+                "dd if=/dev/zero of=/tmp/q.img bs=1M count=16 2>/dev/null\n\
+                 qemu-img create -q -f qcow2 /tmp/q.qcow2 16M\n{}\nrc=$?\n\
+                 echo WANT=$(for i in $(seq 10 73); do yes D$i | head -c 131072; done \
+                 | sha256sum | cut -c1-16)\n\
+                 echo HOST-RAW=$(dd if=/tmp/q.img bs=128k count=64 2>/dev/null | sha256sum | cut -c1-16)\n\
+                 qemu-img convert -O raw /tmp/q.qcow2 /tmp/qq.raw\n\
+                 echo HOST-QCOW2=$(dd if=/tmp/qq.raw bs=128k count=64 2>/dev/null | sha256sum | cut -c1-16)\n\
+                 qemu-img check /tmp/q.qcow2; echo CHECK=$?\n\
+                 exit $rc",
+                guest("-c 2 -m 256M -d /tmp/q.img -d /tmp/q.qcow2", "bzImage", DEEP_RUN)
             ),
         },
         Scenario {
@@ -327,6 +358,19 @@ fn writes_from_both_cpus_at_once_land_in_raw_and_qcow2_images() {
     assert_eq!(value(c, "HOST-RAW="), want, "host, raw");
     assert_eq!(value(c, "HOST-QCOW2="), want, "host, qcow2");
     assert_eq!(value(c, "CHECK="), "0", "qemu-img check:\n{}", c.output);
+}
+
+#[test]
+fn deep_queues_from_both_cpus_read_back_what_they_wrote_on_raw_and_qcow2() {
+    let c = case("deep");
+    let want = value(c, "WANT=");
+    assert_eq!(want.len(), 16, "{}", c.output);
+    assert_eq!(value(c, "DEEP-vda="), want, "guest, raw");
+    assert_eq!(value(c, "DEEP-vdb="), want, "guest, qcow2");
+    assert_eq!(value(c, "HOST-RAW="), want, "host, raw");
+    assert_eq!(value(c, "HOST-QCOW2="), want, "host, qcow2");
+    assert_eq!(value(c, "CHECK="), "0", "qemu-img check:\n{}", c.output);
+    assert_eq!(c.status, 0, "{}", c.output);
 }
 
 #[test]

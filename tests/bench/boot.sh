@@ -8,7 +8,8 @@
 # test host, BOOT_RUNS (default 10) alternating boots each; time to the
 # init's first line (VMTEST-INIT-OK) and to exit after `poweroff -f`.
 # BOOT_OLD="LABEL=DIR ..." adds each DIR/vm-run as "vm-run (LABEL)", to
-# compare builds.
+# compare builds; BOOT_CMDLINE replaces the kernel command line (e.g.
+# without quiet, for a guest that prints its whole log).
 # One more boot of vm-run -v gives its own account (start-up steps, exit
 # table) on stderr.
 #
@@ -37,7 +38,7 @@ for o in ${BOOT_OLD:-}; do
 	# As written into the scenario, where eval reads it.
 	old="$old \"\\\"vm-run ($label)=timeout -s KILL 120 vm-run-$label \$common\\\"\""
 done
-cmdline='console=ttyS0 quiet'
+cmdline=${BOOT_CMDLINE:-console=ttyS0 quiet}
 qemu="qemu-system-x86_64 -M microvm,rtc=on -enable-kvm -cpu host -smp 2 -m 256M \
 	-nodefaults -no-user-config -nographic -serial stdio -monitor none -no-reboot \
 	-kernel /guest/bzImage -initrd /guest/initrd.gz"
