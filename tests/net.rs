@@ -64,7 +64,9 @@ head -c @SIZE@ /dev/urandom > /tmp/out.bin
 nc -ll -p 5003 -e sh -c 'echo SINK=$(wc -c) >&2' 2> /tmp/sink.log & sink=$!
 nc -ll -p 5004 -e cat /tmp/out.bin & source=$!
 vm-net -i bt1 sh -c 'ip addr add 10.11.0.1/24 dev bt1 || exit 1
-	exec vm-run -c 2 -m 384M -b /guest/bzImage -i /tmp/initrd-both.gz 		-a "console=ttyS0 quiet run=\"sh /rounds.sh @ROUNDS@ @SIZE@ @SECS@\""' > /tmp/console 2>&1 & vm=$!
+	exec vm-run -v -c 2 -m 384M -b /guest/bzImage -i /tmp/initrd-both.gz 		-a "console=ttyS0 quiet run=\"sh /rounds.sh @ROUNDS@ @SIZE@ @SECS@\""' > /tmp/console 2>&1 & vm=$!
+# -v: should the guest end early, its exit table says how (a triple
+# fault counts as "shutdown"; the i8042 and 0xcf9 as their ports).
 # A guest whose console says nothing for longer than a round may take
 # has frozen whole (its own timeouts did not fire either): where each of
 # vm-run's threads waits tells whether the vCPUs were in the guest or
