@@ -54,6 +54,17 @@ fn scenarios() -> Vec<Scenario> {
             script: guest("-m 256M", "bzImage", "end=reboot"),
         },
         Scenario {
+            // reboot=t: Linux reboots by a triple fault (no IDT, int3).
+            // The scenario succeeds with vm-run's status in its output:
+            // the harness runs a failed one whose guest triple-faulted
+            // again (testhost.rs).
+            name: "triple",
+            script: format!(
+                "{}\necho VM-RUN-STATUS=$?",
+                guest("-m 256M", "bzImage", "reboot=t end=reboot")
+            ),
+        },
+        Scenario {
             name: "acpi",
             script: guest(
                 "-m 4G",
@@ -146,6 +157,20 @@ fn reboot_exits_75() {
     let c = case("reboot");
     assert_booted(c);
     assert_eq!(c.status, 75, "{}", c.output);
+    assert!(!c.output.contains("vm-run:"), "quiet: {}", c.output);
+}
+
+#[test]
+fn a_triple_fault_exits_75_and_names_the_vcpu() {
+    let c = case("triple");
+    assert_booted(c);
+    assert!(c.output.contains("VM-RUN-STATUS=75\n"), "{}", c.output);
+    assert!(
+        c.output
+            .contains("vm-run: vcpu0: triple fault: the guest was reset"),
+        "{}",
+        c.output
+    );
 }
 
 #[test]

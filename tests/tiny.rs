@@ -31,6 +31,7 @@ fn console_shows_the_guest_and_its_command_line() {
 fn i8042_reset_exits_75() {
     let out = tiny(&["-a", "reset"]);
     assert_eq!(out.status, 75, "{out:?}");
+    assert_eq!(out.stderr, "", "the guest asked for it: {out:?}");
 }
 
 #[test]

@@ -35,6 +35,10 @@ fn main() {
                 eprintln!("vm-run: {why}");
                 exit::SOFTWARE
             }
+            Ok(o @ Outcome::TripleFault(cpu)) => {
+                eprintln!("vm-run: vcpu{cpu}: triple fault: the guest was reset");
+                o.exit_status()
+            }
             Ok(o) => o.exit_status(),
             Err(e) => {
                 eprintln!("vm-run: {e}");

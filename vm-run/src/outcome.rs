@@ -9,8 +9,14 @@ use crate::exit;
 pub enum Outcome {
     /// ACPI S5, or KVM's system event of the same meaning.
     PowerOff,
-    /// i8042 reset, triple fault, or KVM's reset event.
+    /// i8042 reset, the reset control register, or KVM's reset event:
+    /// the guest asked for it.
     Reset,
+    /// The vCPU of this index could not deliver an exception (KVM's
+    /// shutdown exit). A PC resets, so this ends as Reset does, but the
+    /// guest did not ask for it: a crash that printed nothing, so it is
+    /// said on stderr.
+    TripleFault(u32),
     /// SIGTERM, SIGINT or SIGHUP from the host.
     Signal(i32),
     /// vm-ctl stop -f: ended at once, on purpose.
@@ -25,7 +31,7 @@ impl Outcome {
     pub fn exit_status(&self) -> i32 {
         match self {
             Outcome::PowerOff => exit::OK,
-            Outcome::Reset => exit::TEMPFAIL,
+            Outcome::Reset | Outcome::TripleFault(_) => exit::TEMPFAIL,
             Outcome::Signal(libc::SIGINT) => exit::INTERRUPTED,
             Outcome::Signal(_) | Outcome::Stopped | Outcome::Sent => exit::OK,
             Outcome::Failed(_) => exit::SOFTWARE,

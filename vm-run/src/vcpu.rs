@@ -445,7 +445,9 @@ impl Vcpu {
                 VcpuExit::MmioRead(addr, data) => self.mmio.read(addr, data),
                 VcpuExit::MmioWrite(addr, data) => self.mmio.write(addr, data),
                 // A triple fault: vmd, like a PC, treats it as a reset.
-                VcpuExit::Shutdown => return Outcome::Reset,
+                // (KVM on AMD has already put the vCPU through INIT, so
+                // its registers would tell nothing.)
+                VcpuExit::Shutdown => return Outcome::TripleFault(self.id.into()),
                 VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN, _) => return Outcome::PowerOff,
                 VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_RESET, _) => return Outcome::Reset,
                 VcpuExit::InternalError => {
