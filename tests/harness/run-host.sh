@@ -12,11 +12,12 @@
 # Interactive (stdin a tty): you type into the host console; Ctrl-A x quits.
 # TESTHOST_DIR (default target/testhost) and TESTHOST_KERNEL (host.sh) pick
 # another build of the host; TESTHOST_ACCEL (default tcg) the outer QEMU's
-# -accel, e.g. tcg,thread=single (soak.sh). Console lines that start "gN| " are a guest's
+# -accel, e.g. tcg,thread=single (soak.sh); TESTHOST_QEMU (default
+# qemu-system-x86_64 from PATH) the outer QEMU itself. Console lines that start "gN| " are a guest's
 # (soak.sh prefixes them): a lockup or panic there is not the host's.
 set -eu
 root=$(cd "$(dirname "$0")/../.." && pwd)
-usage() { sed -n 's/^# \{0,1\}//; 2,16p' "$0" >&2; exit 2; }
+usage() { sed -n 's/^# \{0,1\}//; 2,17p' "$0" >&2; exit 2; }
 withq=; bin=$root/target/x86_64-unknown-linux-musl/release; t=; extra=; silent=
 while getopts qb:s:t:x: o; do
     case $o in q) withq=1 ;; b) bin=$OPTARG ;; s) silent=$OPTARG ;; t) t=$OPTARG ;; x) extra=$OPTARG ;; *) usage ;; esac
@@ -67,7 +68,7 @@ while sleep 2; do
 done ) &
 watcher=$!
 # TCG warns about each EPYC-Rome feature it cannot emulate; that noise is dropped.
-timeout $fg -k 5 "$t" qemu-system-x86_64 -M q35 -accel "${TESTHOST_ACCEL:-tcg}" -cpu EPYC-Rome,+svm,+npt \
+timeout $fg -k 5 "$t" "${TESTHOST_QEMU:-qemu-system-x86_64}" -M q35 -accel "${TESTHOST_ACCEL:-tcg}" -cpu EPYC-Rome,+svm,+npt \
     -m 6G -smp 2 -nodefaults -no-user-config -nographic -serial mon:stdio -no-reboot \
     -kernel "$host/vmlinuz" -initrd "$tmp/initrd" \
     -append 'console=ttyS0 quiet panic=-1' 2>"$tmp/err" | tee "$tmp/log" || :
