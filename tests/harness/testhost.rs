@@ -167,16 +167,25 @@ pub fn run_with(
         } else {
             "locked up, panicked or fell silent"
         };
-        eprintln!("testhost {batch}: the test host {why} (attempt {attempt})");
+        say(format_args!(
+            "testhost {batch}: the test host {why} (attempt {attempt})"
+        ));
     }
     fs::write(dir.join("console.log"), &console).ok();
     let cases = parse(&console);
     for (name, case) in &cases {
         for l in case.output.lines().filter(|l| l.starts_with("RETRIED:")) {
-            eprintln!("testhost {batch}: {name}: {l}");
+            say(format_args!("testhost {batch}: {name}: {l}"));
         }
     }
     Report { cases, console }
+}
+
+/// A line on the test run's stderr even when the test passes: libtest
+/// captures eprintln! in tests, not writes to the stderr handle itself.
+fn say(line: std::fmt::Arguments) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 /// Takes run-host.sh's machine-wide lock (flock on /tmp/vm-testhost.lock)
