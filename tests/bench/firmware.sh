@@ -12,7 +12,9 @@
 # are missing or FIRMWARE_HOST=0), Linux through SeaBIOS in the emulated
 # test host, vm-run against QEMU -M pc with KVM (-cpu host, the same
 # Debian SeaBIOS file, 2 vCPUs, 1 GiB, the disk as virtio-blk, the CD as
-# virtio-scsi), FIRMWARE_HOST_ROUNDS rounds (default 2) of four boots,
+# virtio-scsi), FIRMWARE_HOST_ROUNDS rounds (default 2) of four boots
+# (two with FIRMWARE_DI=0, which leaves out di.iso; FIRMWARE_POWEROFF_SECS,
+# default 180, is how long a VMM may take to exit after poweroff),
 # one guest at a time, a test-host boot per round (the lock held for
 # all), the VMMs' order swapped each round: debian.raw from start to
 # GRUB's menu (the boot loader's first line on the serial console), to
@@ -118,7 +120,7 @@ deb() {
 	esac
 	m=$(at 'Debian 12 (vm-tools test medium)' 120); p=$(at 'root@vmtest:~#' 480)
 	threads "$1 debian"
-	if num "$p"; then printf 'poweroff\n' >&3; e=$(ended 180); else stop; e=-; fi
+	if num "$p"; then printf 'poweroff\n' >&3; e=$(ended $POWEROFF); else stop; e=-; fi
 	echo "FWBENCH $1 debian $m $p $e"
 	num "$e" || { tail -c 3000 $con | tr -d '\033'; echo; tail -n 5 /tmp/err; }
 }
@@ -136,7 +138,7 @@ di() {
 	num "$q" || { tail -c 3000 $con | tr -d '\033'; echo; tail -n 5 /tmp/err; }
 }
 for v in $ORDER; do deb $v; done
-for v in $ORDER; do di $v; done
+[ "$DI" = 0 ] || for v in $ORDER; do di $v; done
 SCENARIO
 	mkdir -p "$root/target/bench"
 	: > "$tmp/results"; : > "$tmp/deaths"
@@ -148,7 +150,7 @@ SCENARIO
 	export TESTHOST_LOCK_HELD=1
 	for r in $(seq "$hr"); do
 		if [ $((r % 2)) = 1 ]; then order="vm-run qemu"; else order="qemu vm-run"; fi
-		{ echo "ORDER='$order'"; cat "$tmp/scenario.sh"; } > "$tmp/scenario-$r.sh"
+		{ echo "ORDER='$order' DI='${FIRMWARE_DI:-1}' POWEROFF='${FIRMWARE_POWEROFF_SECS:-180}'"; cat "$tmp/scenario.sh"; } > "$tmp/scenario-$r.sh"
 		log=$root/target/bench/firmware-host-$r.log
 		st=0
 		"$root/tests/harness/run-host.sh" -q -b "$bin" -s 300 -t 2400 -x "$tmp/media.cpio.gz" \
@@ -186,7 +188,7 @@ the VMMs' order swapped each round. Seconds from the VMM's start; the
 boot loader's first line is GRUB's menu and isolinux's
 \`Loading /install/vmlinuz\` (both print to the serial line themselves).
 A boot that did not get there says how it ended instead: \`timeout\`
-(120 s to the boot loader, 480 s to the prompt or question, 180 s from
+(120 s to the boot loader, 480 s to the prompt or question, ${FIRMWARE_POWEROFF_SECS:-180} s from
 \`poweroff\` to the exit), \`exit\` (the VMM ended first) or \`died\`
 (the test host died under it); medians are of the boots that got there,
 with how many did.
