@@ -228,8 +228,10 @@ HOST
 			row("debian.raw: GRUB menu", "debian", 5)
 			row("debian.raw: root prompt", "debian", 6)
 			row("debian.raw: `poweroff` typed, VMM exited", "debian", 7)
-			row("di.iso: isolinux loads the kernel", "di", 5)
-			row("di.iso: the installer asks its first question", "di", 6)
+			if (n["vm-run di"] + n["qemu di"] > 0) {
+				row("di.iso: isolinux loads the kernel", "di", 5)
+				row("di.iso: the installer asks its first question", "di", 6)
+			}
 		}' "$tmp/results"
 	fi
 	if [ -s "$tmp/deaths" ]; then
