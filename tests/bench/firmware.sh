@@ -139,6 +139,9 @@ di() {
 }
 for v in $ORDER; do deb $v; done
 [ "$DI" = 0 ] || for v in $ORDER; do di $v; done
+# The shell leads the console's session: when it ends, what the serial
+# port has not sent yet is thrown away (a last FWBENCH line was lost so).
+sleep 1
 SCENARIO
 	mkdir -p "$root/target/bench"
 	: > "$tmp/results"; : > "$tmp/deaths"
