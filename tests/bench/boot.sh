@@ -19,7 +19,14 @@
 # MMIO page and MSR on stderr (with vm-run -v's own table). BOOT_DIAG=1
 # adds that and one more boot of each with `printk.time=1
 # initcall_debug`, untraced, whose dmesg the guest prints: their slowest
-# initcalls and timelines on stderr. BOOT_RUNS=0 leaves out the table.
+# initcalls and timelines on stderr. BOOT_STAMP=N adds N boots of each
+# with the kernel's whole log on an early console (earlyprintk=ttyS0
+# ignore_loglevel), each line stamped by the host's clock as it arrives
+# (tests/bench/stamp.c): the guest's printk times are not comparable
+# across VMMs before kvmclock runs (docs/BENCHMARKS.md), the host's are;
+# the steps whose wall time differs most between the two, per-line
+# medians of the complete boots, on stderr. BOOT_RUNS=0 leaves out the
+# table.
 # The whole console goes to target/bench/boot-console.log.
 set -eu
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -31,6 +38,7 @@ tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT; trap 'exit 1' INT TERM HUP
 "$root/tests/guest/build.sh" "$root/target/guest"
 mkdir -p "$tmp/bin" "$root/target/bench"
 cp "$bin/vm-run" "$bin/vm-bench" "$tmp/bin/"
+[ -z "${BOOT_STAMP:-}" ] || cc -O2 -static -o "$tmp/bin/stamp" "$root/tests/bench/stamp.c"
 old=
 for o in ${BOOT_OLD:-}; do
 	label=${o%%=*}
@@ -45,6 +53,7 @@ qemu="qemu-system-x86_64 -M microvm,rtc=on -enable-kvm -cpu host -smp 2 -m 256M 
 
 [ -z "${BOOT_DIAG:-}" ] || BOOT_TRACE=1
 diag="$cmdline printk.time=1 initcall_debug log_buf_len=4M run=dmesg"
+stampline="console=ttyS0 earlyprintk=ttyS0 ignore_loglevel printk.time=1"
 echo "bench: Linux boot in the emulated test host ($runs boots each${BOOT_TRACE:+, traced}${BOOT_DIAG:+, dmesg})" >&2
 {
 echo "common=\"-c 2 -m 256M -b /guest/bzImage -i /guest/initrd.gz -a '$cmdline'\""
@@ -100,6 +109,16 @@ echo "DIAG-BEGIN QEMU"
 timeout -s KILL 120 $qemu -append '$diag' 2>&1 | sed 's/^/console| /'
 echo "DIAG-DONE QEMU"
 SCENARIO
+[ -z "${BOOT_STAMP:-}" ] || cat <<SCENARIO
+for r in \$(seq $BOOT_STAMP); do
+	echo "STAMP-BEGIN vm-run \$r"
+	timeout -s KILL 120 vm-run -c 2 -m 256M -b /guest/bzImage -i /guest/initrd.gz -a '$stampline' 2>&1 | stamp | sed 's/^/stamp| /'
+	echo STAMP-END
+	echo "STAMP-BEGIN QEMU \$r"
+	timeout -s KILL 120 $qemu -append '$stampline' 2>&1 | stamp | sed 's/^/stamp| /'
+	echo STAMP-END
+done
+SCENARIO
 } > "$tmp/scenario.sh"
 "$root/tests/harness/run-host.sh" -q -b "$tmp/bin" -t 1800 "$tmp/scenario.sh" > "$tmp/host.log" || :
 log=$root/target/bench/boot-console.log
@@ -122,6 +141,53 @@ if [ -n "${BOOT_DIAG:-}" ]; then
 		sed -n "/^DIAG-BEGIN $who\$/,/^DIAG-DONE $who\$/p" "$log" |
 			grep '^console| \[' | grep -v 'initcall\|calling ' | sed 's/^console| //'
 	done >&2
+fi
+# stamp_report LOG: each kernel log line (numbers masked) at the median
+# host time it arrived over each VMM's complete boots; then the steps,
+# from one line both boots printed to the next, whose wall time differs
+# most between vm-run and QEMU.
+stamp_report() {
+	awk '
+	/^STAMP-BEGIN / { who = $2; n = 0; delete seen; next }
+	/^STAMP-END/ {
+		# A boot cut short (a crash, the test host) is left out.
+		if (who != "" && n > 100) {
+			good[who]++
+			for (m in seen) { c[who, m]++; v[who, m, c[who, m]] = seen[m] }
+		}
+		who = ""; next
+	}
+	who != "" && /^stamp\| / {
+		t = $2; msg = $0
+		sub(/^stamp\| *[0-9.]+ */, "", msg); sub(/^\[ *[0-9.]+\] */, "", msg)
+		gsub(/0x[0-9a-f]+|[0-9]+/, "#", msg)
+		if (!(msg in seen)) seen[msg] = t
+		n++
+	}
+	END {
+		for (k in c) {
+			split(k, p, SUBSEP); w = p[1]; m = p[2]
+			if (c[k] != good[w]) continue
+			for (i = 1; i <= c[k]; i++) a[i] = v[w, m, i]
+			for (i = 1; i <= c[k]; i++) for (j = i + 1; j <= c[k]; j++) if (a[j] < a[i]) { x = a[i]; a[i] = a[j]; a[j] = x }
+			med[w, m] = c[k] % 2 ? a[(c[k] + 1) / 2] : (a[c[k] / 2] + a[c[k] / 2 + 1]) / 2
+			has[w, m] = 1
+		}
+		printf "complete boots: vm-run %d, QEMU %d\n", good["vm-run"], good["QEMU"] > "/dev/stderr"
+		for (k in has) {
+			split(k, p, SUBSEP)
+			if (p[1] == "vm-run" && (("QEMU", p[2]) in has))
+				printf "%.1f\t%.1f\t%s\n", med["vm-run", p[2]], med["QEMU", p[2]], p[2]
+		}
+	}' "$1" | sort -n | awk -F '\t' '
+	NR > 1 { printf "%.0f\t%.0f\t%.0f\t%s -> %s\n", ($1 - a) - ($2 - b), $1 - a, $2 - b, substr(m, 1, 50), substr($3, 1, 50) }
+	{ a = $1; b = $2; m = $3; last = $0 }
+	END { split(last, l, "\t"); printf "last line both printed: vm-run %.0f ms, QEMU %.0f ms: %s\n", l[1], l[2], l[3] > "/dev/stderr" }' |
+		sort -t "$(printf '\t')" -k1,1 -rn | head -n 12
+}
+if [ -n "${BOOT_STAMP:-}" ]; then
+	echo "== steps by wall time (host clock), ms: vm-run minus QEMU, vm-run, QEMU, from -> to" >&2
+	stamp_report "$log" >&2
 fi
 [ "$runs" -gt 0 ] || exit 0
 sed -n 's/^BOOT-V //p' "$log" >&2
