@@ -167,8 +167,12 @@ pub fn run_with(
         } else {
             "locked up, panicked or fell silent"
         };
+        // Kept: the next attempt's console replaces console.log.
+        let kept = dir.join(format!("console-attempt{attempt}.log"));
+        fs::write(&kept, &console).ok();
         say(format_args!(
-            "testhost {batch}: the test host {why} (attempt {attempt})"
+            "testhost {batch}: the test host {why} (attempt {attempt}, its console in {})",
+            kept.display()
         ));
     }
     fs::write(dir.join("console.log"), &console).ok();
