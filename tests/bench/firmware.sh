@@ -14,7 +14,10 @@
 # Debian SeaBIOS file, 2 vCPUs, 1 GiB, the disk as virtio-blk, the CD as
 # virtio-scsi), FIRMWARE_HOST_ROUNDS rounds (default 2) of four boots
 # (two with FIRMWARE_DI=0, which leaves out di.iso; FIRMWARE_POWEROFF_SECS,
-# default 180, is how long a VMM may take to exit after poweroff),
+# default 180, is how long a VMM may take to exit after poweroff;
+# FIRMWARE_ANALYZE=1 types systemd-analyze at the prompt first, its
+# split of the boot and slowest units on stderr, the exit times then
+# later by that much),
 # one guest at a time, a test-host boot per round (the lock held for
 # all), the VMMs' order swapped each round: debian.raw from start to
 # GRUB's menu (the boot loader's first line on the serial console), to
@@ -120,6 +123,14 @@ deb() {
 	esac
 	m=$(at 'Debian 12 (vm-tools test medium)' 120); p=$(at 'root@vmtest:~#' 480)
 	threads "$1 debian"
+	if num "$p" && [ "$ANALYZE" = 1 ]; then
+		# The guest's own split of its boot; the typed line is echoed, so
+		# the end mark is what the shell computes, not what was typed.
+		printf 'systemd-analyze; systemd-analyze blame | head -n 12; echo SA-$((6 * 7))\n' >&3
+		a=$(at 'SA-42' 60)
+		grep -a 'Startup finished' $con | tr -d '\r' | sed "s/^/FWANALYZE $1 /"
+		sed -n '/systemd-analyze blame/,/SA-42/p' $con | tr -d '\r' | grep -av 'SA-' | sed "s/^/FWBLAME $1 /"
+	fi
 	if num "$p"; then printf 'poweroff\n' >&3; e=$(ended $POWEROFF); else stop; e=-; fi
 	echo "FWBENCH $1 debian $m $p $e"
 	num "$e" || { tail -c 3000 $con | tr -d '\033'; echo; tail -n 5 /tmp/err; }
@@ -153,7 +164,7 @@ SCENARIO
 	export TESTHOST_LOCK_HELD=1
 	for r in $(seq "$hr"); do
 		if [ $((r % 2)) = 1 ]; then order="vm-run qemu"; else order="qemu vm-run"; fi
-		{ echo "ORDER='$order' DI='${FIRMWARE_DI:-1}' POWEROFF='${FIRMWARE_POWEROFF_SECS:-180}'"; cat "$tmp/scenario.sh"; } > "$tmp/scenario-$r.sh"
+		{ echo "ORDER='$order' DI='${FIRMWARE_DI:-1}' POWEROFF='${FIRMWARE_POWEROFF_SECS:-180}' ANALYZE='${FIRMWARE_ANALYZE:-0}'"; cat "$tmp/scenario.sh"; } > "$tmp/scenario-$r.sh"
 		log=$root/target/bench/firmware-host-$r.log
 		st=0
 		"$root/tests/harness/run-host.sh" -q -b "$bin" -s 300 -t 2400 -x "$tmp/media.cpio.gz" \
@@ -177,6 +188,9 @@ SCENARIO
 		fi
 	done
 	flock -u 9
+	[ "${FIRMWARE_ANALYZE:-0}" = 0 ] || for r in $(seq "$hr"); do
+		grep -a '^FWANALYZE\|^FWBLAME' "$root/target/bench/firmware-host-$r.log" | tr -d '\r' | sed "s/^/round $r: /" >&2
+	done
 	cat <<HOST
 
 ## Linux through SeaBIOS inside the emulated test host
