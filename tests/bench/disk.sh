@@ -17,9 +17,8 @@
 # FIO_SECONDS (default 5) sets each job's length. About 8 minutes with the
 # defaults.
 set -eu
-root=$(cd "$(dirname "$0")/../.." && pwd)
+. "$(dirname "$0")/lib.sh"
 out=${1:-}
-bin=$root/target/x86_64-unknown-linux-musl/release
 secs=${FIO_SECONDS:-5}
 rounds=${DISK_ROUNDS:-3}
 size=256   # MiB
@@ -70,47 +69,15 @@ SCENARIO
 }
 # boot_host FIRST_ROUND: boots the test host, its console in $tmp/console.
 # A test host that hangs (it has, running QEMU's guests) says nothing for
-# minutes, while each part prints within 150 s: after 240 s of silence
-# the test host is stopped (its QEMU, through run-host.sh's timeout).
-# Waiting for another user's test host is not silence.
+# minutes, while each part prints within 150 s: run-host.sh stops one
+# silent for 240 s (waiting for another user's test host is not silence).
 boot_host() {
 	scenario "$1" > "$tmp/scenario.sh"
-	"$root/tests/harness/run-host.sh" -q -x "$root/target/bench/bench.cpio.gz" \
+	"$root/tests/harness/run-host.sh" -q -s 240 -x "$root/target/bench/bench.cpio.gz" \
 		-b "$bin" -t $((120 + (rounds - $1 + 1) * 450)) "$tmp/scenario.sh" \
-		< /dev/null > "$tmp/console" &
-	pid=$! quiet=0 seen=-1
-	while kill -0 $pid 2>/dev/null; do
-		sleep 10
-		n=$(wc -c < "$tmp/console")
-		# Silence counts from the first line: before it, run-host.sh
-		# may be waiting its turn for the test host (its own -t limit
-		# stops a host that never says anything).
-		if [ "$n" != "$seen" ]; then seen=$n quiet=0; elif [ "$n" -gt 0 ]; then quiet=$((quiet + 10)); fi
-		if [ $quiet -ge 240 ]; then
-			echo "bench: warning: disk I/O: the test host said nothing for $quiet s: stopping it" >&2
-			pkill -TERM -P $pid || :
-			break
-		fi
-	done
-	wait $pid
+		< /dev/null > "$tmp/console"
 }
-first=1; boot=0; : > "$tmp/log"
-while [ $first -le $rounds ] && [ $boot -lt $rounds ]; do
-	boot=$((boot + 1))
-	echo "=== test host boot $boot, from round $first" >> "$tmp/log"
-	if boot_host $first; then
-		tr -d '\r' < "$tmp/console" >> "$tmp/log"
-		break
-	fi
-	tr -d '\r' < "$tmp/console" >> "$tmp/log"
-	last=$(tr -d '\r' < "$tmp/console" | sed -n 's/^DISK-BEGIN [A-Za-z-]*:\([0-9]*\)$/\1/p' | tail -n 1)
-	echo "bench: warning: disk I/O: the test host stopped (timeout or crash) in round" \
-		"${last:-(none)}; its last lines:" >&2
-	tr -d '\r' < "$tmp/console" | tail -n 4 | sed 's/^/    /' >&2
-	[ -n "$last" ] || break
-	first=$((last + 1))
-	[ $first -gt $rounds ] || echo "bench: disk I/O: booting it again for round $first" >&2
-done
+in_hosts "disk I/O" DISK
 cp "$tmp/log" "$root/target/bench/disk-console.log"
 
 # FIO lines to "who round job value": IOPS for 4k jobs, MB/s (10^6 bytes)

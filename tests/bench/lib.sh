@@ -66,3 +66,30 @@ while True:
     time.sleep(0.002)
 PY
 }
+
+# in_hosts NAME MARK: the rounds of a test-host benchmark (disk.sh,
+# qcow2.sh), booting the test host again when one dies under a round:
+# calls the script's boot_host FIRST_ROUND (its console in
+# $tmp/console, its status that of run-host.sh) until a boot runs to the
+# end, each next one from the round after the last one its console began
+# ("MARK-BEGIN WHO:ROUND" lines), at most $rounds boots. The consoles of
+# all boots go to $tmp/log; warnings, named NAME, to stderr.
+in_hosts() {
+	first=1 boot=0; : > "$tmp/log"
+	while [ $first -le $rounds ] && [ $boot -lt $rounds ]; do
+		boot=$((boot + 1))
+		echo "=== test host boot $boot, from round $first" >> "$tmp/log"
+		if boot_host $first; then
+			tr -d '\r' < "$tmp/console" >> "$tmp/log"
+			break
+		fi
+		tr -d '\r' < "$tmp/console" >> "$tmp/log"
+		last=$(tr -d '\r' < "$tmp/console" | sed -n "s/^$2-BEGIN [A-Za-z0-9-]*:\([0-9]*\)\$/\1/p" | tail -n 1)
+		echo "bench: warning: $1: the test host stopped (timeout or crash) in round" \
+			"${last:-(none)}; its last lines:" >&2
+		tr -d '\r' < "$tmp/console" | tail -n 4 | sed 's/^/    /' >&2
+		[ -n "$last" ] || break
+		first=$((last + 1))
+		[ $first -gt $rounds ] || echo "bench: $1: booting it again for round $first" >&2
+	done
+}

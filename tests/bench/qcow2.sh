@@ -31,9 +31,8 @@
 # vm-run on a fresh overlay, and a column for it, so that a change is
 # measured against what it changes in the same run (about 3 minutes more).
 set -eu
-root=$(cd "$(dirname "$0")/../.." && pwd)
+. "$(dirname "$0")/lib.sh"
 out=${1:-}
-bin=$root/target/x86_64-unknown-linux-musl/release
 secs=${FIO_SECONDS:-5}
 rounds=${QCOW2_ROUNDS:-3}
 runs=${QCOW2_IMG_RUNS:-3}
@@ -160,8 +159,7 @@ while [ $r -le $rounds ]; do
 done
 SCENARIO
 }
-# boot_host FIRST_ROUND: as in disk.sh; after 240 s of silence the test
-# host is stopped (time spent waiting for the test-host lock not counted).
+# boot_host FIRST_ROUND: as in disk.sh.
 extra=$root/target/bench/bench.cpio.gz per=480
 if [ -n "$before" ]; then
 	per=640
@@ -175,43 +173,11 @@ if [ -n "$before" ]; then
 fi
 boot_host() {
 	scenario "$1" > "$tmp/scenario.sh"
-	"$root/tests/harness/run-host.sh" -q -x "$extra" \
+	"$root/tests/harness/run-host.sh" -q -s 240 -x "$extra" \
 		-b "$bin" -t $((120 + (rounds - $1 + 1) * per)) "$tmp/scenario.sh" \
-		< /dev/null > "$tmp/console" &
-	pid=$! quiet=0 seen=-1
-	while kill -0 $pid 2>/dev/null; do
-		sleep 10
-		n=$(wc -c < "$tmp/console")
-		# Silence counts once QEMU runs: run-host.sh starts it under
-		# timeout(1) only when it has the test-host lock, which another
-		# worktree's test host may hold for many minutes.
-		if [ "$n" != "$seen" ]; then seen=$n quiet=0
-		elif pgrep -x -P $pid timeout >/dev/null; then quiet=$((quiet + 10)); fi
-		if [ $quiet -ge 240 ]; then
-			echo "bench: warning: qcow2: the test host said nothing for $quiet s: stopping it" >&2
-			pkill -TERM -P $pid || :
-			break
-		fi
-	done
-	wait $pid
+		< /dev/null > "$tmp/console"
 }
-first=1; boot=0; : > "$tmp/log"
-while [ $first -le $rounds ] && [ $boot -lt $rounds ]; do
-	boot=$((boot + 1))
-	echo "=== test host boot $boot, from round $first" >> "$tmp/log"
-	if boot_host $first; then
-		tr -d '\r' < "$tmp/console" >> "$tmp/log"
-		break
-	fi
-	tr -d '\r' < "$tmp/console" >> "$tmp/log"
-	last=$(tr -d '\r' < "$tmp/console" | sed -n 's/^QCOW2-BEGIN [A-Za-z0-9-]*:\([0-9]*\)$/\1/p' | tail -n 1)
-	echo "bench: warning: qcow2: the test host stopped (timeout or crash) in round" \
-		"${last:-(none)}; its last lines:" >&2
-	tr -d '\r' < "$tmp/console" | tail -n 4 | sed 's/^/    /' >&2
-	[ -n "$last" ] || break
-	first=$((last + 1))
-	[ $first -gt $rounds ] || echo "bench: qcow2: booting it again for round $first" >&2
-done
+in_hosts qcow2 QCOW2
 cp "$tmp/log" "$root/target/bench/qcow2-console.log"
 
 # FIO lines to "who round job value", as in disk.sh; a kernel message the
