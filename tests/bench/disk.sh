@@ -87,30 +87,7 @@ awk '$2 == "FIO" && NF == 8 && $4 == 0 && $1 ~ /^[A-Za-z-]+:[0-9]+$/ {
 	v = ($3 ~ /1m$/) ? ($5 + $7) * 1024 / 1e6 : $6 + $8
 	split($1, w, ":"); if (v > 0) print w[1], w[2], $3, v }' "$tmp/log" > "$tmp/values"
 jobs="randread-4k-qd1 randread-4k-qd32 randwrite-4k-qd1 randwrite-4k-qd32 read-1m write-1m"
-for who in host vm-run QEMU; do
-	r=1
-	while [ "$r" -le "$rounds" ]; do
-		missing=
-		for j in $jobs; do
-			grep -q "^$who $r $j " "$tmp/values" || missing="$missing $j"
-		done
-		if [ -n "$missing" ]; then
-			echo "bench: warning: disk I/O: no $who numbers in round $r for:$missing" \
-				"(n/a in the table unless another round has them)" >&2
-			if ! grep -q "^DISK-BEGIN $who:$r\$" "$tmp/log"; then
-				echo "    (never started: the test host stopped before)" >&2
-			else
-				awk -v b="DISK-BEGIN $who:$r" -v e="DISK-END $who:$r " '\
-					$0 == b { on = 1 } on && /^=== test host boot/ { exit }
-					on { print } on && index($0, e) == 1 { exit }' "$tmp/log" |
-					tail -n 30 | sed 's/^/    /' >&2
-				grep -q "^DISK-END $who:$r " "$tmp/log" ||
-					echo "    (no end: the test host stopped here)" >&2
-			fi
-		fi
-		r=$((r + 1))
-	done
-done
+warn_missing "disk I/O" DISK host vm-run QEMU
 grep -q '^host ' "$tmp/values" || {
 	echo "bench: disk I/O: no host numbers at all, nothing to compare with; the console:" >&2
 	cat "$tmp/log" >&2

@@ -93,3 +93,37 @@ in_hosts() {
 		[ $first -gt $rounds ] || echo "bench: $1: booting it again for round $first" >&2
 	done
 }
+
+# warn_missing NAME MARK WHO...: a warning on stderr for each WHO and
+# round of $rounds without a number for each of $jobs in $tmp/values
+# ("who round job value" lines), with that part's console from $tmp/log
+# (its last attempt's, between "MARK-BEGIN WHO:ROUND" and "MARK-END
+# WHO:ROUND ...") or why there is none.
+warn_missing() {
+	name=$1 mark=$2; shift 2
+	for who in "$@"; do
+		r=1
+		while [ "$r" -le "$rounds" ]; do
+			missing=
+			for j in $jobs; do
+				grep -q "^$who $r $j " "$tmp/values" || missing="$missing $j"
+			done
+			if [ -n "$missing" ]; then
+				echo "bench: warning: $name: no $who numbers in round $r for:$missing" \
+					"(n/a in the table unless another round has them)" >&2
+				if ! grep -q "^$mark-BEGIN $who:$r\$" "$tmp/log"; then
+					echo "    (never started: the test host stopped before)" >&2
+				else
+					awk -v b="$mark-BEGIN $who:$r" -v e="$mark-END $who:$r " '\
+						$0 == b { on = 1; c = 0 } on && /^=== test host boot/ { on = 0 }
+						on { l[++c] = $0 } on && index($0, e) == 1 { on = 0 }
+						END { for (i = 1; i <= c; i++) print l[i] }' "$tmp/log" |
+						tail -n 30 | sed 's/^/    /' >&2
+					grep -q "^$mark-END $who:$r " "$tmp/log" ||
+						echo "    (no end: the test host stopped here)" >&2
+				fi
+			fi
+			r=$((r + 1))
+		done
+	done
+}

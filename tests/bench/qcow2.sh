@@ -190,32 +190,7 @@ awk '{ sub(/\[ *[0-9]+\.[0-9]+\] .*$/, "") }
 	split($1, w, ":"); if (v > 0) { k = w[1] " " w[2] " " $3; if (!(k in val)) ord[++n] = k; val[k] = v } }
 	END { for (i = 1; i <= n; i++) print ord[i], val[ord[i]] }' "$tmp/log" > "$tmp/values"
 jobs="randread-4k-qd1 randread-4k-qd32 randwrite-4k-qd1 randwrite-4k-qd32 read-1m write-1m"
-for who in vm-run-raw vm-run-qcow2 QEMU-qcow2 ${before:+vm-run-qcow2-before}; do
-	r=1
-	while [ "$r" -le "$rounds" ]; do
-		missing=
-		for j in $jobs; do
-			grep -q "^$who $r $j " "$tmp/values" || missing="$missing $j"
-		done
-		if [ -n "$missing" ]; then
-			echo "bench: warning: qcow2: no $who numbers in round $r for:$missing" \
-				"(n/a in the table unless another round has them)" >&2
-			if ! grep -q "^QCOW2-BEGIN $who:$r\$" "$tmp/log"; then
-				echo "    (never started: the test host stopped before)" >&2
-			else
-				# The last attempt's console.
-				awk -v b="QCOW2-BEGIN $who:$r" -v e="QCOW2-END $who:$r " '\
-					$0 == b { on = 1; c = 0 } on && /^=== test host boot/ { on = 0 }
-					on { l[++c] = $0 } on && index($0, e) == 1 { on = 0 }
-					END { for (i = 1; i <= c; i++) print l[i] }' "$tmp/log" |
-					tail -n 30 | sed 's/^/    /' >&2
-				grep -q "^QCOW2-END $who:$r " "$tmp/log" ||
-					echo "    (no end: the test host stopped here)" >&2
-			fi
-		fi
-		r=$((r + 1))
-	done
-done
+warn_missing "qcow2" QCOW2 vm-run-raw vm-run-qcow2 QEMU-qcow2 ${before:+vm-run-qcow2-before}
 # Parts tried again, with the first attempt's console.
 grep '^QCOW2-RETRY ' "$tmp/log" | while read -r _ name; do
 	echo "bench: warning: qcow2: $name gave no full set of numbers; tried again. Its console:" >&2
