@@ -285,26 +285,8 @@ another build of vm-run (QCOW2_BEFORE), a fourth part in each round
 after vm-run qcow2, and the ratio of the two.
 TEXT
 echo
-awk -v jobs="$jobs" -v before="${before:+1}" '
-	{ k = $1 SUBSEP $3; v[k, ++n[k]] = $4 }
-	# med[k]: the median of the values of k; range[k]: "min–max".
-	function stats(k,   i, j, t, a, c) {
-	  c = n[k]; if (!c) return
-	  for (i = 1; i <= c; i++) a[i] = v[k, i] + 0
-	  for (i = 2; i <= c; i++) for (j = i; j > 1 && a[j - 1] > a[j]; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
-	  med[k] = (c % 2) ? a[(c + 1) / 2] : (a[c / 2] + a[c / 2 + 1]) / 2
-	  range[k] = num(a[1]) "–" num(a[c])
-	}
-	function num(x) { return sprintf(x < 100 ? "%.1f" : "%.0f", x) }
-	function show(k) { return !(k in med) ? "n/a" : n[k] > 1 ? num(med[k]) " [" range[k] "]" : num(med[k]) }
-	function ratio(a, b) {
-	  if (!(a in med) || !(b in med)) return "n/a"
-	  return sprintf(med[a] / med[b] < 0.1 ? "%.3fx" : "%.2fx", med[a] / med[b])
-	}
+awk -v jobs="$jobs" -v before="${before:+1}" "$fio_table_awk"'
 	END {
-	  name["randread-4k-qd1"] = "4k random read, QD 1, IOPS"; name["randread-4k-qd32"] = "4k random read, QD 32, IOPS"
-	  name["randwrite-4k-qd1"] = "4k random write, QD 1, IOPS"; name["randwrite-4k-qd32"] = "4k random write, QD 32, IOPS"
-	  name["read-1m"] = "1 MiB sequential read, MB/s"; name["write-1m"] = "1 MiB sequential write, MB/s"
 	  printf "| fio job, median [min–max] | vm-run raw | vm-run qcow2 | QEMU qcow2 | qcow2 / raw | vm-run qcow2 / QEMU qcow2 |%s\n", before ? " vm-run qcow2 before | qcow2 / before |" : ""
 	  printf "|---|---|---|---|---|---|%s\n", before ? "---|---|" : ""
 	  c = split(jobs, js, " ")
