@@ -155,6 +155,17 @@ impl Cluster {
         }
     }
 
+    /// The state and exit code of job `id` once it has ended (within 30 s).
+    fn await_end(&self, id: &str) -> (String, String) {
+        let j = self.await_job(id, Duration::from_secs(30), |j| {
+            !matches!(
+                j.state.as_str(),
+                "PENDING" | "RUNNING" | "COMPLETING" | "CONFIGURING"
+            )
+        });
+        (j.state, j.exit_code)
+    }
+
     fn log_tail(&self) -> String {
         let log = self.dir.join("log/slurmctld.log");
         let s = std::fs::read_to_string(log).unwrap_or_default();
@@ -383,17 +394,7 @@ fn a_guest_that_powers_off_ends_the_job_completed() {
     let c = cluster();
     let _serial = serial();
     let id = c.submit("off", &[], &["-a", "poweroff"]);
-    let j = c.await_job(&id, Duration::from_secs(30), |j| {
-        !matches!(
-            j.state.as_str(),
-            "PENDING" | "RUNNING" | "COMPLETING" | "CONFIGURING"
-        )
-    });
-    assert_eq!(
-        (j.state.as_str(), j.exit_code.as_str()),
-        ("COMPLETED", "0:0"),
-        "{j:?}"
-    );
+    assert_eq!(c.await_end(&id), ("COMPLETED".into(), "0:0".into()));
     assert_eq!(read(&c.out_file("off")), "tiny: poweroff\n");
 }
 
@@ -403,30 +404,10 @@ fn a_guest_that_fails_ends_the_job_failed_with_vm_runs_status() {
     let _serial = serial();
     // The tiny guest's "reset": vm-run exits 75 for a reboot.
     let id = c.submit("boom", &[], &["-a", "reset"]);
-    let j = c.await_job(&id, Duration::from_secs(30), |j| {
-        !matches!(
-            j.state.as_str(),
-            "PENDING" | "RUNNING" | "COMPLETING" | "CONFIGURING"
-        )
-    });
-    assert_eq!(
-        (j.state.as_str(), j.exit_code.as_str()),
-        ("FAILED", "75:0"),
-        "{j:?}"
-    );
+    assert_eq!(c.await_end(&id), ("FAILED".into(), "75:0".into()));
     // And one that cannot start: vm-run's one line, and its status.
     let id = c.submit("nokernel", &[], &["-b", "/nonexistent/vmlinuz"]);
-    let j = c.await_job(&id, Duration::from_secs(30), |j| {
-        !matches!(
-            j.state.as_str(),
-            "PENDING" | "RUNNING" | "COMPLETING" | "CONFIGURING"
-        )
-    });
-    assert_eq!(
-        (j.state.as_str(), j.exit_code.as_str()),
-        ("FAILED", "66:0"),
-        "{j:?}"
-    );
+    assert_eq!(c.await_end(&id), ("FAILED".into(), "66:0".into()));
     let s = read(&c.out_file("nokernel"));
     assert!(s.starts_with("vm-run: /nonexistent/vmlinuz: "), "{s:?}");
     assert_eq!(s.lines().count(), 1, "{s:?}");
