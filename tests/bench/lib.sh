@@ -96,7 +96,7 @@ in_hosts() {
 
 # warn_missing NAME MARK WHO...: a warning on stderr for each WHO and
 # round of $rounds without a number for each of $jobs in $tmp/values
-# ("who round job value" lines), with that part's console from $tmp/log
+# ("who round job value" lines; disk.sh, qcow2.sh, net.sh), with that part's console from $tmp/log
 # (its last attempt's, between "MARK-BEGIN WHO:ROUND" and "MARK-END
 # WHO:ROUND ...") or why there is none.
 warn_missing() {
@@ -118,7 +118,7 @@ warn_missing() {
 						$0 == b { on = 1; c = 0 } on && /^=== test host boot/ { on = 0 }
 						on { l[++c] = $0 } on && index($0, e) == 1 { on = 0 }
 						END { for (i = 1; i <= c; i++) print l[i] }' "$tmp/log" |
-						tail -n 30 | sed 's/^/    /' >&2
+						grep -v '^[[:space:]]*$' | tail -n 30 | sed 's/^/    /' >&2
 					grep -q "^$mark-END $who:$r " "$tmp/log" ||
 						echo "    (no end: the test host stopped here)" >&2
 				fi

@@ -22,9 +22,8 @@
 # NET_CONSOLE=FILE skips the measuring and makes the section from a
 # console kept before (with the NET_ROUNDS and NET_SECONDS of its run).
 set -eu
-root=$(cd "$(dirname "$0")/../.." && pwd)
+. "$(dirname "$0")/lib.sh"
 out=${1:-}
-bin=$root/target/x86_64-unknown-linux-musl/release
 secs=${NET_SECONDS:-5}
 rounds=${NET_ROUNDS:-3}
 mem=512M
@@ -135,30 +134,8 @@ fi
 # "who round dir Mbit/s"; failed jobs (0) are left out.
 awk '$2 == "NET" && NF == 4 && $1 ~ /^[A-Za-z-]+:[0-9]+$/ && ($3 == "tx" || $3 == "rx") && $4 > 0 {
 	split($1, w, ":"); print w[1], w[2], $3, $4 }' "$tmp/log" > "$tmp/values"
-for who in vm-run QEMU QEMU-vhost; do
-	r=1
-	while [ "$r" -le "$rounds" ]; do
-		missing=
-		for d in tx rx; do
-			grep -q "^$who $r $d " "$tmp/values" || missing="$missing $d"
-		done
-		if [ -n "$missing" ]; then
-			echo "bench: warning: network: no $who numbers in round $r for:$missing" \
-				"(n/a in the table unless another round has them)" >&2
-			if ! grep -q "^NET-BEGIN $who:$r\$" "$tmp/log"; then
-				echo "    (never started: the test host stopped before)" >&2
-			else
-				awk -v b="NET-BEGIN $who:$r" -v e="NET-END $who:$r " '\
-					$0 == b { on = 1 } on && /^=== test host boot/ { exit }
-					on { print } on && index($0, e) == 1 { exit }' "$tmp/log" |
-					grep -v '^[[:space:]]*$' | tail -n 30 | sed 's/^/    /' >&2
-				grep -q "^NET-END $who:$r " "$tmp/log" ||
-					echo "    (no end: the test host stopped here)" >&2
-			fi
-		fi
-		r=$((r + 1))
-	done
-done
+jobs="tx rx"
+warn_missing network NET vm-run QEMU QEMU-vhost
 # What went wrong in the guests (NET-ERROR lines: no NIC, no ping, an
 # iperf3 that failed or had to be stopped; a stalled stream still gives
 # its number).
