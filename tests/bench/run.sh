@@ -1,6 +1,8 @@
 #!/bin/sh
 # make bench: measures vm-run against QEMU (Debian's) in the same run and
-# writes docs/BENCHMARKS.md (or the file named).
+# writes docs/BENCHMARKS.md (or the file named): this run's tables first,
+# then the file as it was, under "# Before the run of DATE", so that the
+# analyses and older figures written into it stay.
 #  1. start-up on this machine's /dev/kvm with the tiny PVH guest;
 #  2. Linux boot inside the emulated test host, same kernel, initramfs and
 #     command line for both (tests/bench/boot.sh, which runs alone too);
@@ -27,6 +29,7 @@ mkdir -p "${tiny%/*}"
 cc -c "$root/tests/tiny-guest/tiny.S" -o "${tiny%.elf}.o"
 ld -m elf_x86_64 -n --no-warn-rwx-segments -T "$root/tests/tiny-guest/tiny.ld" "${tiny%.elf}.o" -o "$tiny"
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+[ ! -f "$out" ] || cp "$out" "$tmp/before"
 
 echo "bench: start-up on this machine's /dev/kvm" >&2
 "$bin/vm-bench" -n 20 -k "tiny: bench" \
@@ -101,5 +104,9 @@ TAIL
 for t in vm-run vm-ctl vm-img vm-net vm-send vm-receive; do
 	echo "| $t | $(stat -c %s "$bin/$t") |"
 done
+if [ -s "$tmp/before" ]; then
+	echo
+	sed "1s/^# Benchmarks\$/# Before the run of $(date -u +%Y-%m-%d)/" "$tmp/before"
+fi
 } > "$out"
 echo "bench: wrote $out" >&2
