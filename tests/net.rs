@@ -26,7 +26,12 @@ const DHCP_SCRIPT: &str = "echo \\#!/bin/sh > /tmp/s; \
 const TRANSFER: u64 = 100 << 20;
 
 /// Rounds of BOTH_WAYS bytes each way at once, and each round's limit.
-const ROUNDS: u32 = 20;
+/// Eight, not more: the test host's emulated CPU makes a guest
+/// triple-fault now and then while taking an interrupt (tests/README.md),
+/// about one such run of 20 rounds in two; so that three of them in a row
+/// do not fail CI for the environment's sake (issue 19.11a's race is
+/// caught every time by a unit test, here only now and then).
+const ROUNDS: u32 = 8;
 const BOTH_WAYS: u64 = 8 << 20;
 const ROUND_SECS: u32 = 60;
 

@@ -218,7 +218,7 @@ fn host_lock() -> Option<fs::File> {
 }
 
 /// How many times a scenario runs at most (again_after_triple_fault).
-const MAX_RUNS: u32 = 3;
+const MAX_RUNS: u32 = 4;
 
 /// Scenario `name`'s `script`, run again from the start when it failed
 /// and a vm-run in it said its guest triple-faulted, at most MAX_RUNS
