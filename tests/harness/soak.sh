@@ -58,7 +58,10 @@ W='$work'
 EOF
 cat >> "$scenario" <<'EOF'
 if [ -n "$PARAMS" ]; then
+    # kvmhold (the host's /init) keeps a VM open, which pins the module.
+    pkill kvmhold; sleep 1
     rmmod kvm_amd && insmod /lib/modules/kvm-amd.ko $PARAMS || { echo "@@@ SOAK-PARAMS-FAILED"; exit 1; }
+    kvmhold &
 fi
 echo "@@@ SOAK-HOST $(date +%s) $(uname -r) kvm_amd: $(cd /sys/module/kvm_amd/parameters && for p in *; do printf '%s=%s ' "$p" "$(cat "$p")"; done)"
 # A heartbeat: a host whose console stops is a stuck host (run-host.sh -s).

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Usage: tests/harness/triplefault.sh [-c VCPUS] [-n BOOTS] [-f FAULTS]
+# Usage: tests/harness/triplefault.sh [-c VCPUS] [-n BOOTS] [-f FAULTS] [-p PARAMS]
 # Run by hand (not in CI, not in make test): catches guests' triple faults
 # and hangs in the emulated test host with the host's KVM tracepoints on.
 # Boots the cloud kernel (nokaslr) with VCPUS (default 4) vCPUs up to BOOTS
@@ -10,21 +10,32 @@
 # delivered: 0x800000VV, vector VV), for a hang the guest's last lines;
 # for both, the guest functions of every vCPU's last exits, from the
 # guest's own /proc/kallsyms (a first boot writes it to a disk). The
-# whole console stays in target/testhost/triplefault.log.
+# whole console stays in target/testhost/triplefault.log. -p reloads
+# kvm_amd with PARAMS first (e.g. npt=0: shadow paging instead of the
+# emulated CPU's nested paging).
 # tests/README.md has what it found.
 set -eu
 root=$(cd "$(dirname "$0")/../.." && pwd)
-cpus=4 boots=60 faults=3
-while getopts c:n:f: o; do
-    case $o in c) cpus=$OPTARG ;; n) boots=$OPTARG ;; f) faults=$OPTARG ;; *) sed -n 's/^# \{0,1\}//; 2,14p' "$0" >&2; exit 2 ;; esac
+cpus=4 boots=60 faults=3 params=
+while getopts c:n:f:p: o; do
+    case $o in c) cpus=$OPTARG ;; n) boots=$OPTARG ;; f) faults=$OPTARG ;; p) params=$OPTARG ;;
+    *) sed -n 's/^# \{0,1\}//; 2,16p' "$0" >&2; exit 2 ;; esac
 done
 case $cpus$boots$faults in *[!0-9]*) echo "triplefault.sh: numbers only" >&2; exit 2 ;; esac
+case $params in *[!a-z0-9_=\ ]*) echo "triplefault.sh: -p takes name=value words" >&2; exit 2 ;; esac
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 cat > "$tmp/scenario.sh" <<EOF
-CPUS=$cpus BOOTS=$boots FAULTS=$faults
+CPUS=$cpus BOOTS=$boots FAULTS=$faults PARAMS='$params'
 EOF
 cat >> "$tmp/scenario.sh" <<'EOF'
 exec 2>&1
+if [ -n "$PARAMS" ]; then
+    # kvmhold (the host's /init) keeps a VM open, which pins the module.
+    pkill kvmhold; sleep 1
+    rmmod kvm_amd && insmod /lib/modules/kvm-amd.ko $PARAMS || { echo "TRIPLEFAULT-PARAMS-FAILED"; exit 1; }
+    kvmhold &
+fi
+echo "kvm_amd: $(cd /sys/module/kvm_amd/parameters && for p in npt avic nested; do printf '%s=%s ' $p "$(cat $p)"; done)"
 cmdline='console=ttyS0 quiet nokaslr'
 dd if=/dev/zero of=/tmp/ks.img bs=1M count=16 2>/dev/null
 timeout -s KILL 300 vm-run -c 1 -m 256M -b /guest/bzImage -i /guest/initrd.gz -d /tmp/ks.img \
@@ -40,8 +51,22 @@ n=0 f=0
 while [ $n -lt $BOOTS ] && [ $f -lt $FAULTS ]; do
     n=$((n + 1))
     echo > $t/trace; echo 1 > $t/tracing_on
-    timeout -s KILL 120 vm-run -c $CPUS -m 256M -b /guest/bzImage -i /guest/initrd.gz -a "$cmdline" > /tmp/g.out 2>&1
-    rc=$?
+    vm-run -c $CPUS -m 256M -b /guest/bzImage -i /guest/initrd.gz -a "$cmdline" > /tmp/g.out 2>&1 &
+    pid=$! i=0
+    while [ -d /proc/$pid ] && [ "$(cut -d' ' -f3 /proc/$pid/stat 2>/dev/null)" != Z ] && [ $i -lt 600 ]; do
+        sleep 0.2; i=$((i + 1))
+    done
+    if [ $i -ge 600 ]; then
+        # Still running after 120 s: where each of vm-run's threads is
+        # (in KVM_RUN, in the guest, or waiting in vm-run), before the kill.
+        echo 0 > $t/tracing_on
+        for d in /proc/$pid/task/*; do
+            echo "  thread $(cat $d/comm): state $(cut -d' ' -f3 $d/stat) wchan $(cat $d/wchan 2>/dev/null) syscall $(cut -d' ' -f1 $d/syscall 2>/dev/null)"
+            sed 's/^/    /' $d/stack 2>/dev/null | head -n 6
+        done > /tmp/threads
+        kill -9 $pid
+    fi
+    wait $pid; rc=$?
     echo "boot $n: status $rc"
     echo 0 > $t/tracing_on
     if grep -q 'triple fault' /tmp/g.out; then
@@ -52,6 +77,7 @@ while [ $n -lt $BOOTS ] && [ $f -lt $FAULTS ]; do
     elif [ $rc = 137 ]; then
         echo "HANG boot $n: killed after 120 s; the guest's last lines:"
         tail -n 3 /tmp/g.out | sed 's/^/  | /'
+        cat /tmp/threads
     else
         continue
     fi
@@ -61,11 +87,11 @@ while [ $n -lt $BOOTS ] && [ $f -lt $FAULTS ]; do
             while read why rip; do echo "  vcpu$c $why $rip $(fn $rip)"; done
     done
 done
-echo "TRIPLEFAULT-SUMMARY boots=$n triple_faults_and_hangs=$f vcpus=$CPUS"
+echo "TRIPLEFAULT-SUMMARY boots=$n triple_faults_and_hangs=$f vcpus=$CPUS kvm_amd=$PARAMS"
 EOF
 log=$root/target/testhost/triplefault.log
 mkdir -p "${log%/*}"
 rc=0
 "$root/tests/harness/run-host.sh" -s 400 -t 3000 "$tmp/scenario.sh" > "$log" || rc=$?
-awk '/^(TRIPLE-FAULT|HANG) /{on=1} /^TRIPLEFAULT-SUMMARY/{print; exit} on && !/^boot [0-9]*: status/ && !/^\[ *[0-9.]*\] /' "$log"
+awk '/^kvm_amd: /{print} /^(TRIPLE-FAULT|HANG) /{on=1} /^TRIPLEFAULT-SUMMARY/{print; exit} on && !/^boot [0-9]*: status/ && !/^\[ *[0-9.]*\] /' "$log"
 [ $rc = 0 ] || { echo "triplefault.sh: the test host failed (status $rc): $log" >&2; exit $rc; }
