@@ -59,7 +59,7 @@ EOF
 cat >> "$scenario" <<'EOF'
 if [ -n "$PARAMS" ]; then
     # kvmhold (the host's /init) keeps a VM open, which pins the module.
-    pkill kvmhold; sleep 1
+    for d in /proc/[0-9]*; do [ "$(cat $d/comm 2>/dev/null)" != kvmhold ] || kill ${d#/proc/}; done; sleep 1
     rmmod kvm_amd && insmod /lib/modules/kvm-amd.ko $PARAMS || { echo "@@@ SOAK-PARAMS-FAILED"; exit 1; }
     kvmhold &
 fi

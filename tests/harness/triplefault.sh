@@ -7,9 +7,11 @@
 # triple faults or hangs (a guest still running after 120 s); for each
 # triple fault, prints the vCPU's last exits and interrupt injections
 # (kvm_exit's intr_info on the shutdown exit is the event that was being
-# delivered: 0x800000VV, vector VV), for a hang the guest's last lines;
-# for both, the guest functions of every vCPU's last exits, from the
-# guest's own /proc/kallsyms (a first boot writes it to a disk). The
+# delivered: 0x800000VV, vector VV), for a hang the guest's last lines
+# and each of vm-run's threads' state and kernel stack; for both, the
+# guest functions of every vCPU's last exits, from the guest's own
+# /proc/kallsyms (a first boot writes it to a disk), and its last nested
+# page faults. The
 # whole console stays in target/testhost/triplefault.log. -p reloads
 # kvm_amd with PARAMS first (e.g. npt=0: shadow paging instead of the
 # emulated CPU's nested paging).
@@ -19,7 +21,7 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 cpus=4 boots=60 faults=3 params=
 while getopts c:n:f:p: o; do
     case $o in c) cpus=$OPTARG ;; n) boots=$OPTARG ;; f) faults=$OPTARG ;; p) params=$OPTARG ;;
-    *) sed -n 's/^# \{0,1\}//; 2,16p' "$0" >&2; exit 2 ;; esac
+    *) sed -n 's/^# \{0,1\}//; 2,18p' "$0" >&2; exit 2 ;; esac
 done
 case $cpus$boots$faults in *[!0-9]*) echo "triplefault.sh: numbers only" >&2; exit 2 ;; esac
 case $params in *[!a-z0-9_=\ ]*) echo "triplefault.sh: -p takes name=value words" >&2; exit 2 ;; esac
@@ -31,8 +33,8 @@ cat >> "$tmp/scenario.sh" <<'EOF'
 exec 2>&1
 if [ -n "$PARAMS" ]; then
     # kvmhold (the host's /init) keeps a VM open, which pins the module.
-    pkill kvmhold; sleep 1
-    rmmod kvm_amd && insmod /lib/modules/kvm-amd.ko $PARAMS || { echo "TRIPLEFAULT-PARAMS-FAILED"; exit 1; }
+    for d in /proc/[0-9]*; do [ "$(cat $d/comm 2>/dev/null)" != kvmhold ] || kill ${d#/proc/}; done; sleep 1
+    rmmod kvm_amd && insmod /lib/modules/kvm-amd.ko $PARAMS || { echo "kvm_amd: reloading with $PARAMS failed"; exit 1; }
     kvmhold &
 fi
 echo "kvm_amd: $(cd /sys/module/kvm_amd/parameters && for p in npt avic nested; do printf '%s=%s ' $p "$(cat $p)"; done)"
@@ -85,6 +87,8 @@ while [ $n -lt $BOOTS ] && [ $f -lt $FAULTS ]; do
     for c in $(seq 0 $((CPUS - 1))); do
         grep "kvm_exit: vcpu $c " $t/trace | tail -n 3 | sed 's/.*reason \([^ ]*\) rip 0x\([0-9a-f]*\).*/\1 \2/' |
             while read why rip; do echo "  vcpu$c $why $rip $(fn $rip)"; done
+        # The last nested page faults: in a hang, the address one loops on.
+        grep "vcpu$c-.*kvm_page_fault" $t/trace | tail -n 2 | sed "s/.*kvm_page_fault: /  vcpu$c page fault: /"
     done
 done
 echo "TRIPLEFAULT-SUMMARY boots=$n triple_faults_and_hangs=$f vcpus=$CPUS kvm_amd=$PARAMS"
