@@ -73,8 +73,8 @@ if [ "$runs" -gt 0 ] && [ "${BOOT_GENERIC:-1}" != 0 ] && [ -f "$media/debian.raw
 		mkfs.ext4 -q -d "$gen/root" "$gen/root.img.new" 64M > /dev/null
 		rm -rf "$gen/root" "$gen/mnt"; mv "$gen/root.img.new" "$gen/root.img"
 	fi
-	mkdir -p "$tmp/x/generic"; cp "$gen/vmlinuz" "$gen/initrd.img" "$gen/root.img" "$tmp/x/generic/"
-	(cd "$tmp/x" && find . -mindepth 1 | cpio -o -H newc -R 0:0 --quiet) | gzip -1 > "$tmp/generic.cpio.gz"
+	(cd "$gen/.." && printf '%s\n' generic generic/vmlinuz generic/initrd.img generic/root.img |
+		cpio -o -H newc -R 0:0 --quiet) | gzip -1 > "$tmp/generic.cpio.gz"
 	extra="-x $tmp/generic.cpio.gz"
 fi
 gline='console=ttyS0 quiet root=/dev/vda ro init=/init'
