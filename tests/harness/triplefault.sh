@@ -11,17 +11,16 @@
 # and each of vm-run's threads' state and kernel stack; for both, the
 # guest functions of every vCPU's last exits, from the guest's own
 # /proc/kallsyms (a first boot writes it to a disk), and its last nested
-# page faults. The
-# whole console stays in target/testhost/triplefault.log. -p reloads
-# kvm_amd with PARAMS first (e.g. npt=0: shadow paging instead of the
-# emulated CPU's nested paging).
+# page faults. The whole console stays in target/testhost/triplefault.log.
+# -p reloads kvm_amd with PARAMS first (e.g. npt=0: shadow paging instead
+# of the emulated CPU's nested paging).
 # tests/README.md has what it found.
 set -eu
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cpus=4 boots=60 faults=3 params=
 while getopts c:n:f:p: o; do
     case $o in c) cpus=$OPTARG ;; n) boots=$OPTARG ;; f) faults=$OPTARG ;; p) params=$OPTARG ;;
-    *) sed -n 's/^# \{0,1\}//; 2,18p' "$0" >&2; exit 2 ;; esac
+    *) sed -n 's/^# \{0,1\}//; 2,17p' "$0" >&2; exit 2 ;; esac
 done
 case $cpus$boots$faults in *[!0-9]*) echo "triplefault.sh: numbers only" >&2; exit 2 ;; esac
 case $params in *[!a-z0-9_=\ ]*) echo "triplefault.sh: -p takes name=value words" >&2; exit 2 ;; esac
