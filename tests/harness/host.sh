@@ -50,6 +50,11 @@ ip link set lo up
 # One VM open for good, so that guests coming and going never patch the
 # scheduler's code (tests/harness/kvmhold.c).
 kvmhold &
+# A heartbeat on the second serial port, apart from the console: a host
+# whose beat stops is dead (both CPUs stuck in the emulation's faults,
+# tests/README.md), and run-host.sh says so within a minute instead of
+# waiting out its -s on the console.
+[ -c /dev/ttyS1 ] && (while :; do echo; sleep 5; done > /dev/ttyS1) &
 echo "TESTHOST-KERNEL $(uname -r)"
 echo TESTHOST-READY
 rc=0

@@ -8,7 +8,8 @@
 #   -t  timeout in seconds (default 600; none when stdin is a terminal)
 #   -x  also append this archive (benchmark tools, for instance)
 # The console goes to stdout; exit status 0 iff it shows TESTHOST-DONE,
-# 3 if the host's kernel locked up, panicked or (-s) fell silent.
+# 3 if the host's kernel locked up, panicked or (-s) fell silent, or its
+# heartbeat stopped.
 # Interactive (stdin a tty): you type into the host console; Ctrl-A x quits.
 # TESTHOST_DIR (default target/testhost) and TESTHOST_KERNEL (host.sh) pick
 # another build of the host; TESTHOST_ACCEL (default tcg) the outer QEMU's
@@ -17,7 +18,7 @@
 # (soak.sh prefixes them): a lockup or panic there is not the host's.
 set -eu
 root=$(cd "$(dirname "$0")/../.." && pwd)
-usage() { sed -n 's/^# \{0,1\}//; 2,17p' "$0" >&2; exit 2; }
+usage() { sed -n 's/^# \{0,1\}//; 2,18p' "$0" >&2; exit 2; }
 withq=; bin=$root/target/x86_64-unknown-linux-musl/release; t=; extra=; silent=
 while getopts qb:s:t:x: o; do
     case $o in q) withq=1 ;; b) bin=$OPTARG ;; s) silent=$OPTARG ;; t) t=$OPTARG ;; x) extra=$OPTARG ;; *) usage ;; esac
@@ -59,12 +60,19 @@ fi
 # and one whose kernel reports a task blocked for minutes: a host whose
 # khugepaged waits for ever on a guest's memory with both CPUs idle
 # (tests/README.md) prints that every 2 minutes, so it is never silent.
+# A host whose heartbeat (host.sh's /init, a byte every 5 s on its second
+# serial port) stops for a minute is dead: its user space stopped too,
+# which no busy guest or scenario brings about (the kernel reports a CPU
+# kept from scheduling for 20 s as a soft lockup).
 hostlines() { grep -Ev '^g[0-9]+\| ' "$1"; }
 hung='BUG: soft lockup|INFO: task .* blocked for more than'
-: > "$tmp/log"
-( quiet=0 seen=0
+: > "$tmp/log"; : > "$tmp/beat"
+( quiet=0 seen=0 still=0 beats=0
 while sleep 2; do
 	hostlines "$tmp/log" | grep -Eq "$hung" && { pkill -f "$tmp/initrd"; exit 0; }
+	b=$(wc -c < "$tmp/beat")
+	if [ "$b" != "$beats" ]; then beats=$b still=0; elif [ "$b" != 0 ]; then still=$((still + 2)); fi
+	[ $still -lt 60 ] || { : > "$tmp/dead"; pkill -f "$tmp/initrd"; exit 0; }
 	[ -n "$silent" ] || continue
 	n=$(wc -c < "$tmp/log")
 	if [ "$n" != "$seen" ]; then seen=$n quiet=0; else quiet=$((quiet + 2)); fi
@@ -73,7 +81,7 @@ done ) &
 watcher=$!
 # TCG warns about each EPYC-Rome feature it cannot emulate; that noise is dropped.
 timeout $fg -k 5 "$t" "${TESTHOST_QEMU:-qemu-system-x86_64}" -M q35 -accel "${TESTHOST_ACCEL:-tcg}" -cpu EPYC-Rome,+svm,+npt \
-    -m 6G -smp 2 -nodefaults -no-user-config -nographic -serial mon:stdio -no-reboot \
+    -m 6G -smp 2 -nodefaults -no-user-config -nographic -serial mon:stdio -serial file:"$tmp/beat" -no-reboot \
     -kernel "$host/vmlinuz" -initrd "$tmp/initrd" \
     -append 'console=ttyS0 quiet panic=-1' 2>"$tmp/err" | tee "$tmp/log" || :
 kill $watcher 2>/dev/null || :
@@ -87,6 +95,10 @@ fi
 # before TESTHOST-DONE; a guest's panic on this console would not.
 if ! grep -q TESTHOST-DONE "$tmp/log" && hostlines "$tmp/log" | grep -q 'Kernel panic - not syncing'; then
 	echo "run-host.sh: the test host's kernel panicked; boot abandoned" >&2
+	exit 3
+fi
+if [ -e "$tmp/dead" ]; then
+	echo "run-host.sh: the test host's heartbeat stopped for 60 s; boot abandoned" >&2
 	exit 3
 fi
 if [ -e "$tmp/silent" ]; then
