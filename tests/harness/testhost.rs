@@ -119,9 +119,9 @@ pub fn run_with(
 
     // A boot whose kernel locked up or panicked, whose heartbeat stopped,
     // or whose console fell silent for 8 minutes (run-host.sh's status 3,
-    // an environment fault,
-    // see its comments) is tried again, up to ATTEMPTS boots. No scenario
-    // is silent that long: their waits are of a minute or two at most.
+    // an environment fault, see its comments) is tried again, up to
+    // ATTEMPTS boots. No scenario is silent that long: their waits are of
+    // a minute or two at most.
     // The retry stays because the fault is the emulated host's, not
     // vm-run's, and frequent: tests/harness/soak.sh saw 3 panics in 6
     // boots of the 6.1 host kernel, and 7 in 7 of bookworm-backports'
