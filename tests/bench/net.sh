@@ -169,7 +169,7 @@ in a guest. Each guest gets a tap of its own from \`vm-net -i bt0\`
 hand in the guest, no DHCP), nothing else on it. The same guest for all:
 Debian's kernel $kver and the busybox initramfs with iperf3 and its
 libraries, two vCPUs, $mem; Debian's virtio_net negotiates checksum and
-TSO offloads and mergeable receive buffers with each.
+TSO offloads, mergeable receive buffers and indirect descriptors with each.
 
 - **vm-run**: \`vm-net -i bt0 vm-run -c 2 -m $mem\`, the NIC from
   \`VM_NET_FDS\`: a virtio-net PCI function with MSI-X, one receive and
